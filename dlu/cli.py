@@ -1,0 +1,45 @@
+"""``dlu``: one console command with subcommands.
+
+This module only parses arguments. Each subcommand lives beside the code it drives, in a
+module that exposes ``register(subparsers)``; that function adds its parser and sets
+``func`` to a callable taking the parsed namespace and returning an exit code. Modules are
+imported only when listed here, so a subcommand's heavy dependencies (Amaranth, MPI) load
+only when that subcommand runs: each module keeps its imports inside ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order `dlu --help` lists them.
+SUBCOMMAND_MODULES: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dlu",
+        description="Deep Learning Unit: dynamic fixed-point training, RTL generation and simulation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        # Bad input (config, trace, setting): one clear line, no traceback.
+        print(f"dlu {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

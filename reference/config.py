@@ -1,0 +1,128 @@
+"""Static core parameters: one object, one netlist.
+
+These are fixed when the Verilog is generated (lanes, memory sizes, histogram shape).
+Runtime settings (width, point position, rounding, seeds, policy threshold) live in
+registers and are *not* here. ``hw/`` builds its shapes from this object, ``sim/`` its
+timing, and ``rtl_gen`` writes it into the manifest beside the Verilog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .formats import Width
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Parameters of one DLU core.
+
+    Parameters
+    ----------
+    lanes
+        Number of 32-bit SIMD lanes. Each lane performs one 32x32, two 16x16 or four 8x8
+        multiply-accumulates per cycle, so a beat carries ``lanes * 32 / W`` values.
+    hist_bins
+        Bins of each tensor's most-significant-bit histogram.
+    hist_min_exp
+        Exponent of the lowest bin: bin ``i`` counts values in ``[2**e, 2**(e+1))`` (by
+        magnitude of the leading non-sign bit) with ``e = hist_min_exp + i``; exponents
+        outside the range are clamped into the end bins.
+    tensor_ids
+        Entries of the settings register and of the distribution database.
+    spad_words
+        Scratchpad depth per bank, in words of ``lanes * 32`` bits.
+    spad_banks
+        Scratchpad banks (>= 3: two operands and a result can be accessed in one cycle).
+    counter_bits
+        Width of every statistics and performance counter (saturating).
+    """
+
+    lanes: int = 8
+    hist_bins: int = 64
+    hist_min_exp: int = -48
+    tensor_ids: int = 64
+    spad_words: int = 1024
+    spad_banks: int = 4
+    counter_bits: int = 32
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, field: str, why: str) -> None:
+            if not cond:
+                raise ValueError(f"config: {field}={getattr(self, field)!r}: {why}")
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"config: {f.name}={v!r}: must be an integer")
+        need(self.lanes >= 1 and self.lanes & (self.lanes - 1) == 0, "lanes", "must be a power of two >= 1")
+        need(4 <= self.hist_bins <= 256, "hist_bins", "must be in [4, 256]")
+        need(-128 <= self.hist_min_exp <= 64, "hist_min_exp", "must be in [-128, 64]")
+        need(1 <= self.tensor_ids <= 1024, "tensor_ids", "must be in [1, 1024]")
+        need(self.spad_words >= 16 and self.spad_words & (self.spad_words - 1) == 0, "spad_words",
+             "must be a power of two >= 16")
+        need(3 <= self.spad_banks <= 16, "spad_banks", "must be in [3, 16]")
+        need(16 <= self.counter_bits <= 48, "counter_bits", "must be in [16, 48]")
+
+    # Derived quantities: computed here once, never retyped elsewhere.
+    def values_per_beat(self, width: Width) -> int:
+        return self.lanes * width.lanes_per_word
+
+    @property
+    def rng_slots(self) -> int:
+        return self.values_per_beat(Width.W8)
+
+    @property
+    def word_bits(self) -> int:
+        return 32 * self.lanes
+
+    @property
+    def counter_max(self) -> int:
+        return (1 << self.counter_bits) - 1
+
+    def peak_macs_per_cycle(self, width: Width) -> int:
+        return self.values_per_beat(width)
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Hash of the parameters, written into the manifest and traces."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PRESETS: dict[str, CoreConfig] = {
+    # Small enough for Amaranth's Python simulator and quick cocotb builds.
+    "tiny": CoreConfig(lanes=2, hist_bins=32, hist_min_exp=-24, tensor_ids=8, spad_words=64, spad_banks=4),
+    "default": CoreConfig(),
+}
+
+
+def load_config(spec: str | Path) -> CoreConfig:
+    """A preset name, or a TOML file whose ``[core]`` table (or top level) gives the fields."""
+    s = str(spec)
+    if s in PRESETS:
+        return PRESETS[s]
+    path = Path(s)
+    if not path.exists():
+        raise ValueError(f"config: {s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config: {path}: malformed TOML: {exc}") from exc
+    table = data.get("core", data)
+    preset = table.pop("preset", "default")
+    if preset not in PRESETS:
+        raise ValueError(f"config: {path}: preset {preset!r} is not one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    known = {f.name for f in dataclasses.fields(CoreConfig)}
+    unknown = set(table) - known
+    if unknown:
+        raise ValueError(f"config: {path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    return dataclasses.replace(base, **table)

@@ -1,0 +1,234 @@
+"""The DLU's operations, bit-exact.
+
+Every operation forms an exact result in the accumulator (``acc_width(W_op)`` bits, where
+``W_op`` is the widest input; narrower inputs are sign-extended), has the statistics block
+analyse it, and converts it to the output format with one :func:`round_shift` and a
+saturation. Each returns an :class:`OpResult`: the output tensor, the statistics of the
+values *before* conversion, and the stochastic-rounding generator state after the op.
+
+``W_op`` is the widest of the inputs *and the output*: one width per command sets both the
+accumulator width and the number of values processed per cycle, ``V = lanes * 32 / W_op``.
+Results are produced in *beats*: row ``m`` is cut into ``ceil(cols / V)`` beats of V values
+(the last one partial), and beats go in row-major order. Only stochastic rounding depends
+on this order (slot j of a beat uses generator j, see :mod:`reference.rng`).
+
+Elementwise operands are *aligned* before they are added (:func:`align_terms`): the
+accumulator's point position is the finest of the operands' ``F_i``, lowered if needed so
+that each operand shifted to it keeps one spare top bit; an operand finer than that is
+shifted right with floor (it lies more than 2**15 LSBs below the other's).
+
+Operations
+----------
+matmul(a[M,K], b[K,N])      sum_k a[m,k] * b[k,n]; F_acc = F_a + F_b; K <= 2**16
+add(a, b), sub(a, b)        a +/- b; ``b`` may be one row [1, N], broadcast over rows
+mul(a, b)                   a * b elementwise; F_acc = F_a + F_b (same broadcast)
+axpy(alpha, x, y)           alpha * x + y with a scalar alpha (the SGD update)
+relu(x)                     max(x, 0)
+relu_backward(dy, x)        dy where x > 0, else 0
+convert(x)                  x in another format
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import CoreConfig
+from .formats import (
+    MAX_K,
+    DfpFormat,
+    DfpTensor,
+    RoundingMode,
+    Width,
+    acc_width,
+    requantize_left,
+    round_shift,
+    saturate,
+)
+from .rng import draw_beats
+from .stats import OpStats, analyse
+
+
+class Op(enum.IntEnum):
+    """Operation codes; the value is the command's 4-bit opcode field."""
+
+    MATMUL = 0
+    ADD = 1
+    SUB = 2
+    MUL = 3
+    AXPY = 4
+    RELU = 5
+    RELU_BACKWARD = 6
+    CONVERT = 7
+
+
+@dataclass
+class OpResult:
+    out: DfpTensor
+    stats: OpStats
+    rng: np.ndarray
+
+
+def _op_width(*fmts: DfpFormat) -> Width:
+    return max(f.width for f in fmts)
+
+
+def _wide(a: np.ndarray, bits: int) -> np.ndarray:
+    """Arrays whose accumulator exceeds int64 become arrays of Python ints."""
+    return a.astype(object) if bits > 62 else a
+
+
+def beats(rows: int, cols: int, v: int) -> int:
+    """Number of output beats of a [rows, cols] result with V values per beat."""
+    return rows * -(-cols // v)
+
+
+def convert_acc(
+    acc: np.ndarray,
+    f_acc: int,
+    acc_bits: int,
+    out_fmt: DfpFormat,
+    rounding: RoundingMode,
+    cfg: CoreConfig,
+    rng: np.ndarray,
+    op_width: Width,
+) -> OpResult:
+    """Analyse and convert an exact accumulator array to ``out_fmt`` (the output stage)."""
+    rows, cols = acc.shape
+    shift = f_acc - out_fmt.frac
+    new_rng = rng
+    if shift > 0:
+        u16 = None
+        if rounding == RoundingMode.STOCHASTIC:
+            v = cfg.values_per_beat(op_width)
+            cpr = -(-cols // v)
+            words, new_rng = draw_beats(rng, rows * cpr, v)
+            u16 = words.reshape(rows, cpr * v)[:, :cols]
+        q, over = saturate(round_shift(acc, shift, rounding, acc_bits, u16), out_fmt)
+    else:
+        q, over = requantize_left(acc, -shift, out_fmt)
+    stats = analyse(acc, f_acc, q, over, cfg)
+    return OpResult(DfpTensor(q, out_fmt), stats, new_rng)
+
+
+def align_terms(terms: list[tuple[np.ndarray, DfpFormat | tuple[int, int]]], acc_bits: int):
+    """Shift exact terms onto one accumulator point position; returns (list, F_acc).
+
+    Each term is (integers, fmt) or (integers, (frac, bits)). With term i having F_i and
+    width w_i, ``F_acc = min(max_i F_i, min_i (F_i + acc_bits - 1 - w_i))``; term i is
+    shifted left by ``F_acc - F_i`` or, when negative, right with floor.
+    """
+    fw = [(t[1].frac, t[1].bits) if isinstance(t[1], DfpFormat) else t[1] for t in terms]
+    f_acc = min(max(f for f, _ in fw), min(f + acc_bits - 1 - w for f, w in fw))
+    out = []
+    for (x, _), (f, _) in zip(terms, fw, strict=True):
+        d = f_acc - f
+        x = _wide(x, acc_bits)
+        if d >= 0:
+            out.append(x * (1 << d) if x.dtype == object else np.left_shift(x, d))
+        else:
+            out.append(x // (1 << -d) if x.dtype == object else np.right_shift(x, -d))
+    return out, f_acc
+
+
+def _check_broadcast(a: DfpTensor, b: DfpTensor, name: str) -> None:
+    if b.shape != a.shape and not (b.shape[0] == 1 and b.shape[1] == a.shape[1]):
+        raise ValueError(f"{name}: operand shapes {a.shape} and {b.shape} differ (b may be one row [1, N])")
+
+
+def _int_matmul(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
+    """Exact integer matrix product via float64 BLAS.
+
+    Up to 16-bit inputs every partial sum is an integer below 2**47 (K <= 2**16), which
+    float64 holds exactly in any summation order. 32-bit inputs are split into a signed
+    high and an unsigned low 16-bit half; the four partial products are exact the same
+    way and are recombined in Python integers.
+    """
+    if bits <= 16:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    ah, al = a >> 16, a & 0xFFFF
+    bh, bl = b >> 16, b & 0xFFFF
+
+    def mm(x, y):
+        return (x.astype(np.float64) @ y.astype(np.float64)).astype(np.int64).astype(object)
+
+    return mm(ah, bh) * (1 << 32) + (mm(ah, bl) + mm(al, bh)) * (1 << 16) + mm(al, bl)
+
+
+def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMode,
+           cfg: CoreConfig, rng: np.ndarray) -> OpResult:
+    k, k2 = a.shape[1], b.shape[0]
+    if k != k2:
+        raise ValueError(f"matmul: inner dimensions differ: a is {a.shape}, b is {b.shape}")
+    if k > MAX_K:
+        raise ValueError(f"matmul: K={k} exceeds {MAX_K}: the accumulator could overflow")
+    w = _op_width(a.fmt, b.fmt, out_fmt)
+    acc = _int_matmul(a.data, b.data, _op_width(a.fmt, b.fmt).bits)
+    return convert_acc(acc, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+
+
+def _addsub(a: DfpTensor, b: DfpTensor, sign: int, out_fmt, rounding, cfg, rng, name) -> OpResult:
+    _check_broadcast(a, b, name)
+    w = _op_width(a.fmt, b.fmt, out_fmt)
+    abits = acc_width(w)
+    (ta, tb), f_acc = align_terms([(a.data, a.fmt), (b.data, b.fmt)], abits)
+    acc = ta + tb if sign > 0 else ta - tb
+    return convert_acc(np.broadcast_to(acc, a.shape), f_acc, abits, out_fmt, rounding, cfg, rng, w)
+
+
+def add(a, b, out_fmt, rounding, cfg, rng) -> OpResult:
+    return _addsub(a, b, +1, out_fmt, rounding, cfg, rng, "add")
+
+
+def sub(a, b, out_fmt, rounding, cfg, rng) -> OpResult:
+    return _addsub(a, b, -1, out_fmt, rounding, cfg, rng, "sub")
+
+
+def mul(a: DfpTensor, b: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
+    _check_broadcast(a, b, "mul")
+    w = _op_width(a.fmt, b.fmt, out_fmt)
+    acc = _wide(a.data, acc_width(w)) * _wide(b.data, acc_width(w))
+    return convert_acc(acc, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+
+
+def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
+    """alpha * x + y; ``alpha`` is a raw W_op-bit integer with ``alpha_frac`` fraction bits."""
+    if x.shape != y.shape:
+        raise ValueError(f"axpy: x is {x.shape} but y is {y.shape}")
+    w = _op_width(x.fmt, y.fmt, out_fmt)
+    afmt = DfpFormat(w, alpha_frac)
+    if not afmt.min_int <= int(alpha) <= afmt.max_int:
+        raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
+    abits = acc_width(w)
+    prod = _wide(x.data, abits) * int(alpha)
+    (tp, ty), f_acc = align_terms([(prod, (alpha_frac + x.fmt.frac, 2 * w.bits)), (y.data, y.fmt)], abits)
+    return convert_acc(tp + ty, f_acc, abits, out_fmt, rounding, cfg, rng, w)
+
+
+def relu(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
+    w = _op_width(x.fmt, out_fmt)
+    return convert_acc(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+
+
+def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
+    if dy.shape != x.shape:
+        raise ValueError(f"relu_backward: dy is {dy.shape} but x is {x.shape}")
+    w = _op_width(dy.fmt, x.fmt, out_fmt)
+    acc = np.where(x.data > 0, dy.data, 0)
+    return convert_acc(acc, dy.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+
+
+def convert(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
+    w = _op_width(x.fmt, out_fmt)
+    return convert_acc(x.data, x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+
+
+def scalar_to_dfp(value: float, width: Width) -> tuple[int, int]:
+    """A scalar (learning rate, momentum) as (raw, frac) with the most precision ``width`` allows."""
+    from .formats import best_frac_for, quantize_float
+
+    f = best_frac_for(np.array([value]), width)
+    q, _, _ = quantize_float(np.array([value]), DfpFormat(width, f), RoundingMode.NEAREST_EVEN, name="scalar")
+    return int(q[0]), f

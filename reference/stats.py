@@ -1,0 +1,154 @@
+"""Statistics analysis, distribution database and point-position policy.
+
+Per value ``v`` (an exact pre-conversion accumulator value with ``F_acc`` fraction bits):
+
+- ``p(v)``: position of the most significant bit that differs from the sign bit,
+  ``bit_length(v if v >= 0 else ~v) - 1``; -1 for v = -1. ``v`` fits a signed W-bit
+  integer exactly when ``p(v) <= W - 2``.
+- its exponent ``e = p(v) - F_acc``: ``|v|`` lies in ``[2**e, 2**(e+1))`` (for negative v,
+  in ``(2**e, 2**(e+1)]``). Exponents are independent of the point position, so histograms
+  of successive iterations add up even when F changes.
+- histogram bin ``clamp(e - hist_min_exp, 0, hist_bins - 1)``; zeros are not binned but
+  counted apart.
+
+Per operation the block also counts ``overflow`` (values saturated by the output
+conversion), ``underflow`` (non-zero values that became 0) and ``total`` (all values).
+Every counter is ``counter_bits`` wide and saturates.
+
+Policy (:func:`next_frac`): the next point position is the largest F at which the
+fraction of non-zero values that would overflow is at most ``threshold / 2**16``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import CoreConfig
+from .formats import FRAC_MAX, FRAC_MIN, Width, bit_length
+
+#: Default policy threshold, in units of 2**-16 of the non-zero values (66/65536 ~ 0.1%).
+DEFAULT_THRESHOLD = 66
+THRESHOLD_BITS = 16
+
+
+def msb_position(v: np.ndarray) -> np.ndarray:
+    """p(v) for exact integers (int64 or Python-int object arrays); -1 for 0 and -1."""
+    mag = np.where(v < 0, ~v, v) if v.dtype != object else np.where(v < 0, -v - 1, v)
+    return bit_length(mag) - 1
+
+
+@dataclass
+class OpStats:
+    """Statistics of one operation's (or one tensor's accumulated) values."""
+
+    hist: np.ndarray
+    zeros: int = 0
+    overflow: int = 0
+    underflow: int = 0
+    total: int = 0
+
+    @classmethod
+    def empty(cls, cfg: CoreConfig) -> OpStats:
+        return cls(np.zeros(cfg.hist_bins, dtype=np.int64))
+
+    def as_dict(self) -> dict:
+        return {"hist": self.hist.tolist(), "zeros": self.zeros, "overflow": self.overflow,
+                "underflow": self.underflow, "total": self.total}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OpStats):
+            return NotImplemented
+        return (np.array_equal(self.hist, other.hist) and self.zeros == other.zeros
+                and self.overflow == other.overflow and self.underflow == other.underflow
+                and self.total == other.total)
+
+
+def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cfg: CoreConfig) -> OpStats:
+    """Statistics of pre-conversion values ``acc`` (F_acc fraction bits) and their conversion ``q``."""
+    nz = acc != 0
+    e = msb_position(acc[nz]) - f_acc
+    bins = np.clip(e - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
+    hist = np.bincount(bins.astype(np.int64), minlength=cfg.hist_bins).astype(np.int64)
+    cmax = cfg.counter_max
+    return OpStats(
+        hist=np.minimum(hist, cmax),
+        zeros=min(int(acc.size - np.count_nonzero(nz)), cmax),
+        overflow=min(int(np.count_nonzero(overflow)), cmax),
+        underflow=min(int(np.count_nonzero(nz & (q == 0))), cmax),
+        total=min(int(acc.size), cmax),
+    )
+
+
+def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:
+    """The same histogram of float values (used to calibrate before the first iteration)."""
+    x = np.asarray(x, dtype=np.float64)
+    nz = x != 0
+    _, ex = np.frexp(np.abs(x[nz]))  # |x| in [2**(ex-1), 2**ex)
+    bins = np.clip(ex - 1 - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
+    hist = np.bincount(bins.astype(np.int64), minlength=cfg.hist_bins).astype(np.int64)
+    return OpStats(hist=hist, zeros=int(x.size - np.count_nonzero(nz)), total=int(x.size))
+
+
+def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
+              threshold: int = DEFAULT_THRESHOLD) -> int:
+    """Point position for the next iteration, in integer arithmetic the hardware repeats.
+
+    With ``n`` the non-zero count (sum of the histogram) and ``over(i)`` the count in bins
+    above bin ``i``, pick the lowest bin ``i*`` with ``over(i*) * 2**16 <= n * threshold``
+    (scanning from the top; the top bin always qualifies). Its exponent
+    ``e* = hist_min_exp + i*`` must fit: ``F = W - 2 - e*``, clamped to [FRAC_MIN, FRAC_MAX].
+    An empty histogram keeps ``current``.
+    """
+    if not 0 <= threshold < (1 << THRESHOLD_BITS):
+        raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
+    h = np.asarray(stats.hist, dtype=np.int64)
+    n = int(h.sum())
+    if n == 0:
+        return current
+    budget = n * threshold
+    over = 0  # over(i) while bin i is examined
+    istar = 0
+    for i in range(h.size - 1, -1, -1):
+        if over * (1 << THRESHOLD_BITS) > budget:
+            istar = i + 1  # bin i fails, so the lowest qualifying bin is i + 1
+            break
+        over += int(h[i])
+    e_star = cfg.hist_min_exp + istar
+    return int(np.clip(width.bits - 2 - e_star, FRAC_MIN, FRAC_MAX))
+
+
+@dataclass
+class Database:
+    """Distribution database: accumulated statistics per tensor id."""
+
+    cfg: CoreConfig
+    entries: dict[int, OpStats] = field(default_factory=dict)
+
+    def _check(self, tid: int) -> None:
+        if not 0 <= tid < self.cfg.tensor_ids:
+            raise ValueError(f"tensor id {tid} outside [0, {self.cfg.tensor_ids})")
+
+    def accumulate(self, tid: int, s: OpStats) -> None:
+        self._check(tid)
+        cur = self.entries.get(tid) or OpStats.empty(self.cfg)
+        cmax = self.cfg.counter_max
+        self.entries[tid] = OpStats(
+            hist=np.minimum(cur.hist + s.hist, cmax),
+            zeros=min(cur.zeros + s.zeros, cmax),
+            overflow=min(cur.overflow + s.overflow, cmax),
+            underflow=min(cur.underflow + s.underflow, cmax),
+            total=min(cur.total + s.total, cmax),
+        )
+
+    def read(self, tid: int) -> OpStats:
+        self._check(tid)
+        return self.entries.get(tid) or OpStats.empty(self.cfg)
+
+    def clear(self, tid: int | None = None) -> None:
+        if tid is None:
+            self.entries.clear()
+        else:
+            self._check(tid)
+            self.entries.pop(tid, None)
