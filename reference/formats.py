@@ -21,6 +21,8 @@ import numpy as np
 FRAC_MIN = -32
 FRAC_MAX = 63
 FRAC_BITS = 7  # settings-register field width of F
+#: Width of one tensor id's settings-register entry (see :class:`TensorSetting`).
+SETTING_BITS = 12
 
 #: Extra accumulator bits above a full product: matrix multiplies with K <= 2**16 cannot overflow.
 ACC_GUARD_BITS = 16
@@ -99,8 +101,13 @@ class DfpFormat:
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, Width):
+            if isinstance(self.width, bool) or self.width not in {int(w) for w in Width}:
+                raise ValueError(
+                    f"width: {self.width!r} is not a width code (0=8, 1=16, 2=32 bits; "
+                    "use Width.from_bits for a bit count)"
+                )
             object.__setattr__(self, "width", Width(self.width))
-        check_frac(self.frac)
+        object.__setattr__(self, "frac", check_frac(self.frac))
 
     @property
     def bits(self) -> int:
@@ -134,6 +141,17 @@ class TensorSetting:
     rounding: RoundingMode = RoundingMode.NEAREST_EVEN
     auto: bool = True
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.fmt, DfpFormat):
+            raise TypeError(f"fmt: expected a DfpFormat, got {self.fmt!r}")
+        if not isinstance(self.rounding, RoundingMode):
+            if isinstance(self.rounding, bool) or self.rounding not in {int(m) for m in RoundingMode}:
+                raise ValueError(f"rounding: {self.rounding!r} is not a rounding code (0, 1, 2)")
+            object.__setattr__(self, "rounding", RoundingMode(self.rounding))
+        if not isinstance(self.auto, (bool, np.bool_)):
+            raise TypeError(f"auto: expected a bool, got {self.auto!r}")
+        object.__setattr__(self, "auto", bool(self.auto))
+
     def encode(self) -> int:
         return (
             int(self.fmt.width)
@@ -145,6 +163,11 @@ class TensorSetting:
     @classmethod
     def decode(cls, word: int) -> TensorSetting:
         """Decode a register word; raises ValueError naming the illegal field."""
+        if isinstance(word, bool) or not isinstance(word, (int, np.integer)):
+            raise TypeError(f"settings: word must be an integer, got {word!r}")
+        word = int(word)
+        if not 0 <= word < 1 << SETTING_BITS:
+            raise ValueError(f"settings: word {word:#x} does not fit the {SETTING_BITS}-bit register entry")
         wcode = word & 3
         if wcode == 3:
             raise ValueError("settings: width code 3 is illegal (0=8, 1=16, 2=32 bits)")
@@ -158,8 +181,6 @@ class TensorSetting:
             raise ValueError("settings: rounding code 3 is illegal (0=nearest-even, 1=floor, 2=stochastic)")
         return cls(DfpFormat(Width(wcode), f), RoundingMode(rcode), bool((word >> 11) & 1))
 
-
-SETTING_BITS = 12
 
 
 def _check_int_array(q: np.ndarray, fmt: DfpFormat, name: str) -> None:
@@ -216,7 +237,11 @@ def quantize_float(
         bad = np.flatnonzero(~np.isfinite(x))
         first = x.flat[bad[0]]
         raise ValueError(f"{name}: {bad.size} non-finite value(s) (first at flat index {bad[0]}: {first})")
-    y = np.ldexp(x, fmt.frac)
+    with np.errstate(over="ignore"):
+        y = np.ldexp(x, fmt.frac)  # exact, except: +-inf beyond float64, and subnormal results
+    # A negative value that ldexp flushed to -0.0 still lies in (-1, 0): keep its sign so that
+    # floor gives -1 (every mode's result is the same for any y in (-2**-16, 0)).
+    y = np.where((y == 0) & (x < 0), -np.finfo(np.float64).smallest_subnormal, y)
     fl = np.floor(y)
     if rounding == RoundingMode.NEAREST_EVEN:
         r = np.rint(y)
@@ -225,7 +250,13 @@ def quantize_float(
     elif rounding == RoundingMode.STOCHASTIC:
         if rng is None:
             raise ValueError("quantize_float: stochastic rounding needs an rng")
-        rem16 = np.floor((y - fl) * (1 << STOCHASTIC_BITS))
+        # r16 = floor(frac(y) * 2**16), computed exactly: y * 2**16 and fl * 2**16 are exact
+        # scalings and their difference is an integer in [0, 2**16). (y - fl) itself is
+        # inexact for y in (-1, 0).) |y| >= 2**52 is an integer (or infinite): r16 = 0.
+        big = ~(np.abs(y) < 2.0**52)
+        ys = np.where(big, 0.0, y)
+        fs = np.where(big, 0.0, fl)
+        rem16 = np.floor(ys * (1 << STOCHASTIC_BITS)) - fs * (1 << STOCHASTIC_BITS)
         u = rng.integers(0, 1 << STOCHASTIC_BITS, size=y.shape)
         r = fl + (rem16 + u >= (1 << STOCHASTIC_BITS))
     else:
@@ -257,7 +288,8 @@ def bit_length(v: np.ndarray) -> np.ndarray:
     _, e = np.frexp(v.astype(np.float64))
     e = e.astype(np.int64)
     # float64 rounding can carry a value just below 2**k up to 2**k: correct it exactly.
-    too_big = (e > 0) & (np.left_shift(np.int64(1), np.clip(e - 1, 0, 62)) > v)
+    # e == 64 only happens for values above 2**63 - 2**10, whose bit length is 63.
+    too_big = (e > 63) | ((e > 0) & (np.left_shift(np.int64(1), np.clip(e - 1, 0, 62)) > v))
     return np.where(v == 0, 0, e - too_big)
 
 
@@ -282,13 +314,19 @@ def round_shift(
 
     A shift larger than ``acc_bits`` is first reduced to ``acc_bits`` by an arithmetic shift
     that ORs the dropped bits into bit 0 (a sticky bit); this changes no result of any mode
-    and keeps int64 shifts in range, as the hardware's shifter does.
+    and keeps int64 shifts in range, as the hardware's shifter does. (The pre-shift is exact
+    for every mode whenever the remaining shift is >= 17: bit 0 then lies below both the
+    half-LSB and the 16 stochastic bits. The int64 path therefore reduces to
+    ``min(acc_bits, 62)``, which gives the same results as reducing to ``acc_bits``.)
     """
     if shift <= 0:
         k = -shift
         if _is_wide(acc):
             return acc * (1 << k)
         return np.left_shift(acc, min(k, 63))
+    if not _is_wide(acc):
+        acc = np.asarray(acc, dtype=np.int64)
+        acc_bits = min(acc_bits, 62)
     if shift > acc_bits:
         pre = shift - acc_bits
         if _is_wide(acc):
