@@ -9,9 +9,21 @@ once, whatever the width, so the state never depends on which slots were used.
 Generator ``j`` is Marsaglia's xorshift32 (13, 17, 5). Seeding from the 32-bit seed
 register: ``state_j = seed XOR ((j + 1) * 0x9E3779B9 mod 2**32)``, and 1 if that is 0.
 The word for a value is the upper 16 bits of the state *after* the step.
+
+Definition of :func:`draw_beats` (the test suite keeps this loop as its oracle)::
+
+    for b in range(n_beats):
+        s = xorshift32(s)
+        words[b] = s[:slots] >> 16
+
+The implementation computes the same words without a Python loop over beats: a xorshift32
+step is a linear map ``M`` over GF(2)**32, so ``M**t`` is applied with four 256-entry
+lookup tables (one per state byte) and ``M**(t * 2**k)`` is obtained by squaring.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -36,17 +48,84 @@ def xorshift32(s: np.ndarray) -> np.ndarray:
     return s ^ (s << np.uint32(5))
 
 
+#: Beats stepped one by one inside a block; block starts are reached by jumps.
+_BLOCK = 64
+
+
+def _apply(tables: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Apply the GF(2)-linear map given by byte tables [4, 256] to uint32 states."""
+    return (
+        tables[0][x & np.uint32(0xFF)]
+        ^ tables[1][(x >> np.uint32(8)) & np.uint32(0xFF)]
+        ^ tables[2][(x >> np.uint32(16)) & np.uint32(0xFF)]
+        ^ tables[3][x >> np.uint32(24)]
+    )
+
+
+def _tables(images: np.ndarray) -> np.ndarray:
+    """Byte tables of the linear map that sends bit i to ``images[i]`` (uint32[32])."""
+    byte = np.arange(256)
+    t = np.zeros((4, 256), dtype=np.uint32)
+    for j in range(4):
+        for bit in range(8):
+            t[j][((byte >> bit) & 1) == 1] ^= images[8 * j + bit]
+    return t
+
+
+@functools.cache
+def _jump_tables(log2_steps: int) -> np.ndarray:
+    """Byte tables of ``M**(2**log2_steps)``, ``M`` being one xorshift32 step."""
+    if log2_steps == 0:
+        basis = np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32))
+        return _tables(xorshift32(basis))
+    half = _jump_tables(log2_steps - 1)
+    basis = np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32))
+    return _tables(_apply(half, _apply(half, basis)))
+
+
+def jump(states: np.ndarray, steps: int) -> np.ndarray:
+    """The states after ``steps`` xorshift32 steps of every generator, in O(log steps)."""
+    if steps < 0:
+        raise ValueError(f"steps: {steps} is negative")
+    s = np.asarray(states, dtype=np.uint32).copy()
+    k = 0
+    while steps:
+        if steps & 1:
+            s = _apply(_jump_tables(k), s)
+        steps >>= 1
+        k += 1
+    return s
+
+
 def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Random words for ``n_beats`` beats of ``slots`` values; returns (words, new states).
 
-    ``words`` has shape [n_beats, slots], dtype int64, values in [0, 2**16).
+    ``words`` has shape [n_beats, slots], dtype int64, values in [0, 2**16): row ``b`` holds
+    the upper halves of the first ``slots`` generators' states after ``b + 1`` steps. Every
+    generator (not only the first ``slots``) steps once per beat.
     """
     states = np.asarray(states, dtype=np.uint32)
-    if slots > states.size:
-        raise ValueError(f"slots: {slots} exceeds the {states.size} generators")
-    words = np.empty((n_beats, slots), dtype=np.int64)
-    s = states.copy()
-    for b in range(n_beats):
+    if states.ndim != 1:
+        raise ValueError(f"states: expected a 1-D array of generator states, got shape {states.shape}")
+    if not 0 <= slots <= states.size:
+        raise ValueError(f"slots: {slots} is not in [0, {states.size}] (the number of generators)")
+    if n_beats < 0:
+        raise ValueError(f"n_beats: {n_beats} is negative")
+    if n_beats == 0:
+        return np.empty((0, slots), dtype=np.int64), states.copy()
+    # Block c covers beats [c * B, (c + 1) * B): its start state is M**(c * B) applied to the
+    # initial states, built by doubling the list of starts with jumps of B * 2**k steps.
+    n_blocks = -(-n_beats // _BLOCK)
+    starts = states.reshape(1, -1).copy()
+    k = _BLOCK.bit_length() - 1
+    while starts.shape[0] < n_blocks:
+        starts = np.concatenate([starts, _apply(_jump_tables(k), starts)])
+        k += 1
+    s = starts[:n_blocks]
+    words = np.empty((n_blocks, _BLOCK, slots), dtype=np.int64)
+    for i in range(_BLOCK):
         s = xorshift32(s)
-        words[b] = s[:slots] >> np.uint32(16)
-    return words, s
+        words[:, i, :] = s[:, :slots] >> np.uint32(16)
+    last = n_beats - 1
+    final = jump(starts[last // _BLOCK], last % _BLOCK + 1)
+    return words.reshape(n_blocks * _BLOCK, slots)[:n_beats], final
