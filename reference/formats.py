@@ -281,16 +281,23 @@ def _is_wide(a: np.ndarray) -> bool:
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:
-    """Exact bit length of non-negative integers (int64 or Python-int object arrays)."""
+    """Exact bit length of non-negative integers (int64 or Python-int object arrays), as int64."""
     if _is_wide(v):
+        if v.size and v.min() < 0:
+            raise ValueError(f"bit_length: negative value {v.min()}")
         return np.frompyfunc(int.bit_length, 1, 1)(v).astype(np.int64)
     v = np.asarray(v, dtype=np.int64)
-    _, e = np.frexp(v.astype(np.float64))
-    e = e.astype(np.int64)
-    # float64 rounding can carry a value just below 2**k up to 2**k: correct it exactly.
-    # e == 64 only happens for values above 2**63 - 2**10, whose bit length is 63.
-    too_big = (e > 63) | ((e > 0) & (np.left_shift(np.int64(1), np.clip(e - 1, 0, 62)) > v))
-    return np.where(v == 0, 0, e - too_big)
+    if v.size and v.min() < 0:
+        raise ValueError(f"bit_length: negative value {v.min()}")
+    # The biased exponent field of float64(v) is frexp's exponent + 1022, i.e. the bit
+    # length + 1022 (and 0 for v = 0). Exact below 2**53.
+    e = np.maximum((v.astype(np.float64).view(np.int64) >> 52) - 1022, 0)
+    if v.size and v.max() >= 1 << 53:
+        # float64 rounding can carry a value just below 2**k up to 2**k: correct it exactly.
+        # e == 64 only happens for values above 2**63 - 2**10, whose bit length is 63.
+        too_big = (e > 63) | ((e > 0) & (np.left_shift(np.int64(1), np.clip(e - 1, 0, 62)) > v))
+        e = e - too_big
+    return e
 
 
 def round_shift(

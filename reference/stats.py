@@ -35,8 +35,11 @@ THRESHOLD_BITS = 16
 
 def msb_position(v: np.ndarray) -> np.ndarray:
     """p(v) for exact integers (int64 or Python-int object arrays); -1 for 0 and -1."""
-    mag = np.where(v < 0, ~v, v) if v.dtype != object else np.where(v < 0, -v - 1, v)
-    return bit_length(mag) - 1
+    v = np.asarray(v)
+    if v.dtype == object:
+        return bit_length(np.where(v < 0, -v - 1, v)) - 1
+    v = v.astype(np.int64, copy=False)
+    return bit_length(v ^ (v >> 63)) - 1  # v ^ (v >> 63) is ~v for negative v
 
 
 @dataclass
@@ -68,9 +71,10 @@ class OpStats:
 def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cfg: CoreConfig) -> OpStats:
     """Statistics of pre-conversion values ``acc`` (F_acc fraction bits) and their conversion ``q``."""
     nz = acc != 0
-    e = msb_position(acc[nz]) - f_acc
-    bins = np.clip(e - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
-    hist = np.bincount(bins.astype(np.int64), minlength=cfg.hist_bins).astype(np.int64)
+    # Bin of every value; zeros go to an extra bin past the end that is then dropped.
+    bins = np.clip(msb_position(acc) - (f_acc + cfg.hist_min_exp), 0, cfg.hist_bins - 1)
+    bins[~nz] = cfg.hist_bins
+    hist = np.bincount(bins.ravel(), minlength=cfg.hist_bins + 1)[: cfg.hist_bins].astype(np.int64)
     cmax = cfg.counter_max
     return OpStats(
         hist=np.minimum(hist, cmax),
