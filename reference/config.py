@@ -117,6 +117,9 @@ def load_config(spec: str | Path) -> CoreConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config: {path}: malformed TOML: {exc}") from exc
     table = data.get("core", data)
+    if not isinstance(table, dict):
+        raise ValueError(f"config: {path}: [core] must be a table, got {table!r}")
+    table = dict(table)
     preset = table.pop("preset", "default")
     if preset not in PRESETS:
         raise ValueError(f"config: {path}: preset {preset!r} is not one of {sorted(PRESETS)}")
