@@ -86,11 +86,20 @@ def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cf
 
 
 def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:
-    """The same histogram of float values (used to calibrate before the first iteration)."""
+    """The same histogram of float values (used to calibrate before the first iteration).
+
+    A float equal to ``q * 2**-F`` lands in the bin :func:`analyse` gives the integer ``q``
+    at ``F_acc = F``: exponent ``e`` with ``|x|`` in ``[2**e, 2**(e+1))`` for positive x and
+    in ``(2**e, 2**(e+1)]`` for negative x (so -2**k is in the bin of exponent k - 1).
+    """
     x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("float_stats: non-finite value(s) in the input")
     nz = x != 0
-    _, ex = np.frexp(np.abs(x[nz]))  # |x| in [2**(ex-1), 2**ex)
-    bins = np.clip(ex - 1 - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
+    v = x[nz]
+    m, ex = np.frexp(np.abs(v))  # |x| = m * 2**ex, m in [0.5, 1)
+    e = ex - 1 - ((v < 0) & (m == 0.5))
+    bins = np.clip(e - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
     hist = np.bincount(bins.astype(np.int64), minlength=cfg.hist_bins).astype(np.int64)
     return OpStats(hist=hist, zeros=int(x.size - np.count_nonzero(nz)), total=int(x.size))
 
