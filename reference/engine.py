@@ -1,0 +1,251 @@
+"""Functional model of one DLU core executing commands: the state a program sees.
+
+The :class:`Engine` holds exactly the core's architectural state that the numerics depend on:
+
+- the static :class:`~reference.config.CoreConfig`;
+- the settings register, ``settings[tid] -> TensorSetting`` (width, point position, rounding,
+  auto-update flag);
+- the distribution database (:class:`~reference.stats.Database`), accumulated per destination
+  tensor id by every compute command;
+- the state of the stochastic-rounding generators (:func:`reference.rng.seed_states`);
+- the policy threshold register.
+
+Every DLU operation of training goes through :meth:`Engine.run`; :meth:`Engine.update_formats`
+is the POLICY_UPDATE command. :meth:`Engine.load` models the host writing float data into the
+scratchpad (the conversion is done on the host, rounding to nearest even, and does not touch
+the database). An optional *recorder* (see :mod:`reference.trace`) is told about every command,
+so a training run can be replayed later, command by command, on the cycle simulator or the RTL.
+
+Legality: as in :mod:`reference.isa`, every operand of a compute command other than CONVERT
+must have the destination's width (a width change is an explicit CONVERT).
+
+This class is deliberately small: the cycle simulator subclasses or wraps it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+from . import ops
+from .config import CoreConfig
+from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize_float
+from .ops import Op
+from .rng import MASK32, seed_states
+from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_frac
+
+#: Number of source operands of each compute operation.
+ARITY: dict[Op, int] = {
+    Op.MATMUL: 2,
+    Op.ADD: 2,
+    Op.SUB: 2,
+    Op.MUL: 2,
+    Op.AXPY: 2,
+    Op.RELU: 1,
+    Op.RELU_BACKWARD: 2,
+    Op.CONVERT: 1,
+}
+
+
+class Recorder(Protocol):
+    """What the engine tells a trace recorder (see :class:`reference.trace.TraceRecorder`)."""
+
+    def on_op(self, engine: Engine, op: Op, dst: int, setting: TensorSetting, srcs: list[DfpTensor],
+              src_tids: list[int], alpha: tuple[int, int] | None, out: DfpTensor, stats: OpStats,
+              rng_before: np.ndarray) -> None: ...
+
+    def on_load(self, engine: Engine, dst: int, setting: TensorSetting, out: DfpTensor) -> None: ...
+
+    def on_setting(self, engine: Engine, tid: int, setting: TensorSetting) -> None: ...
+
+    def on_policy(self, engine: Engine, settings_after: dict[int, TensorSetting]) -> None: ...
+
+
+class Engine:
+    """The core's command-level state and its compute commands.
+
+    Parameters
+    ----------
+    cfg
+        Static core parameters.
+    seed
+        Value of the 32-bit seed register of the stochastic-rounding generators.
+    threshold
+        Policy threshold register, in units of 2**-16 of the non-zero values (see
+        :func:`reference.stats.next_frac`).
+
+    Members
+    -------
+    settings
+        The settings register: tensor id -> :class:`~reference.formats.TensorSetting`.
+    db
+        The distribution database.
+    rng
+        Generator states (uint32 array of ``cfg.rng_slots``).
+    recorder
+        ``None`` or an object receiving every command (see :class:`Recorder`).
+
+    Raises
+    ------
+    ValueError
+        ``seed`` does not fit 32 bits, or ``threshold`` is outside [0, 2**16).
+    """
+
+    def __init__(self, cfg: CoreConfig, seed: int = 0, threshold: int = DEFAULT_THRESHOLD) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MASK32:
+            raise ValueError(f"engine: seed={seed!r} does not fit the 32-bit seed register")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
+                or not 0 <= int(threshold) < (1 << THRESHOLD_BITS):
+            raise ValueError(f"engine: threshold={threshold!r} is outside [0, 2**{THRESHOLD_BITS})")
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.threshold = int(threshold)
+        self.settings: dict[int, TensorSetting] = {}
+        self.db = Database(cfg)
+        self.rng: np.ndarray = seed_states(self.seed, cfg.rng_slots)
+        self.recorder: Recorder | None = None
+
+    # -- settings register ---------------------------------------------------------------
+    def _check_tid(self, tid: int, name: str = "tid") -> int:
+        if isinstance(tid, bool) or not isinstance(tid, (int, np.integer)) \
+                or not 0 <= int(tid) < self.cfg.tensor_ids:
+            raise ValueError(f"engine: {name}={tid!r} is outside [0, {self.cfg.tensor_ids})")
+        return int(tid)
+
+    def set_setting(self, tid: int, setting: TensorSetting) -> None:
+        """Write one entry of the settings register."""
+        tid = self._check_tid(tid)
+        if not isinstance(setting, TensorSetting):
+            raise TypeError(f"engine: setting for tid {tid} must be a TensorSetting, got {setting!r}")
+        self.settings[tid] = setting
+        if self.recorder is not None:
+            self.recorder.on_setting(self, tid, setting)
+
+    def setting(self, tid: int) -> TensorSetting:
+        tid = self._check_tid(tid)
+        try:
+            return self.settings[tid]
+        except KeyError:
+            raise ValueError(f"engine: tensor id {tid} has no setting") from None
+
+    # -- host data -----------------------------------------------------------------------
+    def load(self, dst: int, x: np.ndarray) -> DfpTensor:
+        """Host conversion of float data ``x`` into tensor id ``dst``'s format (nearest even).
+
+        The host does the conversion; the database is not touched (host-loaded tensors have
+        their point position chosen by the host, or keep it). Recorded as a LOAD.
+        """
+        setting = self.setting(dst)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        q, _, _ = quantize_float(x, setting.fmt, RoundingMode.NEAREST_EVEN, name=f"load tid {dst}")
+        out = DfpTensor(q, setting.fmt)
+        if self.recorder is not None:
+            self.recorder.on_load(self, int(dst), setting, out)
+        return out
+
+    # -- compute commands ----------------------------------------------------------------
+    def run(self, op: Op, dst: int, srcs: list[DfpTensor], src_tids: list[int],
+            alpha: tuple[int, int] | None = None) -> DfpTensor:
+        """Execute one compute command; returns the destination tensor.
+
+        Parameters
+        ----------
+        op
+            The operation. Operand order follows :mod:`reference.ops` (AXPY: ``[x, y]`` for
+            ``alpha * x + y``; RELU_BACKWARD: ``[dy, x]``).
+        dst
+            Destination tensor id: its setting gives the output format and rounding, and the
+            op's statistics are accumulated into its database entry.
+        srcs, src_tids
+            Operand tensors and the tensor ids they belong to (recorded in traces).
+        alpha
+            ``(raw, frac)`` scalar for AXPY (see :func:`reference.ops.scalar_to_dfp`), else None.
+
+        Raises
+        ------
+        ValueError
+            Wrong operand count, missing or surplus ``alpha``, unknown tensor id, operand widths
+            that differ from the destination's (other than CONVERT), or any shape error of the op.
+        """
+        op = Op(op)
+        dst = self._check_tid(dst, "dst")
+        setting = self.setting(dst)
+        if len(srcs) != ARITY[op] or len(src_tids) != ARITY[op]:
+            raise ValueError(f"engine: {op.name} takes {ARITY[op]} operand(s), got {len(srcs)} "
+                             f"tensors and {len(src_tids)} tensor ids")
+        for i, (t, tid) in enumerate(zip(srcs, src_tids, strict=True)):
+            self._check_tid(tid, f"src_tids[{i}]")
+            if not isinstance(t, DfpTensor):
+                raise TypeError(f"engine: {op.name} operand {i} must be a DfpTensor, got {type(t).__name__}")
+            if op != Op.CONVERT and t.fmt.width != setting.fmt.width:
+                raise ValueError(f"engine: {op.name} operand {i} (tid {tid}) is {t.fmt.bits}-bit but the "
+                                 f"destination tid {dst} is {setting.fmt.bits}-bit; convert it first")
+        if (alpha is None) != (op != Op.AXPY):
+            raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
+        fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng
+        if op == Op.MATMUL:
+            res = ops.matmul(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.ADD:
+            res = ops.add(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.SUB:
+            res = ops.sub(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.MUL:
+            res = ops.mul(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.AXPY:
+            raw, frac = alpha  # type: ignore[misc]
+            res = ops.axpy(int(raw), int(frac), srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.RELU:
+            res = ops.relu(srcs[0], fmt, rnd, cfg, rng)
+        elif op == Op.RELU_BACKWARD:
+            res = ops.relu_backward(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        else:
+            res = ops.convert(srcs[0], fmt, rnd, cfg, rng)
+        self.db.accumulate(dst, res.stats)
+        rng_before = self.rng
+        self.rng = np.asarray(res.rng, dtype=np.uint32).copy()
+        if self.recorder is not None:
+            self.recorder.on_op(self, op, dst, setting, list(srcs), [int(t) for t in src_tids],
+                                None if alpha is None else (int(alpha[0]), int(alpha[1])),
+                                res.out, res.stats, rng_before)
+        return res.out
+
+    def update_formats(self) -> dict[int, TensorSetting]:
+        """The POLICY_UPDATE command; returns the settings it rewrote.
+
+        For every tensor id whose setting has ``auto=True`` and that has a database entry, in
+        increasing id order: the point position becomes :func:`reference.stats.next_frac` of
+        the accumulated statistics (width, rounding and flag unchanged) and the entry is cleared.
+        """
+        changed: dict[int, TensorSetting] = {}
+        for tid in sorted(self.settings):
+            s = self.settings[tid]
+            if not s.auto or tid not in self.db.entries:
+                continue
+            frac = next_frac(self.db.entries[tid], s.fmt.width, s.fmt.frac, self.cfg, self.threshold)
+            new = replace(s, fmt=DfpFormat(s.fmt.width, frac))
+            self.settings[tid] = new
+            self.db.clear(tid)
+            changed[tid] = new
+        if self.recorder is not None:
+            self.recorder.on_policy(self, changed)
+        return changed
+
+    # -- helpers -------------------------------------------------------------------------
+    def fork(self) -> Engine:
+        """A copy with the same settings and generator state, an empty database and no recorder.
+
+        Used for evaluation passes whose statistics must not steer training.
+        """
+        e = Engine(self.cfg, self.seed, self.threshold)
+        e.settings = dict(self.settings)
+        e.rng = self.rng.copy()
+        return e
+
+    def snapshot_db(self) -> dict[int, OpStats]:
+        """A deep copy of the database entries."""
+        return {tid: copy.deepcopy(s) for tid, s in self.db.entries.items()}

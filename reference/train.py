@@ -1,0 +1,428 @@
+"""Golden-model training in fp32 or dynamic fixed point, with calibration, metrics and traces.
+
+Precision modes (:class:`Precision`): ``fp32`` is plain float32 NumPy; ``dfp32``, ``dfp16`` and
+``dfp8`` run every matrix multiply and elementwise operation of the forward pass, the backward
+pass and the SGD update as a command of a :class:`~reference.engine.Engine`. A
+:class:`PrecisionSpec` gives each :class:`~reference.layers.TensorClass` a width and a rounding
+mode; it is uniform for ``dfpN`` (nearest even everywhere except the weight update, which
+rounds stochastically) or read from a TOML file (:func:`load_precision`).
+
+Point positions: a calibration pass (one float32 forward, backward and update on the first
+batch; :func:`reference.stats.float_stats` and :func:`reference.stats.next_frac`) sets every
+tensor id's initial setting; after every iteration :meth:`Engine.update_formats` (the
+POLICY_UPDATE command) moves each auto-update id to the policy's choice. The two host-loaded
+tensors (the input images and the loss gradient) are not auto-updated: the host applies the
+same policy to the float data of each batch before converting it.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PRESETS
+from .data import Dataset
+from .engine import Engine
+from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, RoundingMode, TensorSetting, Width
+from .layers import (
+    Backend,
+    DfpBackend,
+    FloatBackend,
+    Layer,
+    TensorClass,
+    sgd_step,
+    softmax_cross_entropy,
+)
+from .models import GradOrder, Model, ModelKind, build_model
+from .rng import MASK32
+from .stats import DEFAULT_THRESHOLD, Database, float_stats, next_frac
+from .trace import Trace, TraceRecorder
+
+
+class Precision(enum.Enum):
+    FP32 = "fp32"
+    DFP32 = "dfp32"
+    DFP16 = "dfp16"
+    DFP8 = "dfp8"
+
+    @property
+    def width(self) -> Width | None:
+        return {"fp32": None, "dfp32": Width.W32, "dfp16": Width.W16, "dfp8": Width.W8}[self.value]
+
+
+ROUNDING_NAMES: dict[str, RoundingMode] = {
+    "nearest-even": RoundingMode.NEAREST_EVEN,
+    "floor": RoundingMode.FLOOR,
+    "stochastic": RoundingMode.STOCHASTIC,
+}
+
+#: Tensor classes a precision config may set (the others follow their operands).
+CONFIG_CLASSES = (TensorClass.ACTIVATION, TensorClass.ERROR, TensorClass.WEIGHT, TensorClass.GRADIENT,
+                  TensorClass.VELOCITY)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    width: Width
+    rounding: RoundingMode
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """Width and rounding of each configurable tensor class, and the policy threshold."""
+
+    activation: ClassSpec
+    error: ClassSpec
+    weight: ClassSpec
+    gradient: ClassSpec
+    velocity: ClassSpec
+    threshold: int = DEFAULT_THRESHOLD
+
+    def for_class(self, cls: TensorClass) -> ClassSpec:
+        return getattr(self, cls.value)
+
+    @classmethod
+    def uniform(cls, width: Width, threshold: int = DEFAULT_THRESHOLD) -> PrecisionSpec:
+        """One width everywhere; nearest even except the weight update (stochastic)."""
+        ne = ClassSpec(width, RoundingMode.NEAREST_EVEN)
+        return cls(ne, ne, ClassSpec(width, RoundingMode.STOCHASTIC), ne, ne, threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        names = {v: k for k, v in ROUNDING_NAMES.items()}
+        d: dict[str, Any] = {c.value: {"width": self.for_class(c).width.bits,
+                                       "rounding": names[self.for_class(c).rounding]} for c in CONFIG_CLASSES}
+        d["threshold"] = self.threshold
+        return d
+
+
+def _class_spec(table: Any, base: ClassSpec, where: str) -> ClassSpec:
+    if not isinstance(table, dict):
+        raise ValueError(f"precision config: [{where}] must be a table, got {table!r}")
+    unknown = set(table) - {"width", "rounding"}
+    if unknown:
+        raise ValueError(f"precision config: [{where}]: unknown field(s) {sorted(unknown)}; known: rounding, width")
+    width, rounding = base.width, base.rounding
+    if "width" in table:
+        w = table["width"]
+        if isinstance(w, bool) or w not in (8, 16, 32):
+            raise ValueError(f"precision config: [{where}] width={w!r}: must be 8, 16 or 32")
+        width = Width.from_bits(w)
+    if "rounding" in table:
+        r = table["rounding"]
+        if r not in ROUNDING_NAMES:
+            raise ValueError(f"precision config: [{where}] rounding={r!r}: must be one of {sorted(ROUNDING_NAMES)}")
+        rounding = ROUNDING_NAMES[r]
+    return ClassSpec(width, rounding)
+
+
+def parse_precision(data: dict, base_width: Width = Width.W16, where: str = "config") -> PrecisionSpec:
+    """A :class:`PrecisionSpec` from a parsed TOML document (see ``docs/training.md``).
+
+    ``[precision]`` may set ``width`` and ``rounding`` for every class and ``threshold``;
+    ``[precision.<class>]`` tables (activation, error, weight, gradient, velocity) override them.
+    Weights round stochastically unless their table (not the top level) says otherwise.
+    """
+    if "precision" not in data or not isinstance(data["precision"], dict):
+        raise ValueError(f"precision config: {where}: needs a [precision] table")
+    table = dict(data["precision"])
+    extra = set(data) - {"precision"}
+    if extra:
+        raise ValueError(f"precision config: {where}: unknown table(s) {sorted(extra)}; known: precision")
+    threshold = table.pop("threshold", DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 1 << 16:
+        raise ValueError(f"precision config: [precision] threshold={threshold!r}: must be an integer in [0, 65536)")
+    per_class = {c.value: table.pop(c.value) for c in CONFIG_CLASSES if c.value in table}
+    top = _class_spec(table, ClassSpec(base_width, RoundingMode.NEAREST_EVEN), "precision")
+    specs = {}
+    for c in CONFIG_CLASSES:
+        base = top
+        if c == TensorClass.WEIGHT and "rounding" not in per_class.get(c.value, {}):
+            base = ClassSpec(top.width, RoundingMode.STOCHASTIC)
+        specs[c.value] = _class_spec(per_class.get(c.value, {}), base, f"precision.{c.value}")
+    return PrecisionSpec(**specs, threshold=threshold)
+
+
+def load_precision(path: str | Path, base_width: Width = Width.W16) -> PrecisionSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"precision config: {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"precision config: {path}: malformed TOML: {exc}") from exc
+    return parse_precision(data, base_width, str(path))
+
+
+@dataclass(frozen=True)
+class IterSpec:
+    """Which iterations to trace: ``all``, or a set of iteration indices."""
+
+    all: bool = False
+    iters: frozenset[int] = frozenset()
+
+    def __contains__(self, it: int) -> bool:
+        return self.all or it in self.iters
+
+    @property
+    def empty(self) -> bool:
+        return not self.all and not self.iters
+
+    @classmethod
+    def parse(cls, spec: str | None) -> IterSpec:
+        """``"all"``, ``""``/``"none"``, or comma-separated indices and ranges (``0,5,10-12``)."""
+        if spec is None or spec.strip() in ("", "none"):
+            return cls()
+        s = spec.strip()
+        if s == "all":
+            return cls(all=True)
+        out: set[int] = set()
+        for part in s.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    a, b = (int(v) for v in part.split("-", 1))
+                    if a > b:
+                        raise ValueError
+                    out.update(range(a, b + 1))
+                else:
+                    out.add(int(part))
+            except ValueError:
+                raise ValueError(f"trace-iters: {part!r} in {spec!r} is not an iteration index or range a-b") from None
+        if any(i < 0 for i in out):
+            raise ValueError(f"trace-iters: {spec!r}: iteration indices must be >= 0")
+        return cls(iters=frozenset(out))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (with the data set)."""
+
+    model: ModelKind = ModelKind.CNN
+    precision: Precision = Precision.DFP16
+    spec: PrecisionSpec | None = None
+    epochs: int = 15
+    batch: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    trace_iters: IterSpec = IterSpec()
+    grad_order: GradOrder = GradOrder.INPUT_FIRST
+    core: str = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"train: {name}={v!r}: must be an integer >= 1")
+        for name in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"train: {name}={v!r}: must be finite and >= 0")
+        if self.lr == 0:
+            raise ValueError("train: lr=0: the learning rate must be > 0")
+        if self.momentum >= 1:
+            raise ValueError(f"train: momentum={self.momentum!r}: must be < 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MASK32:
+            raise ValueError(f"train: seed={self.seed!r}: must be an integer in [0, 2**32)")
+        if self.core not in PRESETS:
+            raise ValueError(f"train: core={self.core!r}: not one of {sorted(PRESETS)}")
+        if self.precision == Precision.FP32 and (self.spec is not None or not self.trace_iters.empty):
+            raise ValueError("train: precision=fp32 takes no precision config and no trace (use a dfp mode)")
+
+    def precision_spec(self) -> PrecisionSpec | None:
+        if self.precision == Precision.FP32:
+            return None
+        return self.spec if self.spec is not None else PrecisionSpec.uniform(self.precision.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.precision_spec()
+        return {
+            "model": self.model.value, "precision": self.precision.value,
+            "precision_spec": None if spec is None else spec.to_dict(),
+            "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "momentum": self.momentum,
+            "weight_decay": self.weight_decay, "seed": self.seed, "grad_order": self.grad_order.value,
+            "core": self.core,
+            "trace_iters": "all" if self.trace_iters.all else sorted(self.trace_iters.iters),
+        }
+
+
+@dataclass
+class TrainResult:
+    """Metrics (JSON-ready), the trace (dfp modes with traced iterations) and the final state."""
+
+    metrics: dict[str, Any]
+    trace: Trace | None
+    model: Model
+    engine: Engine | None
+    epoch_times: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _host_setting(engine: Engine, tid: int, x: np.ndarray, threshold: int) -> None:
+    """The host picks the point position of data it is about to load, by the same policy."""
+    s = engine.setting(tid)
+    frac = next_frac(float_stats(x, engine.cfg), s.fmt.width, s.fmt.frac, engine.cfg, threshold)
+    engine.set_setting(tid, TensorSetting(DfpFormat(s.fmt.width, frac), s.rounding, False))
+
+
+def calibrate(model: Model, values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+              engine: Engine, spec: PrecisionSpec) -> dict[int, int]:
+    """Initial settings of every tensor id from one float32 step on the first batch; returns tid -> F."""
+    db = Database(engine.cfg)
+
+    def observe(tid: int, v: np.ndarray) -> None:
+        if tid >= 0:
+            db.accumulate(tid, float_stats(v, engine.cfg))
+
+    be = FloatBackend(np.float32, observe)
+    model.bind(be, values)
+    logits = model.forward(be, be.load(model.input_tid, model.input_matrix(x)))
+    _, g, _ = softmax_cross_entropy(be.to_float(logits), y)
+    model.backward(be, be.load(model.logits_err_tid, g), cfg.grad_order)
+    sgd_step(be, model.params(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    fracs = {}
+    host = {model.input_tid, model.logits_err_tid}
+    for info in model.ids.infos:
+        cs = spec.for_class(info.cls)
+        default = int(np.clip(cs.width.bits - 2, FRAC_MIN, FRAC_MAX))  # range about +-2 until measured
+        frac = next_frac(db.read(info.tid), cs.width, default, engine.cfg, spec.threshold)
+        engine.set_setting(info.tid, TensorSetting(DfpFormat(cs.width, frac), cs.rounding, info.tid not in host))
+        fracs[info.tid] = frac
+    return fracs
+
+
+def _evaluate(model: Model, be: Backend, engine: Engine | None, x: np.ndarray, y: np.ndarray,
+              threshold: int, batch: int = 512) -> float:
+    correct = 0
+    for i in range(0, len(x), batch):
+        xm = model.input_matrix(x[i:i + batch])
+        if engine is not None:
+            _host_setting(engine, model.input_tid, xm, threshold)
+        logits = model.forward(be, be.load(model.input_tid, xm))
+        correct += int(np.count_nonzero(np.argmax(be.to_float(logits), axis=1) == y[i:i + batch]))
+    return correct / len(x)
+
+
+def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
+          on_grads_ready: Callable[[Layer], None] | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``data``; deterministic for ``cfg.seed`` (wall times aside).
+
+    ``train_acc`` of an epoch is the running accuracy of the training forward passes of that
+    epoch; ``test_acc`` is measured after the epoch. ``time_s`` is the wall time of the epoch's
+    training iterations (evaluation excluded).
+    """
+    from tqdm import tqdm
+
+    core = PRESETS[cfg.core]
+    spec = cfg.precision_spec()
+    model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
+    init_rng = np.random.default_rng([cfg.seed, 1])
+    shuffle_rng = np.random.default_rng([cfg.seed, 2])
+    values = model.init_params(init_rng)
+    n = len(data.x_train)
+    if n < cfg.batch:
+        raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
+    steps = n // cfg.batch  # the last partial batch is dropped
+    engine: Engine | None = None
+    recorder: TraceRecorder | None = None
+    if spec is None:
+        be: Backend = FloatBackend(np.float32)
+        model.bind(be, values)
+    else:
+        engine = Engine(core, cfg.seed, spec.threshold)
+        first = shuffle_rng.permutation(n)[: cfg.batch]  # calibration batch (does not advance shuffling)
+        calibrate(model, values, data.x_train[first], data.y_train[first], cfg, engine, spec)
+        be = DfpBackend(engine, model.ids)
+        model.bind(be, values)
+        if not cfg.trace_iters.empty:
+            recorder = TraceRecorder()
+            engine.recorder = recorder
+    shuffle_rng = np.random.default_rng([cfg.seed, 3])
+    tensors: dict[int, dict[str, list]] = {}
+    hists: dict[int, list[list[int]]] = {}
+    epochs: list[dict[str, Any]] = []
+    epoch_times: list[float] = []
+    it = 0
+    threshold = spec.threshold if spec else DEFAULT_THRESHOLD
+    for ep in range(cfg.epochs):
+        perm = shuffle_rng.permutation(n)
+        loss_sum, correct = 0.0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(range(steps), desc=f"epoch {ep + 1}/{cfg.epochs} {cfg.precision.value}", disable=not progress,
+                   leave=False)
+        for s in bar:
+            idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
+            xm, yb = model.input_matrix(data.x_train[idx]), data.y_train[idx]
+            tracing = recorder is not None and it in cfg.trace_iters
+            if tracing:
+                recorder.begin_iteration(it, engine)
+            if engine is not None:
+                _host_setting(engine, model.input_tid, xm, threshold)
+            logits = model.forward(be, be.load(model.input_tid, xm))
+            loss, g, c = softmax_cross_entropy(be.to_float(logits), yb)
+            if engine is not None:
+                _host_setting(engine, model.logits_err_tid, g, threshold)
+            model.backward(be, be.load(model.logits_err_tid, g), cfg.grad_order, on_grads_ready)
+            sgd_step(be, model.params(), cfg.lr, cfg.momentum, cfg.weight_decay)
+            if engine is not None:
+                for tid, st in engine.db.entries.items():
+                    rec = tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [],
+                                                   "underflow_rate": []})
+                    rec["iteration"].append(it)
+                    rec["frac"].append(engine.settings[tid].fmt.frac)
+                    rec["overflow_rate"].append(st.overflow / max(st.total, 1))
+                    rec["underflow_rate"].append(st.underflow / max(st.total, 1))
+                    if s == steps - 1:
+                        hists.setdefault(tid, []).append(st.hist.tolist())
+                engine.update_formats()
+            if tracing:
+                recorder.end_iteration()
+            loss_sum += loss
+            correct += c
+            it += 1
+            if not np.isfinite(loss):
+                raise ValueError(f"train: loss became {loss} at iteration {it - 1}")
+        elapsed = time.perf_counter() - t0
+        epoch_times.append(elapsed)
+        if engine is not None:
+            ev_engine = engine.fork()
+            ev_be: Backend = DfpBackend(ev_engine, model.ids)
+            ev_be._shadows, ev_be._ones = be._shadows, be._ones  # same ids, no new allocations
+        else:
+            ev_engine, ev_be = None, be
+        test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
+        epochs.append({"epoch": ep + 1, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
+                       "test_acc": test_acc, "time_s": elapsed})
+        if progress:
+            tqdm.write(f"epoch {ep + 1}: loss {loss_sum / steps:.4f}  train {correct / (steps * cfg.batch):.4f}  "
+                       f"test {test_acc:.4f}  ({elapsed:.2f} s)")
+    names = {i.tid: i for i in model.ids.infos}
+    metrics: dict[str, Any] = {
+        "train_config": cfg.to_dict(),
+        "data": {"name": data.name, "train": int(n), "test": int(len(data.x_test)),
+                 "image_hwc": list(data.image_hwc)},
+        "core": core.to_dict(), "core_digest": core.digest(),
+        "iterations_per_epoch": steps,
+        "epochs": epochs,
+        "final": {"test_acc": epochs[-1]["test_acc"], "loss": epochs[-1]["loss"],
+                  "mean_epoch_time_s": float(np.mean(epoch_times))},
+        "tensors": {names[t].name: {"tid": t, "class": names[t].cls.value,
+                                    "width": engine.settings[t].fmt.bits, **tensors[t],
+                                    "hist_at_epoch_end": hists.get(t, [])}
+                    for t in sorted(tensors)} if engine is not None else {},
+    }
+    trace = None
+    if recorder is not None:
+        trace = recorder.trace(engine, {"train_config": cfg.to_dict(), "data": data.name,
+                                        "tensor_names": {str(i.tid): i.name for i in model.ids.infos}})
+    return TrainResult(metrics, trace, model, engine, epoch_times)
