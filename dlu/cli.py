@@ -15,6 +15,8 @@ import sys
 
 # Subcommand modules, in the order `dlu --help` lists them.
 SUBCOMMAND_MODULES: list[str] = [
+    "reference.cli",
+    "dlu.demo",
 ]
 
 
