@@ -74,8 +74,11 @@ def plot_histograms(metrics: dict[str, Any], path: Path, max_tensors: int = 6) -
     for ax, (name, t) in zip(axes[:, 0], picks, strict=True):
         h = np.log10(1 + np.asarray(t["hist_at_epoch_end"], dtype=np.float64))
         bins = h.shape[1]
-        ax.imshow(h.T, aspect="auto", origin="lower", cmap="viridis",
+        ax.imshow(h.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
                   extent=(0.5, h.shape[0] + 0.5, hist_min - 0.5, hist_min + bins - 0.5))
+        used = np.flatnonzero(h.sum(axis=0))
+        if used.size:
+            ax.set_ylim(hist_min + used[0] - 1.5, hist_min + used[-1] + 1.5)
         ax.set_ylabel(f"{name}\nexponent")
     axes[-1, 0].set_xlabel("epoch (last iteration's histogram, log10(1+count))")
     fig.tight_layout()

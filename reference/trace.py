@@ -224,6 +224,13 @@ def _to_manifest(trace: Trace) -> tuple[dict, dict[str, np.ndarray]]:
     return manifest, arrays
 
 
+def _umask_perms(path: Path) -> None:
+    """Give a ``mkdtemp`` directory (mode 0700) the permissions of an ordinary new directory."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
+
+
 def write_trace(trace: Trace, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``trace`` as directory ``path`` atomically (temp directory, then rename)."""
     path = Path(path)
@@ -232,6 +239,7 @@ def write_trace(trace: Trace, path: str | Path, overwrite: bool = False) -> Path
     manifest, arrays = _to_manifest(trace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _umask_perms(tmp)
     try:
         np.savez_compressed(tmp / ARRAYS, **arrays)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

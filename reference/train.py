@@ -209,7 +209,7 @@ class TrainConfig:
     spec: PrecisionSpec | None = None
     epochs: int = 15
     batch: int = 32
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
@@ -426,3 +426,94 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
         trace = recorder.trace(engine, {"train_config": cfg.to_dict(), "data": data.name,
                                         "tensor_names": {str(i.tid): i.name for i in model.ids.infos}})
     return TrainResult(metrics, trace, model, engine, epoch_times)
+
+
+# ---------------------------------------------------------------------------------------
+# Run directories and benchmarks
+# ---------------------------------------------------------------------------------------
+
+
+def write_run(result: TrainResult, out: str | Path, name: str, force: bool = False, plots: bool = True) -> Path:
+    """Write ``out/name/`` (metrics.json, PNG plots, trace/) atomically: temp dir, then rename.
+
+    Raises FileExistsError if the run directory exists and ``force`` is false.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from .plots import plot_run
+    from .trace import _umask_perms, write_trace
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"train: run name {name!r} must be a plain directory name")
+    out = Path(out)
+    final = out / name
+    if final.exists() and not force:
+        raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
+    _umask_perms(tmp)
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+        if plots:
+            plot_run(result.metrics, tmp)
+        if result.trace is not None:
+            write_trace(result.trace, tmp / "trace")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    precision: str
+    accs: tuple[float, ...]
+    epoch_time_s: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accs))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accs))
+
+
+def benchmark(data: Dataset, model: ModelKind = ModelKind.CNN, precisions: tuple[Precision, ...] = tuple(Precision),
+              seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.02,
+              progress: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Final test accuracy (one value per seed) and mean epoch time of each precision mode."""
+    rows = []
+    for prec in precisions:
+        accs, times = [], []
+        for seed in seeds:
+            r = train(TrainConfig(model=model, precision=prec, epochs=epochs, batch=batch, lr=lr, seed=seed), data)
+            accs.append(r.metrics["final"]["test_acc"])
+            times.extend(r.epoch_times)
+            if progress is not None:
+                progress(f"{prec.value} seed {seed}: test accuracy {accs[-1]:.4f}, "
+                         f"{np.mean(r.epoch_times):.3f} s/epoch")
+        rows.append(BenchRow(prec.value, tuple(accs), float(np.median(times))))
+    return rows
+
+
+def bench_markdown(rows: list[BenchRow], header: str) -> str:
+    """A markdown table; differences and time ratios are relative to the fp32 row (if present)."""
+    ref = next((r for r in rows if r.precision == "fp32"), None)
+    lines = [header, "",
+             "| precision | test accuracy (mean +- std) | vs fp32 (points) | per-seed | s/epoch (median) "
+             "| time vs fp32 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "" if ref is None else f"{100 * (r.mean - ref.mean):+.2f}"
+        ratio = "" if ref is None else f"{r.epoch_time_s / ref.epoch_time_s:.1f}x"
+        per = ", ".join(f"{100 * a:.2f}" for a in r.accs)
+        lines.append(f"| {r.precision} | {100 * r.mean:.2f} +- {100 * r.std:.2f} | {diff} | {per} | "
+                     f"{r.epoch_time_s:.3f} | {ratio} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""``dlu train`` and ``dlu bench``: argument parsing only; the work is in :mod:`reference.train`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_PRECISIONS = ("fp32", "dfp32", "dfp16", "dfp8")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train on digits/MNIST in fp32 or dynamic fixed point (golden model)",
+                              description="Train the golden model; writes OUT/NAME/metrics.json, plots and a trace.")
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    p.add_argument("--precision", choices=_PRECISIONS, default="dfp16")
+    p.add_argument("--config", metavar="TOML", help="mixed-precision config ([precision] tables); needs a dfp mode, "
+                   "whose width is the default for classes the file leaves out")
+    p.add_argument("--epochs", type=_positive_int, default=15)
+    p.add_argument("--batch", type=_positive_int, default=32)
+    p.add_argument("--lr", type=_float, default=0.02)
+    p.add_argument("--momentum", type=_float, default=0.9)
+    p.add_argument("--weight-decay", type=_float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-order", choices=("input-first", "weights-first"), default="input-first")
+    p.add_argument("--name", help="run directory name (default: MODEL-PRECISION-sSEED)")
+    p.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or 'mnist:DIR'")
+    p.add_argument("--trace-iters", default="", metavar="SPEC",
+                   help="iterations to trace: 'all', or indices/ranges like '0,5,10-12' (default: none)")
+    p.add_argument("--out", default="runs", help="parent directory of the run directory")
+    p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    b = subparsers.add_parser("bench", help="accuracy and speed of fp32 vs dfp32/dfp16/dfp8 over several seeds",
+                              description="Benchmark the precision modes on digits; writes a markdown table.")
+    b.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    b.add_argument("--precisions", default=",".join(_PRECISIONS), help="comma-separated modes")
+    b.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (0..N-1)")
+    b.add_argument("--epochs", type=_positive_int, default=15)
+    b.add_argument("--batch", type=_positive_int, default=32)
+    b.add_argument("--lr", type=_float, default=0.02)
+    b.add_argument("--data", default="digits")
+    b.add_argument("--out", default="runs/bench.md", help="markdown file to write")
+    b.set_defaults(func=_bench)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .models import GradOrder, ModelKind
+    from .train import IterSpec, Precision, TrainConfig, load_precision, train, write_run
+
+    prec = Precision(args.precision)
+    spec = None
+    if args.config:
+        if prec == Precision.FP32:
+            raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
+        spec = load_precision(args.config, prec.width)
+    cfg = TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
+                      lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                      trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
+    name = args.name or f"{args.model}-{args.precision}-s{args.seed}"
+    from pathlib import Path
+
+    if (Path(args.out) / name).exists() and not args.force:  # fail before training, not after
+        raise ValueError(f"train: run directory {Path(args.out) / name} exists (choose another --name or --force)")
+    data = load_dataset(args.data)
+    result = train(cfg, data, progress=not args.quiet)
+    path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
+    fin = result.metrics["final"]
+    print(f"{name}: test accuracy {fin['test_acc']:.4f}, final loss {fin['loss']:.4f}, "
+          f"{fin['mean_epoch_time_s']:.3f} s/epoch -> {path}")
+    if result.trace is not None:
+        print(f"trace: {len(result.trace.iterations)} iteration(s) in {path / 'trace'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .models import ModelKind
+    from .train import Precision, bench_markdown, benchmark
+
+    try:
+        precs = tuple(Precision(p.strip()) for p in args.precisions.split(","))
+    except ValueError:
+        raise ValueError(f"bench: --precisions {args.precisions!r}: each must be one of {_PRECISIONS}") from None
+    data = load_dataset(args.data)
+    seeds = tuple(range(args.seeds))
+    rows = benchmark(data, ModelKind(args.model), precs, seeds, args.epochs, args.batch, args.lr,
+                     progress=lambda s: print(s, file=sys.stderr, flush=True))
+    cmd = (f"dlu bench --model {args.model} --precisions {args.precisions} --seeds {args.seeds} "
+           f"--epochs {args.epochs} --batch {args.batch} --lr {args.lr} --data {args.data}")
+    header = (f"Test accuracy after {args.epochs} epochs on {data.name} ({len(data.x_train)} train / "
+              f"{len(data.x_test)} test images), model {args.model}, seeds {list(seeds)}.\n\nReproduce: `{cmd}`")
+    md = bench_markdown(rows, header)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(md)
+    os.replace(tmp, out)
+    print(md)
+    print(f"written to {out}")
+    return 0
