@@ -273,7 +273,7 @@ def best_frac_for(x: np.ndarray, width: Width) -> int:
     if m == 0.0:
         return FRAC_MAX
     _, e = np.frexp(m)  # m in [2**(e-1), 2**e)
-    return int(np.clip(width.bits - 1 - e, FRAC_MIN, FRAC_MAX))
+    return max(FRAC_MIN, min(FRAC_MAX, width.bits - 1 - int(e)))
 
 
 def _is_wide(a: np.ndarray) -> bool:

@@ -122,10 +122,11 @@ def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray
         starts = np.concatenate([starts, _apply(_jump_tables(k), starts)])
         k += 1
     s = starts[:n_blocks]
-    words = np.empty((n_blocks, _BLOCK, slots), dtype=np.int64)
-    for i in range(_BLOCK):
+    steps = min(_BLOCK, n_beats)  # a single short block needs only n_beats steps
+    words = np.empty((n_blocks, steps, slots), dtype=np.int64)
+    for i in range(steps):
         s = xorshift32(s)
         words[:, i, :] = s[:, :slots] >> np.uint32(16)
     last = n_beats - 1
-    final = jump(starts[last // _BLOCK], last % _BLOCK + 1)
-    return words.reshape(n_blocks * _BLOCK, slots)[:n_beats], final
+    final = s[0] if n_blocks == 1 else jump(starts[last // _BLOCK], last % _BLOCK + 1)
+    return words.reshape(n_blocks * steps, slots)[:n_beats], final

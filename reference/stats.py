@@ -129,7 +129,7 @@ def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
             break
         over += int(h[i])
     e_star = cfg.hist_min_exp + istar
-    return int(np.clip(width.bits - 2 - e_star, FRAC_MIN, FRAC_MAX))
+    return max(FRAC_MIN, min(FRAC_MAX, width.bits - 2 - e_star))
 
 
 @dataclass
