@@ -1,0 +1,178 @@
+"""Engine: dispatch to the ops with the destination's setting, database, generators, POLICY_UPDATE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import ops
+from reference.config import PRESETS
+from reference.engine import Engine
+from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+from reference.ops import Op
+from reference.rng import draw_beats, seed_states
+from reference.stats import next_frac
+
+CFG = PRESETS["default"]
+
+
+def _t(values, width=Width.W8, frac=0) -> DfpTensor:
+    return DfpTensor(np.array(values, dtype=np.int64), DfpFormat(width, frac))
+
+
+def _engine(**settings: TensorSetting) -> Engine:
+    e = Engine(CFG, seed=7)
+    for name, s in settings.items():
+        e.set_setting(int(name[1:]), s)
+    return e
+
+
+def _s(width=Width.W8, frac=0, rounding=RoundingMode.NEAREST_EVEN, auto=True) -> TensorSetting:
+    return TensorSetting(DfpFormat(width, frac), rounding, auto)
+
+
+def test_matmul_hand_computed_and_output_format_from_destination_setting():
+    e = _engine(t3=_s(frac=-1))
+    a = _t([[1, 2], [3, -4]])
+    b = _t([[5], [6]])
+    out = e.run(Op.MATMUL, 3, [a, b], [1, 2])
+    # exact products 17 and -9, then F 0 -> -1: 17/2 = 8.5 -> 8 (even), -9/2 = -4.5 -> -4 (even)
+    assert out.fmt == DfpFormat(Width.W8, -1)
+    assert out.data.tolist() == [[8], [-4]]
+
+
+def test_add_with_broadcast_row_and_saturation_hand_computed():
+    e = _engine(t0=_s())
+    out = e.run(Op.ADD, 0, [_t([[100, -100], [1, 2]]), _t([[50, -50]])], [1, 2])
+    assert out.data.tolist() == [[127, -128], [51, -48]]
+    assert e.db.read(0).overflow == 2 and e.db.read(0).total == 4
+
+
+@pytest.mark.parametrize("op", list(Op))
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+def test_run_equals_the_ops_function_with_destination_setting(op, rounding):
+    seed = 1000 + 10 * int(op) + int(rounding)
+    rng = np.random.default_rng(seed)
+    x = _t(rng.integers(-128, 128, (5, 40)), Width.W8, 3)
+    y = _t(rng.integers(-128, 128, (5, 40)), Width.W8, 5)
+    w = _t(rng.integers(-128, 128, (40, 7)), Width.W8, 4)
+    setting = _s(Width.W8, 2, rounding)
+    e = _engine(t9=setting)
+    states = e.rng.copy()
+    fmt = setting.fmt
+    srcs, alpha = {
+        Op.MATMUL: ([x, w], None), Op.ADD: ([x, y], None), Op.SUB: ([x, y], None), Op.MUL: ([x, y], None),
+        Op.AXPY: ([x, y], (-77, 9)), Op.RELU: ([x], None), Op.RELU_BACKWARD: ([x, y], None),
+        Op.CONVERT: ([x], None),
+    }[op]
+    out = e.run(op, 9, srcs, [1] * len(srcs), alpha)
+    args = (fmt, rounding, CFG, states)
+    want = {
+        Op.MATMUL: lambda: ops.matmul(x, w, *args), Op.ADD: lambda: ops.add(x, y, *args),
+        Op.SUB: lambda: ops.sub(x, y, *args), Op.MUL: lambda: ops.mul(x, y, *args),
+        Op.AXPY: lambda: ops.axpy(-77, 9, x, y, *args), Op.RELU: lambda: ops.relu(x, *args),
+        Op.RELU_BACKWARD: lambda: ops.relu_backward(x, y, *args), Op.CONVERT: lambda: ops.convert(x, *args),
+    }[op]()
+    assert np.array_equal(out.data, want.out.data), f"seed {seed}"
+    assert e.db.read(9) == want.stats
+    assert np.array_equal(e.rng, want.rng)
+
+
+def test_stochastic_rounding_advances_the_generators_by_the_beats_converted():
+    e = _engine(t1=_s(Width.W8, 0, RoundingMode.STOCHASTIC))
+    x = _t(np.arange(-35, 35).reshape(2, 35), Width.W8, 3)  # 2 rows x ceil(35/32) = 4 beats at 8 bits
+    before = e.rng.copy()
+    e.run(Op.CONVERT, 1, [x], [0])
+    _, after = draw_beats(before, 4, CFG.rng_slots)
+    assert np.array_equal(e.rng, after)
+    # nearest-even never draws
+    e.set_setting(1, _s(Width.W8, 0))
+    mid = e.rng.copy()
+    e.run(Op.CONVERT, 1, [x], [0])
+    assert np.array_equal(e.rng, mid)
+
+
+def test_seed_register_sets_the_generators():
+    assert np.array_equal(Engine(CFG, seed=12345).rng, seed_states(12345, CFG.rng_slots))
+
+
+def test_database_accumulates_per_destination():
+    e = _engine(t4=_s(), t5=_s())
+    x = _t([[1, 2, 0, -3]])
+    e.run(Op.RELU, 4, [x], [0])
+    e.run(Op.RELU, 4, [x], [0])
+    e.run(Op.CONVERT, 5, [x], [0])
+    assert e.db.read(4).total == 8 and e.db.read(4).zeros == 4
+    assert e.db.read(5).total == 4 and e.db.read(5).zeros == 1
+
+
+def test_update_formats_applies_policy_to_auto_ids_with_stats_only():
+    e = _engine(t1=_s(Width.W8, 0), t2=_s(Width.W16, 0), t3=_s(Width.W8, 0, auto=False), t4=_s(Width.W8, 5))
+    x = _t([[100]], Width.W16, 0)  # exponent 6: |100| in [64, 128)
+    e.run(Op.CONVERT, 1, [x], [0])
+    e.run(Op.CONVERT, 2, [x], [0])
+    e.run(Op.CONVERT, 3, [x], [0])
+    changed = e.update_formats()
+    # F = W - 2 - e: 8-bit -> 0, 16-bit -> 8; tid 3 is not auto, tid 4 has no statistics
+    assert changed == {1: _s(Width.W8, 0), 2: _s(Width.W16, 8)}
+    assert e.settings[3].fmt.frac == 0 and e.settings[4].fmt.frac == 5
+    assert 1 not in e.db.entries and 2 not in e.db.entries and 3 in e.db.entries
+
+
+def test_update_formats_matches_next_frac_on_random_data():
+    seed = 5
+    rng = np.random.default_rng(seed)
+    e = _engine(t6=_s(Width.W16, 3))
+    x = _t(rng.integers(-2**15, 2**15, (4, 300)), Width.W16, 12)
+    e.run(Op.CONVERT, 6, [x], [0])
+    want = next_frac(e.db.read(6), Width.W16, 3, CFG, e.threshold)
+    e.update_formats()
+    assert e.settings[6].fmt.frac == want, f"seed {seed}"
+
+
+def test_load_rounds_to_nearest_even_and_leaves_database_alone():
+    e = _engine(t2=_s(Width.W8, 1, RoundingMode.STOCHASTIC))
+    out = e.load(2, np.array([[0.25, 0.75, -0.25, 100.0]]))
+    assert out.data.tolist() == [[0, 2, 0, 127]]
+    assert e.db.entries == {}
+
+
+def test_fork_copies_settings_and_generators_but_not_database():
+    e = _engine(t1=_s())
+    e.run(Op.RELU, 1, [_t([[1]])], [0])
+    f = e.fork()
+    assert f.settings == e.settings and np.array_equal(f.rng, e.rng)
+    assert f.db.entries == {} and f.recorder is None
+    f.set_setting(1, _s(frac=3))
+    assert e.settings[1].fmt.frac == 0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e: e.run(Op.MATMUL, 1, [_t([[1]])], [0]), "MATMUL takes 2 operand"),
+    (lambda e: e.run(Op.RELU, 1, [_t([[1]])], [0, 0]), "RELU takes 1 operand"),
+    (lambda e: e.run(Op.RELU, 2, [_t([[1]])], [0]), "tensor id 2 has no setting"),
+    (lambda e: e.run(Op.RELU, 64, [_t([[1]])], [0]), "dst=64 is outside"),
+    (lambda e: e.run(Op.RELU, 1, [_t([[1]])], [99]), "src_tids[0]=99"),
+    (lambda e: e.run(Op.AXPY, 1, [_t([[1]]), _t([[1]])], [0, 0]), "AXPY needs"),
+    (lambda e: e.run(Op.ADD, 1, [_t([[1]]), _t([[1]])], [0, 0], (1, 0)), "alpha=(1, 0)"),
+    (lambda e: e.run(Op.ADD, 1, [_t([[1]]), _t([[1]], Width.W16)], [0, 5]), "operand 1 (tid 5) is 16-bit"),
+    (lambda e: e.set_setting(-1, _s()), "tid=-1"),
+])
+def test_illegal_commands_raise_naming_the_field(call, message):
+    e = _engine(t1=_s())
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        call(e)
+
+
+def test_convert_may_change_width():
+    e = _engine(t1=_s(Width.W16, 8))
+    out = e.run(Op.CONVERT, 1, [_t([[3, -128]], Width.W8, 0)], [0])
+    assert out.fmt.width == Width.W16 and out.data.tolist() == [[768, -32768]]
+
+
+@pytest.mark.parametrize("seed, threshold, field", [(-1, 66, "seed"), (2**32, 66, "seed"), (0, 2**16, "threshold"),
+                                                    (0, -1, "threshold")])
+def test_bad_registers_are_rejected(seed, threshold, field):
+    with pytest.raises(ValueError, match=field):
+        Engine(CFG, seed=seed, threshold=threshold)
