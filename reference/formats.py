@@ -289,9 +289,17 @@ def bit_length(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.int64)
     if v.size and v.min() < 0:
         raise ValueError(f"bit_length: negative value {v.min()}")
+    return _bit_length_int64(v)
+
+
+def _bit_length_int64(v: np.ndarray) -> np.ndarray:
+    """:func:`bit_length` of a non-negative int64 array, unchecked."""
     # The biased exponent field of float64(v) is frexp's exponent + 1022, i.e. the bit
     # length + 1022 (and 0 for v = 0). Exact below 2**53.
-    e = np.maximum((v.astype(np.float64).view(np.int64) >> 52) - 1022, 0)
+    e = v.astype(np.float64).view(np.int64)  # a fresh array: the in-place ops below are safe
+    e >>= 52
+    e -= 1022
+    np.maximum(e, 0, out=e)
     if v.size and v.max() >= 1 << 53:
         # float64 rounding can carry a value just below 2**k up to 2**k: correct it exactly.
         # e == 64 only happens for values above 2**63 - 2**10, whose bit length is 63.

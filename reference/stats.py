@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import CoreConfig
-from .formats import FRAC_MAX, FRAC_MIN, Width, bit_length
+from .formats import FRAC_MAX, FRAC_MIN, Width, _bit_length_int64, bit_length
 
 #: Default policy threshold, in units of 2**-16 of the non-zero values (66/65536 ~ 0.1%).
 DEFAULT_THRESHOLD = 66
@@ -39,7 +39,12 @@ def msb_position(v: np.ndarray) -> np.ndarray:
     if v.dtype == object:
         return bit_length(np.where(v < 0, -v - 1, v)) - 1
     v = v.astype(np.int64, copy=False)
-    return bit_length(v ^ (v >> 63)) - 1  # v ^ (v >> 63) is ~v for negative v
+    # In-place steps on fresh arrays: large temporaries cost more in page faults than in arithmetic.
+    mag = v >> 63
+    mag ^= v  # ~v for negative v, v otherwise: >= 0
+    p = _bit_length_int64(mag)
+    p -= 1
+    return p
 
 
 @dataclass
@@ -72,7 +77,10 @@ def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cf
     """Statistics of pre-conversion values ``acc`` (F_acc fraction bits) and their conversion ``q``."""
     nz = acc != 0
     # Bin of every value; zeros go to an extra bin past the end that is then dropped.
-    bins = np.clip(msb_position(acc) - (f_acc + cfg.hist_min_exp), 0, cfg.hist_bins - 1)
+    bins = msb_position(acc)
+    bins -= f_acc + cfg.hist_min_exp
+    np.maximum(bins, 0, out=bins)
+    np.minimum(bins, cfg.hist_bins - 1, out=bins)
     bins[~nz] = cfg.hist_bins
     hist = np.bincount(bins.ravel(), minlength=cfg.hist_bins + 1)[: cfg.hist_bins].astype(np.int64)
     cmax = cfg.counter_max
