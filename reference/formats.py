@@ -362,8 +362,15 @@ def round_shift(
         return fq
     if rounding == RoundingMode.NEAREST_EVEN:
         half = 1 << (shift - 1)
-        up = (rem > half) | ((rem == half) & ((fq & 1) == 1))
-        return fq + up.astype(np.int64)
+        if _is_wide(acc):
+            up = (rem > half) | ((rem == half) & ((fq & 1) == 1))
+            return fq + up.astype(np.int64)
+        # The same rule in fewer passes: rem + (fq & 1) > half <=> rem > half, or rem == half
+        # and fq odd (rem < 2 * half). fq is a fresh array here.
+        t = fq & 1
+        t += rem
+        fq += t > half
+        return fq
     if rounding == RoundingMode.STOCHASTIC:
         if u16 is None:
             raise ValueError("round_shift: stochastic rounding needs random words (u16)")
@@ -384,7 +391,7 @@ def saturate(q: np.ndarray, fmt: DfpFormat) -> tuple[np.ndarray, np.ndarray]:
         q = np.where(over, np.where(q > 0, fmt.max_int, fmt.min_int), q).astype(np.int64)
     else:
         q = np.clip(q, fmt.min_int, fmt.max_int)
-    return q.astype(np.int64), over.astype(bool)
+    return q.astype(np.int64, copy=False), over.astype(bool, copy=False)
 
 
 def requantize_left(acc: np.ndarray, k: int, fmt: DfpFormat) -> tuple[np.ndarray, np.ndarray]:
