@@ -10,7 +10,11 @@ values *before* conversion, and the stochastic-rounding generator state after th
 accumulator width and the number of values processed per cycle, ``V = lanes * 32 / W_op``.
 Results are produced in *beats*: row ``m`` is cut into ``ceil(cols / V)`` beats of V values
 (the last one partial), and beats go in row-major order. Only stochastic rounding depends
-on this order (slot j of a beat uses generator j, see :mod:`reference.rng`).
+on this order (slot j of a beat uses generator j, see :mod:`reference.rng`); the generators
+step once per beat only when the conversion drops bits (``F_acc > F_out``).
+
+The definitions are explained, with worked examples that the tests execute, in
+``docs/numerics.md``.
 
 Elementwise operands are *aligned* before they are added (:func:`align_terms`): the
 accumulator's point position is the finest of the operands' ``F_i``, lowered if needed so
@@ -95,7 +99,12 @@ def convert_acc(
     rng: np.ndarray,
     op_width: Width,
 ) -> OpResult:
-    """Analyse and convert an exact accumulator array to ``out_fmt`` (the output stage)."""
+    """Analyse and convert an exact accumulator array to ``out_fmt`` (the output stage).
+
+    ``shift = f_acc - out_fmt.frac``: for shift > 0, :func:`round_shift` then saturation (in
+    stochastic mode, ``rows * ceil(cols / V)`` beats of random words are drawn, V from
+    ``op_width``); for shift <= 0, an exact left shift with saturation and no draw.
+    """
     rows, cols = acc.shape
     shift = f_acc - out_fmt.frac
     new_rng = rng

@@ -3,8 +3,9 @@
 The core converts results one *beat* at a time: a beat is up to ``V = lanes * 32 / W``
 values of one output row (see :func:`reference.ops.beats`). Slot ``j`` of every beat
 draws its random word from generator ``j``. There are ``4 * lanes`` generators (the widest
-beat, at 8 bits); on every beat that is converted in stochastic mode *all* of them step
-once, whatever the width, so the state never depends on which slots were used.
+beat, at 8 bits); on every beat that is converted in stochastic mode with bits dropped
+(``shift = F_acc - F_out > 0``) *all* of them step once, whatever the width, so the state
+never depends on which slots were used. A conversion that drops no bits steps none.
 
 Generator ``j`` is Marsaglia's xorshift32 (13, 17, 5). Seeding from the 32-bit seed
 register: ``state_j = seed XOR ((j + 1) * 0x9E3779B9 mod 2**32)``, and 1 if that is 0.
