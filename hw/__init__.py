@@ -1,0 +1,1 @@
+"""The DLU core in Amaranth 0.5: shapes, encodings and timing come from :mod:`reference`."""
