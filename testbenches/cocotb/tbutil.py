@@ -37,6 +37,11 @@ def test_rng(name: str, log) -> tuple[random.Random, int]:
     return random.Random(seed), seed
 
 
+def iterations(default: int) -> int:
+    """How many random rounds a test runs: ``DLU_ITERS`` (set by the slow tier) or ``default``."""
+    return int(os.environ.get("DLU_ITERS", default))
+
+
 def config_name() -> str:
     return os.environ.get("DLU_CONFIG", "tiny")
 
