@@ -144,6 +144,7 @@ class DfpBackend:
         self.ids = ids
         self._shadows: dict[tuple[int, Width], int] = {}
         self._ones: dict[Width, int] = {}
+        self._scalars: dict[tuple[float, Width], tuple[int, int]] = {}
 
     def _width(self, tid: int) -> Width:
         return self.engine.setting(tid).fmt.width
@@ -189,7 +190,10 @@ class DfpBackend:
         return self._run(Op.RELU_BACKWARD, dst, [dy, x])
 
     def axpy(self, dst: int, alpha: float, x: Ref, y: Ref) -> Ref:
-        return self._run(Op.AXPY, dst, [x, y], scalar_to_dfp(alpha, self._width(dst)))
+        key = (float(alpha), self._width(dst))
+        if key not in self._scalars:  # the host converts each hyper-parameter once per width
+            self._scalars[key] = scalar_to_dfp(*key)
+        return self._run(Op.AXPY, dst, [x, y], self._scalars[key])
 
     def host(self, r: Ref, fn: Callable[[np.ndarray], np.ndarray]) -> Ref:
         return Ref(DfpTensor(np.ascontiguousarray(fn(r.t.data)), r.t.fmt), r.tid)
