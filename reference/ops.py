@@ -79,9 +79,24 @@ def _op_width(*fmts: DfpFormat) -> Width:
     return max(f.width for f in fmts)
 
 
-def _wide(a: np.ndarray, bits: int) -> np.ndarray:
-    """Arrays whose accumulator exceeds int64 become arrays of Python ints."""
-    return a.astype(object) if bits > 62 else a
+#: Exact results are kept in int64 when every term is below this bound (a sum of two then
+#: still fits), and in Python ints otherwise. Which representation is used never changes a
+#: result: it is a speed choice made from the operands' actual magnitudes.
+_INT64_SAFE = 1 << 62
+
+
+def _maxabs(a: np.ndarray) -> int:
+    return max(abs(int(a.max())), abs(int(a.min()))) if a.size else 0
+
+
+def _as_int64_if_fits(a: np.ndarray) -> np.ndarray:
+    """An object array whose values all fit int64, as int64 (the fast paths); else unchanged."""
+    if a.dtype != object:
+        return a
+    try:
+        return a.astype(np.int64)
+    except OverflowError:
+        return a
 
 
 def beats(rows: int, cols: int, v: int) -> int:
@@ -106,6 +121,7 @@ def convert_acc(
     ``op_width``); for shift <= 0, an exact left shift with saturation and no draw.
     """
     rows, cols = acc.shape
+    acc = _as_int64_if_fits(acc)
     shift = f_acc - out_fmt.frac
     new_rng = rng
     if shift > 0:
@@ -134,7 +150,8 @@ def align_terms(terms: list[tuple[np.ndarray, DfpFormat | tuple[int, int]]], acc
     out = []
     for (x, _), (f, _) in zip(terms, fw, strict=True):
         d = f_acc - f
-        x = _wide(x, acc_bits)
+        if x.dtype != object and d >= 0 and _maxabs(x) << d >= _INT64_SAFE:
+            x = x.astype(object)
         if d >= 0:
             out.append(x * (1 << d) if x.dtype == object else np.left_shift(x, d))
         else:
@@ -153,15 +170,24 @@ def _int_matmul(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
     Up to 16-bit inputs every partial sum is an integer below 2**47 (K <= 2**16), which
     float64 holds exactly in any summation order. 32-bit inputs are split into a signed
     high and an unsigned low 16-bit half; the four partial products are exact the same
-    way and are recombined in Python integers.
+    way and are recombined: in int64 when the operands' magnitudes bound every partial term
+    below 2**62, else in Python integers. (32-bit operands whose magnitudes bound every
+    partial sum below 2**53 take the direct float64 product.)
     """
     if bits <= 16:
         return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    k = a.shape[1]
+    amax, bmax = _maxabs(a), _maxabs(b)
+    if k * amax * bmax < 1 << 53:
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
     ah, al = a >> 16, a & 0xFFFF
     bh, bl = b >> 16, b & 0xFFFF
+    # |ah| <= amax / 2**16 + 1, so every recombined term is below K (amax + 2**16) (bmax + 2**16)
+    small = k * (amax + (1 << 16)) * (bmax + (1 << 16)) < _INT64_SAFE
 
     def mm(x, y):
-        return (x.astype(np.float64) @ y.astype(np.float64)).astype(np.int64).astype(object)
+        p = (x.astype(np.float64) @ y.astype(np.float64)).astype(np.int64)
+        return p if small else p.astype(object)
 
     return mm(ah, bh) * (1 << 32) + (mm(ah, bl) + mm(al, bh)) * (1 << 16) + mm(al, bl)
 
@@ -198,7 +224,10 @@ def sub(a, b, out_fmt, rounding, cfg, rng) -> OpResult:
 def mul(a: DfpTensor, b: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     _check_broadcast(a, b, "mul")
     w = _op_width(a.fmt, b.fmt, out_fmt)
-    acc = _wide(a.data, acc_width(w)) * _wide(b.data, acc_width(w))
+    if _maxabs(a.data) * _maxabs(b.data) < _INT64_SAFE:
+        acc = a.data * b.data
+    else:
+        acc = a.data.astype(object) * b.data.astype(object)
     return convert_acc(acc, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
 
 
@@ -211,7 +240,8 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
     if not afmt.min_int <= int(alpha) <= afmt.max_int:
         raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
     abits = acc_width(w)
-    prod = _wide(x.data, abits) * int(alpha)
+    xd = x.data if _maxabs(x.data) * abs(int(alpha)) < _INT64_SAFE else x.data.astype(object)
+    prod = xd * int(alpha)
     (tp, ty), f_acc = align_terms([(prod, (alpha_frac + x.fmt.frac, 2 * w.bits)), (y.data, y.fmt)], abits)
     return convert_acc(tp + ty, f_acc, abits, out_fmt, rounding, cfg, rng, w)
 

@@ -301,3 +301,32 @@ def test_beats_and_scalar_to_dfp():
         assert abs(raw) >= 2 ** (w.bits - 2)  # the most precision: the top magnitude bit is used
         assert abs(raw * 2.0**-frac - value) <= 2.0 ** (-frac - 1)
     assert [int(op) for op in ops.Op] == list(range(8))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.name)
+@pytest.mark.parametrize("mag_bits", [10, 26, 31])
+def test_32bit_magnitude_regimes_vs_oracle(mag_bits, mode):
+    """W32 results are formed in float64, int64 or Python ints depending on the operands'
+    magnitudes (2**10: float64 product; 2**26 with K = 8: int64 recombination; 2**31: Python
+    ints); every regime must give the oracle's result."""
+    seed = 31 * mag_bits + int(mode)
+    rng = np.random.default_rng(seed)
+    f = DfpFormat(Width.W32, 20)
+    lim = 2**mag_bits
+    a = DfpTensor(rng.integers(-lim, lim, (3, 8)), f)
+    b = DfpTensor(rng.integers(-lim, lim, (8, 5)), DfpFormat(Width.W32, 3))
+    c = DfpTensor(rng.integers(-lim, lim, (3, 8)), DfpFormat(Width.W32, 40))
+    out = DfpFormat(Width.W32, 2 * 20 + 3 - 2 * mag_bits + 30)
+    cases = [("matmul", [a, b]), ("mul", [a, c]), ("add", [a, c]), ("sub", [c, a]),
+             ("axpy", [-(2**31), 31, a, c]), ("axpy", [12345, 10, a, c])]
+    for op, args in cases:
+        st = int(rng.integers(0, 2**32))
+        model = Model(TINY, st)
+        q, s = expected(op, args, out, mode, model)
+        res = getattr(ops, op)(*args, out, mode, TINY, seed_states(st, TINY.rng_slots))
+        msg = f"{op} mag_bits={mag_bits} {mode.name} seed={seed}"
+        assert res.out.data.tolist() == q, msg
+        assert res.stats.hist.tolist() == s["hist"], msg
+        assert (res.stats.overflow, res.stats.underflow, res.stats.zeros) == (
+            s["overflow"], s["underflow"], s["zeros"]), msg
+        assert [int(v) for v in res.rng] == model.states, msg
