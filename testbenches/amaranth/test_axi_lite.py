@@ -1,0 +1,227 @@
+"""AxiLiteSlave: every register of hw.regmap through AXI4-Lite handshakes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.sim import Simulator
+
+from hw import regmap
+from hw.axi_lite import AxiLiteSlave
+from hw.database import DistributionDatabase
+from hw.settings import SettingsRegister
+from reference.config import PRESETS, CoreConfig
+from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
+from reference.isa import Command
+from reference.stats import DEFAULT_THRESHOLD
+
+from .axil import AxiLiteMaster
+from .test_database import random_stats, stats_const
+
+CFG = PRESETS["tiny"]
+REGS = regmap.by_name(CFG)
+
+
+class Harness(wiring.Component):
+    def __init__(self, cfg: CoreConfig) -> None:
+        self.axil = AxiLiteSlave(cfg)
+        self.settings = SettingsRegister(cfg)
+        self.db = DistributionDatabase(cfg)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.axil, m.submodules.settings, m.submodules.db = self.axil, self.settings, self.db
+        wiring.connect(m, self.axil.settings, self.settings.host)
+        wiring.connect(m, self.axil.db, self.db.host)
+        return m
+
+
+def run(dut, tb):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_rejects_bad_cfg():
+    with pytest.raises(TypeError, match="cfg: expected a reference.config.CoreConfig"):
+        AxiLiteSlave({"lanes": 2})
+
+
+def test_id_digest_threshold_seed_settings_and_unmapped():
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    s1 = TensorSetting(DfpFormat(Width.W8, -32), RoundingMode.FLOOR, True).encode()
+    illegal = 3  # width code 3
+
+    async def tb(ctx):
+        assert await bus.read(ctx, REGS["ID"].offset) == (regmap.ID_MAGIC << 8) | regmap.REGMAP_VERSION
+        assert await bus.read(ctx, REGS["CONFIG_DIGEST"].offset) == int(CFG.digest()[:8], 16)
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
+        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x12345) == 0
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == 0x2345
+        assert ctx.get(h.axil.threshold) == 0x2345
+        assert await bus.write(ctx, REGS["SEED"].offset, 0xDEADBEEF) == 0
+        assert await bus.read(ctx, REGS["SEED"].offset) == 0xDEADBEEF
+        base = REGS["SETTINGS"].offset
+        assert await bus.write(ctx, base + 4 * 5, s1) == 0
+        assert await bus.read(ctx, base + 4 * 5) == s1 | (1 << 31)
+        assert await bus.read(ctx, base + 4 * 4) == 0  # never written: invalid
+        # Illegal code: entry unchanged, setting_error pulses exactly once.
+        assert pulses == [0]
+        resp = await bus.write(ctx, base + 4 * 5, illegal)
+        assert resp == 0
+        await ctx.tick()
+        assert pulses == [1]
+        assert await bus.read(ctx, base + 4 * 5) == s1 | (1 << 31)
+        # Unmapped addresses answer SLVERR.
+        assert (await bus.read_resp(ctx, 0x0C))[1] == 2
+        assert await bus.write(ctx, 0x0C, 1) == 2
+        assert (await bus.read_resp(ctx, REGS["SETTINGS"].end))[1] == 2
+
+    pulses = [0]
+
+    async def monitor(ctx):
+        async for _clk, _rst, err in ctx.tick().sample(h.axil.ctl.setting_error):
+            pulses[0] += err
+
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.add_process(monitor)
+    sim.run()
+
+
+def test_cmd_push_assembles_commands_and_stalls_when_fifo_full():
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    cmds = [Command(opcode=o, tid_d=1, tid_a=2, tid_b=3, addr_a=17, addr_b=70, addr_d=140, m=3, n=9, k=5,
+                    alpha=-7, alpha_frac=-3, broadcast_b=bool(o & 1), irq=True) for o in range(3)]
+    got = []
+
+    async def tb(ctx):
+        ctx.set(h.axil.cmds.ready, 1)
+        for c in cmds[:2]:
+            for w in c.encode():
+                await bus.write(ctx, REGS["CMD_PUSH"].offset, w)
+        ctx.set(h.axil.cmds.ready, 0)
+        words = cmds[2].encode()
+        for w in words[:-1]:
+            await bus.write(ctx, REGS["CMD_PUSH"].offset, w)
+        # The 8th word must wait for the FIFO: no response while ready is low.
+        bus.timeout = 20
+        with pytest.raises(AssertionError, match="no response"):
+            await bus.write(ctx, REGS["CMD_PUSH"].offset, words[-1])
+        assert ctx.get(h.axil.cmds.valid) == 1
+        ctx.set(h.axil.cmds.ready, 1)
+        await ctx.tick()
+        ctx.set(h.axil.cmds.ready, 0)
+        # finish the pending response
+        for _ in range(3):
+            await ctx.tick()
+        assert ctx.get(h.axil.cmds.valid) == 0
+
+    async def monitor(ctx):
+        async for _clk, _rst, valid, ready, payload in ctx.tick().sample(h.axil.cmds.valid, h.axil.cmds.ready,
+                                                                h.axil.cmds.payload):
+            if valid and ready:
+                got.append([int(x) for x in payload])
+
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.add_process(monitor)
+    sim.run()
+    assert [Command.decode(w) for w in got] == cmds
+
+
+def test_database_window_reads_every_counter():
+    cfg = CFG
+    h = Harness(cfg)
+    bus = AxiLiteMaster(h.axil)
+    rng = np.random.default_rng(5)
+    stats = {tid: random_stats(rng, cfg) for tid in (0, 3, cfg.tensor_ids - 1)}
+    win = REGS["DATABASE"]
+
+    async def tb(ctx):
+        for tid, s in stats.items():
+            ctx.set(h.db.clear.tid, tid)
+            ctx.set(h.db.clear.en, 1)
+            await ctx.tick()
+            ctx.set(h.db.clear.en, 0)
+            ctx.set(h.db.commit.tid, tid)
+            ctx.set(h.db.commit.stats, stats_const(cfg, s))
+            await ctx.tick()
+            ctx.set(h.db.commit.en, 1)
+            await ctx.tick()
+            ctx.set(h.db.commit.en, 0)
+        for tid, s in stats.items():
+            want = [int(v) for v in s.hist] + [s.zeros, s.overflow, s.underflow, s.total]
+            for c, v in enumerate(want):
+                addr = win.offset + tid * win.stride + c * 4 * regmap.words_per_counter(cfg)
+                assert await bus.read(ctx, addr) == v, f"tid {tid} counter {c}"
+        # Past the last counter of an entry: 0.
+        assert await bus.read(ctx, win.offset + len(want) * 4) == 0
+
+    run(h, tb)
+
+
+def test_control_strobes_perf_status_and_irq():
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    ctl = REGS["CONTROL"]
+    st = REGS["STATUS"]
+
+    async def tb(ctx):
+        seen = {"clear_error": 0, "soft_reset": 0, "clear_perf": 0}
+
+        async def write_watch(value):
+            # Strobes are combinational during the write's completing cycle: sample each cycle.
+            task_done = False
+            ctx.set(h.axil.s_axil_bready, 1)
+            ctx.set(h.axil.s_axil_awaddr, ctl.offset)
+            ctx.set(h.axil.s_axil_wdata, value)
+            ctx.set(h.axil.s_axil_awvalid, 1)
+            ctx.set(h.axil.s_axil_wvalid, 1)
+            for _ in range(6):
+                for k in seen:
+                    seen[k] += ctx.get(getattr(h.axil.ctl, k))
+                aw_hs = ctx.get(h.axil.s_axil_awready)
+                w_hs = ctx.get(h.axil.s_axil_wready)
+                task_done |= bool(ctx.get(h.axil.s_axil_bvalid))
+                await ctx.tick()
+                if aw_hs:
+                    ctx.set(h.axil.s_axil_awvalid, 0)
+                if w_hs:
+                    ctx.set(h.axil.s_axil_wvalid, 0)
+            assert task_done
+            ctx.set(h.axil.s_axil_awvalid, 0)
+            ctx.set(h.axil.s_axil_wvalid, 0)
+
+        await write_watch(ctl.field("clear_error").mask | ctl.field("clear_perf").mask)
+        assert seen == {"clear_error": 1, "soft_reset": 0, "clear_perf": 1}
+        await write_watch(ctl.field("soft_reset").mask | ctl.field("irq_enable").mask)
+        assert seen == {"clear_error": 1, "soft_reset": 1, "clear_perf": 1}
+        assert await bus.read(ctx, ctl.offset) == ctl.field("irq_enable").mask
+        ctx.set(h.axil.ctl.busy, 1)
+        ctx.set(h.axil.ctl.fifo_level, 5)
+        ctx.set(h.axil.ctl.error, 6)
+        ctx.set(h.axil.ctl.perf, [0x123456789ABC, 1, 0xFFFFFFFFFFFF, 0])
+        assert ctx.get(h.axil.irq) == 0
+        ctx.set(h.axil.ctl.irq_event, 1)
+        await ctx.tick()
+        ctx.set(h.axil.ctl.irq_event, 0)
+        assert ctx.get(h.axil.irq) == 1
+        v = await bus.read(ctx, st.offset)
+        assert v == (st.field("busy").mask | st.field("irq_pending").mask | (5 << 8) | (6 << 16))
+        assert await bus.read(ctx, REGS["PERF_BUSY"].offset) == 0x56789ABC
+        assert await bus.read(ctx, REGS["PERF_BUSY"].offset + 4) == 0x1234
+        assert await bus.read(ctx, REGS["PERF_MACS"].offset + 4) == 0xFFFF
+        await bus.write(ctx, ctl.offset, ctl.field("irq_ack").mask)  # also clears irq_enable
+        assert ctx.get(h.axil.irq) == 0
+        assert await bus.read(ctx, st.offset) & st.field("irq_pending").mask == 0
+
+    run(h, tb)
