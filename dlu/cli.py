@@ -17,6 +17,7 @@ import sys
 SUBCOMMAND_MODULES: list[str] = [
     "reference.cli",
     "dlu.demo",
+    "reference.memplan_cli",
 ]
 
 
