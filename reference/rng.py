@@ -42,11 +42,15 @@ def seed_states(seed: int, n: int) -> np.ndarray:
     return s
 
 
+_SHL_A, _SHR_B, _SHL_C = np.uint32(13), np.uint32(17), np.uint32(5)
+
+
 def xorshift32(s: np.ndarray) -> np.ndarray:
-    """One step of every generator (uint32 arrays)."""
-    s = s ^ (s << np.uint32(13))
-    s = s ^ (s >> np.uint32(17))
-    return s ^ (s << np.uint32(5))
+    """One step of every generator (uint32 arrays); returns a new array."""
+    s = s ^ (s << _SHL_A)
+    s ^= s >> _SHR_B
+    s ^= s << _SHL_C
+    return s
 
 
 #: Beats stepped one by one inside a block; block starts are reached by jumps.
@@ -122,12 +126,21 @@ def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray
     while starts.shape[0] < n_blocks:
         starts = np.concatenate([starts, _apply(_jump_tables(k), starts)])
         k += 1
+    if n_blocks == 1:
+        # Few beats: the states after 1..n_beats steps by doubling the sequence with table
+        # jumps (log2(n) NumPy calls instead of n tiny steps: per-call overhead dominates).
+        seq = xorshift32(states).reshape(1, -1)
+        k = 0
+        while seq.shape[0] < n_beats:
+            seq = np.concatenate([seq, _apply(_jump_tables(k), seq)])
+            k += 1
+        seq = seq[:n_beats]
+        return (seq[:, :slots] >> np.uint32(16)).astype(np.int64), seq[-1].copy()
     s = starts[:n_blocks]
-    steps = min(_BLOCK, n_beats)  # a single short block needs only n_beats steps
-    words = np.empty((n_blocks, steps, slots), dtype=np.int64)
-    for i in range(steps):
+    words = np.empty((n_blocks, _BLOCK, slots), dtype=np.int64)
+    for i in range(_BLOCK):
         s = xorshift32(s)
         words[:, i, :] = s[:, :slots] >> np.uint32(16)
     last = n_beats - 1
-    final = s[0] if n_blocks == 1 else jump(starts[last // _BLOCK], last % _BLOCK + 1)
-    return words.reshape(n_blocks * steps, slots)[:n_beats], final
+    final = jump(starts[last // _BLOCK], last % _BLOCK + 1)
+    return words.reshape(n_blocks * _BLOCK, slots)[:n_beats], final
