@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "reference.cli",
     "dlu.demo",
     "reference.memplan_cli",
+    "sim.scale_cli",
 ]
 
 

@@ -1,0 +1,502 @@
+"""Timing model of data-parallel training on N DLUs: compute, links, and the three overlap methods.
+
+One training step of a worker is, per parameter layer ``l`` of the network (forward order
+``1..L``): forward ``F_l``, backward ``B_l`` (input error and weight gradients, in reverse
+order), the exchange of its gradients (an allreduce over the N workers) and the update
+``U_l`` (the SGD AXPY chain). This module schedules those tasks event by event on four
+resources and reports the steady-state step time, from which throughput and scaling follow.
+
+Resources (each serves one task at a time)
+------------------------------------------
+``dlu``
+    The worker's DLU chip. Program order per iteration: ``F_1..F_L``, ``B_L..B_1``; the
+    updates of the previous iteration go before the forward pass (method 2 off: all of them
+    first; method 2 on: ``U_l`` just before ``F_l``).
+``d2h``, ``net``, ``h2d``
+    The exchange pipeline of the host: gradients from the device to the host over PCIe, the
+    allreduce across hosts (network plus reduction on the host), the result back to the
+    device. Each buffer passes the three stages in order.
+
+The three methods (paper, section 3)
+------------------------------------
+1. *Exchange during back-propagation*: a layer's exchange is queued as soon as ``B_l`` is
+   done (off: all layers are queued when ``B_1`` is done).
+2. *Forward pass during exchange*: ``U_l`` waits only for layer l's exchange, and ``F_l``
+   only for ``U_l`` (off: the updates wait for every layer's exchange). With method 2 the
+   exchange queue serves the layer the next forward pass needs first (lowest layer index;
+   at segment granularity when method 3 is on); without it, first come first served.
+3. *Pipelining*: buffers are cut into segments of ``segment_bytes`` that flow through
+   ``d2h``, ``net`` and ``h2d`` concurrently (off: one host thread does the three stages of a
+   whole buffer one after the other, so the three stages are one resource).
+
+Costs
+-----
+Compute: the DLU chip is ``cores`` copies of one core (:class:`reference.config.CoreConfig`)
+at ``clock_hz``. Each matrix multiply of a layer (convolutions through im2col, grouped
+convolutions as one multiply per group) has its result split over the cores (rows first,
+then columns); each core's share is cut into legal commands (M, N <= 65535, K <= 2**16, with
+an ADD per extra K chunk) whose cycles are :func:`reference.isa.cycles`. Bias add, ReLU and
+ReLU backward are elementwise commands; the update is three AXPY commands per parameter
+tensor (weight decay, momentum, step). Not modelled: data movement into the scratchpads
+(LOAD/STORE), pooling, LRN and dropout (host data movement in the golden model). So the
+compute time is a lower bound, which makes communication look relatively *more* expensive.
+
+Links (alpha-beta model), for a buffer of ``n`` bytes on ``N`` workers:
+
+- PCIe (each way): ``pcie_latency + n / pcie_bw``.
+- ring allreduce: ``2 (N-1) (alpha + n / (N beta)) + (N-1)/N * n / gamma``;
+- tree allreduce (binomial reduce then broadcast): ``2 ceil(log2 N) (alpha + n / beta)
+  + ceil(log2 N) n / gamma``;
+
+with ``alpha`` the network latency, ``beta`` its bandwidth and ``gamma`` the host's reduction
+throughput (threads and SIMD; bytes of incoming data summed per second). In reduced formats
+(16 or 8 bits) each parameter tensor first needs its statistics histogram reduced across
+workers (to choose the shared point position, see :mod:`reference.parallel`): a latency-bound
+recursive-doubling allreduce of ``hist_bins * 4`` bytes, ``ceil(log2 N) (alpha + h / beta)``,
+charged to the first segment of the layer's first stage. With one worker there is no
+exchange at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from reference.config import CoreConfig
+from reference.formats import MAX_K, DfpFormat, RoundingMode, TensorSetting, Width
+from reference.isa import MAX_DIM, Command, cycles
+from reference.nets import LayerKind, Net, infer_shapes
+from reference.ops import Op
+
+
+class Allreduce(enum.Enum):
+    """Allreduce algorithm of the ``net`` stage."""
+
+    RING = "ring"
+    TREE = "tree"
+
+
+@dataclass(frozen=True)
+class Methods:
+    """Which of the paper's three overlap methods are on."""
+
+    backprop_overlap: bool = False
+    forward_overlap: bool = False
+    pipelining: bool = False
+
+    @classmethod
+    def none(cls) -> Methods:
+        return cls()
+
+    @classmethod
+    def all(cls) -> Methods:
+        return cls(True, True, True)
+
+    @property
+    def label(self) -> str:
+        on = [str(i + 1) for i, v in enumerate((self.backprop_overlap, self.forward_overlap, self.pipelining)) if v]
+        if not on:
+            return "no overlap"
+        if len(on) == 3:
+            return "methods 1+2+3"
+        return "method " + "+".join(on)
+
+
+@dataclass(frozen=True)
+class Chip:
+    """A DLU chip: ``cores`` cores of ``core`` at ``clock_hz``, computing at ``compute_bits``.
+
+    The default, 256 cores of 8 lanes, mirrors the organisation Fujitsu disclosed for its DLU
+    (16 processing units of 16 elements, each an 8-wide SIMD unit); the 1 GHz clock is an
+    assumption. Both are parameters: see ``docs/parallel.md`` for the sensitivity.
+    """
+
+    core: CoreConfig = field(default_factory=CoreConfig)
+    cores: int = 256
+    clock_hz: float = 1e9
+    compute_bits: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cores, bool) or not isinstance(self.cores, int) or self.cores < 1:
+            raise ValueError(f"chip: cores={self.cores!r}: must be an integer >= 1")
+        if not self.clock_hz > 0:
+            raise ValueError(f"chip: clock_hz={self.clock_hz!r}: must be > 0")
+        Width.from_bits(self.compute_bits)  # raises naming the bad width
+
+
+@dataclass(frozen=True)
+class Links:
+    """Link and host figures; defaults are of the paper's era (FDR InfiniBand, PCIe 3.0 x16).
+
+    Parameters
+    ----------
+    net_bw, net_latency
+        Network bandwidth (bytes/s; 56 Gbit/s = 7e9) and per-message latency (s).
+    pcie_bw, pcie_latency
+        Device-host bandwidth each way (bytes/s, ~12 GB/s achievable on PCIe 3.0 x16) and latency.
+    host_reduce_bw
+        Bytes of incoming gradients the host sums per second (threads + SIMD; memory bound).
+    algorithm
+        Ring or tree allreduce.
+    segment_bytes
+        Segment size of method 3.
+    """
+
+    net_bw: float = 56e9 / 8
+    net_latency: float = 1e-6
+    pcie_bw: float = 12e9
+    pcie_latency: float = 5e-6
+    host_reduce_bw: float = 10e9
+    algorithm: Allreduce = Allreduce.RING
+    segment_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("net_bw", "pcie_bw", "host_reduce_bw"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"links: {name}={getattr(self, name)!r}: must be > 0")
+        for name in ("net_latency", "pcie_latency"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"links: {name}={getattr(self, name)!r}: must be >= 0")
+        if isinstance(self.segment_bytes, bool) or not isinstance(self.segment_bytes, int) or self.segment_bytes < 1:
+            raise ValueError(f"links: segment_bytes={self.segment_bytes!r}: must be an integer >= 1")
+        if not isinstance(self.algorithm, Allreduce):
+            raise ValueError(f"links: algorithm={self.algorithm!r}: must be one of {[a.value for a in Allreduce]}")
+
+    def pcie(self, nbytes: float) -> float:
+        return self.pcie_latency + nbytes / self.pcie_bw
+
+    def allreduce(self, nbytes: float, workers: int) -> float:
+        """Seconds of one allreduce of ``nbytes`` over ``workers`` (0 for one worker)."""
+        n = workers
+        if n <= 1:
+            return 0.0
+        if self.algorithm is Allreduce.RING:
+            return (2 * (n - 1) * (self.net_latency + nbytes / (n * self.net_bw))
+                    + (n - 1) / n * nbytes / self.host_reduce_bw)
+        d = math.ceil(math.log2(n))
+        return 2 * d * (self.net_latency + nbytes / self.net_bw) + d * nbytes / self.host_reduce_bw
+
+    def small_allreduce(self, nbytes: float, workers: int) -> float:
+        """Latency-bound recursive doubling (the histograms of reduced-format gradients)."""
+        if workers <= 1:
+            return 0.0
+        return math.ceil(math.log2(workers)) * (self.net_latency + nbytes / self.net_bw)
+
+
+# ---------------------------------------------------------------------------------------
+# Compute cycles of a network's layers
+
+
+def _settings(width: Width) -> dict[int, TensorSetting]:
+    s = TensorSetting(DfpFormat(width, 0), RoundingMode.NEAREST_EVEN, False)
+    return {0: s, 1: s, 2: s}
+
+
+def _split(m: int, n: int, cores: int) -> tuple[int, int]:
+    """Per-core result shape when an [m, n] result is spread over ``cores`` (rows first)."""
+    cm = min(cores, m)
+    cn = max(1, min(cores // cm, n))
+    return -(-m // cm), -(-n // cn)
+
+
+def matmul_cycles(m: int, k: int, n: int, width: Width, chip: Chip) -> int:
+    """Cycles of ``[m, k] x [k, n]`` on the chip: per-core share cut into legal commands."""
+    st = _settings(width)
+    mm, nn = _split(m, n, chip.cores)
+    total = 0
+    for m0 in range(0, mm, MAX_DIM):
+        mt = min(MAX_DIM, mm - m0)
+        for n0 in range(0, nn, MAX_DIM):
+            nt = min(MAX_DIM, nn - n0)
+            chunks = [min(MAX_K, k - k0) for k0 in range(0, k, MAX_K)]
+            for kt in chunks:
+                total += cycles(Command(Op.MATMUL, m=mt, n=nt, k=kt), st, chip.core)
+            total += (len(chunks) - 1) * cycles(Command(Op.ADD, m=mt, n=nt), st, chip.core)
+    return total
+
+
+def elementwise_cycles(op: Op, m: int, n: int, width: Width, chip: Chip) -> int:
+    """Cycles of one elementwise command family over an [m, n] tensor spread on the chip."""
+    st = _settings(width)
+    mm, nn = _split(m, n, chip.cores)
+    total = 0
+    for m0 in range(0, mm, MAX_DIM):
+        for n0 in range(0, nn, MAX_DIM):
+            total += cycles(Command(op, m=min(MAX_DIM, mm - m0), n=min(MAX_DIM, nn - n0), k=1), st, chip.core)
+    return total
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Per-worker costs of one parameter layer for one step.
+
+    ``forward``/``backward``/``update`` in seconds; ``params`` the number of gradient values
+    exchanged; ``tensors`` the number of parameter tensors (weights, bias).
+    """
+
+    name: str
+    forward: float
+    backward: float
+    update: float
+    params: int
+    tensors: int = 2
+
+
+def layer_costs(net: Net, batch: int, chip: Chip) -> tuple[LayerCost, ...]:
+    """Costs of the parameter layers of ``net`` at per-worker ``batch``.
+
+    Non-parameter layers are folded into the preceding parameter layer: a ReLU adds a RELU
+    (forward) and a RELU_BACKWARD command; pooling, LRN, dropout and flatten are not timed.
+    The first parameter layer computes no input error.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"scale: batch={batch!r}: must be an integer >= 1")
+    w = Width.from_bits(chip.compute_bits)
+    hz = chip.clock_hz
+    out: list[list] = []  # [name, fwd cycles, bwd cycles, upd cycles, params]
+    first = True
+    for s in infer_shapes(net):
+        lay = s.layer
+        if lay.kind is LayerKind.CONV:
+            c, _, _ = s.in_shape
+            o, ho, wo = s.out_shape
+            g = lay.groups
+            m, kk, nn = batch * ho * wo, lay.kernel * lay.kernel * c // g, o // g
+            fwd = g * matmul_cycles(m, kk, nn, w, chip) + elementwise_cycles(Op.ADD, m, o, w, chip)
+            bwd = g * matmul_cycles(kk, m, nn, w, chip) + matmul_cycles(1, m, o, w, chip)
+            if not first:
+                bwd += g * matmul_cycles(m, nn, kk, w, chip)
+            upd = 3 * (elementwise_cycles(Op.AXPY, kk * g, nn, w, chip) + elementwise_cycles(Op.AXPY, 1, o, w, chip))
+            out.append([lay.name, fwd, bwd, upd, s.weights + s.biases])
+            first = False
+        elif lay.kind is LayerKind.LINEAR:
+            f, o = s.in_count, lay.out_features
+            fwd = matmul_cycles(batch, f, o, w, chip) + elementwise_cycles(Op.ADD, batch, o, w, chip)
+            bwd = matmul_cycles(f, batch, o, w, chip) + matmul_cycles(1, batch, o, w, chip)
+            if not first:
+                bwd += matmul_cycles(batch, o, f, w, chip)
+            upd = 3 * (elementwise_cycles(Op.AXPY, f, o, w, chip) + elementwise_cycles(Op.AXPY, 1, o, w, chip))
+            out.append([lay.name, fwd, bwd, upd, s.weights + s.biases])
+            first = False
+        elif lay.kind is LayerKind.RELU and out:
+            rows = batch * (s.out_shape[1] * s.out_shape[2] if len(s.out_shape) == 3 else 1)
+            cols = s.out_shape[0]
+            out[-1][1] += elementwise_cycles(Op.RELU, rows, cols, w, chip)
+            out[-1][2] += elementwise_cycles(Op.RELU_BACKWARD, rows, cols, w, chip)
+    return tuple(LayerCost(n, f / hz, b / hz, u / hz, p) for n, f, b, u, p in out)
+
+
+# ---------------------------------------------------------------------------------------
+# Event-level schedule
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Steady-state step time (s), compute time per step (s), exchanged bytes per worker per step
+    (gradients plus, in reduced formats, histograms) and the exposed (not hidden) step time beyond compute."""
+
+    step_time: float
+    compute_time: float
+    payload_bytes: int
+    exposed_comm: float
+
+
+def _segments(nbytes: int, seg: int, pipelined: bool) -> list[int]:
+    if not pipelined or nbytes <= seg:
+        return [nbytes]
+    return [seg] * (nbytes // seg) + ([nbytes % seg] if nbytes % seg else [])
+
+
+def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Methods, grad_bits: int = 32,
+             hist_bins: int = 64, iterations: int = 6) -> StepResult:
+    """Schedule ``iterations`` training steps and return the steady-state step.
+
+    The step time is the mean interval between the ends of the backward pass of the last
+    ``iterations - 2`` steps (the first one fills the pipeline).
+    """
+    costs = tuple(costs)
+    if not costs:
+        raise ValueError("scale: the network has no parameter layer")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"scale: workers={workers!r}: must be an integer >= 1")
+    Width.from_bits(grad_bits)
+    if iterations < 3:
+        raise ValueError(f"scale: iterations={iterations!r}: must be >= 3")
+    L = len(costs)
+    nbytes = [c.params * grad_bits // 8 for c in costs]
+    exchange = workers > 1
+    m = methods
+    hist_t = [c.tensors * links.small_allreduce(hist_bins * 4, workers) if grad_bits < 32 else 0.0 for c in costs]
+
+    # Stage durations of one segment. Method 3 off: one resource doing the three in turn.
+    def stage_times(layer: int, b: int, first: bool) -> list[float]:
+        extra = hist_t[layer] if first else 0.0
+        d2h, net, h2d = links.pcie(b) + extra, links.allreduce(b, workers), links.pcie(b)
+        return [d2h, net, h2d] if m.pipelining else [d2h + net + h2d]
+
+    nstages = 3 if m.pipelining else 1
+    segs = [_segments(nb, links.segment_bytes, m.pipelining) for nb in nbytes]
+
+    # Compute program: list of (kind, layer, iteration).
+    prog: list[tuple[str, int, int]] = []
+    for it in range(iterations):
+        if m.forward_overlap:
+            for lay in range(L):
+                if it > 0:
+                    prog.append(("U", lay, it - 1))
+                prog.append(("F", lay, it))
+        else:
+            if it > 0:
+                prog += [("U", lay, it - 1) for lay in range(L)]
+            prog += [("F", lay, it) for lay in range(L)]
+        prog += [("B", lay, it) for lay in reversed(range(L))]
+
+    events: list[tuple[float, int, str, tuple]] = []
+    seq = 0
+
+    def push(t: float, kind: str, payload: tuple) -> None:
+        nonlocal seq
+        heapq.heappush(events, (t, seq, kind, payload))
+        seq += 1
+
+    exchanged: dict[tuple[int, int], float] = {}  # (layer, it) -> time its exchange finished
+    seg_left: dict[tuple[int, int], int] = {}
+    queues: list[list[tuple]] = [[] for _ in range(nstages)]
+    busy = [False] * nstages
+    arrival = 0
+    pc = 0
+    dlu_busy = False
+    b1_done: list[float] = []
+    compute_busy_time = 0.0
+
+    def ready(task: tuple[str, int, int]) -> bool:
+        kind, lay, it = task
+        if kind != "U" or not exchange:
+            return True
+        if m.forward_overlap:
+            return (lay, it) in exchanged
+        return all((j, it) in exchanged for j in range(L))
+
+    def try_compute(now: float) -> None:
+        nonlocal pc, dlu_busy, compute_busy_time
+        if dlu_busy or pc >= len(prog) or not ready(prog[pc]):
+            return
+        kind, lay, it = prog[pc]
+        c = costs[lay]
+        dur = {"F": c.forward, "B": c.backward, "U": c.update}[kind]
+        compute_busy_time += dur
+        dlu_busy = True
+        push(now + dur, "compute", prog[pc])
+        pc += 1
+
+    def enqueue(stage: int, item: tuple) -> None:
+        nonlocal arrival
+        lay, it, j = item
+        prio = (it, lay, j) if m.forward_overlap else (arrival,)
+        arrival += 1
+        heapq.heappush(queues[stage], (prio, item))
+
+    def try_stage(stage: int, now: float) -> None:
+        if busy[stage] or not queues[stage]:
+            return
+        _, item = heapq.heappop(queues[stage])
+        lay, it, j = item
+        dur = stage_times(lay, segs[lay][j], j == 0)[stage]
+        busy[stage] = True
+        push(now + dur, "stage", (stage, item))
+
+    def queue_exchange(lay: int, it: int) -> None:
+        seg_left[(lay, it)] = len(segs[lay])
+        for j in range(len(segs[lay])):
+            enqueue(0, (lay, it, j))
+
+    try_compute(0.0)
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == "compute":
+            dlu_busy = False
+            k, lay, it = payload
+            if k == "B":
+                if lay == 0:
+                    b1_done.append(now)
+                if exchange:
+                    if m.backprop_overlap:
+                        queue_exchange(lay, it)
+                    elif lay == 0:
+                        for j in reversed(range(L)):
+                            queue_exchange(j, it)
+                    try_stage(0, now)  # after queueing all of them, so the priority rule applies
+        else:
+            stage, item = payload
+            busy[stage] = False
+            lay, it, j = item
+            if stage + 1 < nstages:
+                enqueue(stage + 1, item)
+                try_stage(stage + 1, now)
+            else:
+                seg_left[(lay, it)] -= 1
+                if seg_left[(lay, it)] == 0:
+                    exchanged[(lay, it)] = now
+            try_stage(stage, now)
+        try_compute(now)
+    if pc != len(prog):
+        raise RuntimeError(f"scale: schedule deadlocked at {prog[pc]} (a bug in the model)")
+    steady = b1_done[1:]
+    step = (steady[-1] - steady[0]) / (len(steady) - 1)
+    compute = sum(c.forward + c.backward + c.update for c in costs)
+    xbytes = sum(nbytes) + (sum(c.tensors for c in costs) * hist_bins * 4 if grad_bits < 32 else 0) if exchange else 0
+    return StepResult(step, compute, xbytes, max(0.0, step - compute))
+
+
+# ---------------------------------------------------------------------------------------
+# Sweeps
+
+
+#: Configurations of the scaling table: (label, methods, gradient bits).
+def standard_configs() -> list[tuple[str, Methods, int]]:
+    out: list[tuple[str, Methods, int]] = [
+        ("no overlap, 32-bit", Methods.none(), 32),
+        ("method 1, 32-bit", Methods(True, False, False), 32),
+        ("method 2, 32-bit", Methods(False, True, False), 32),
+        ("method 3, 32-bit", Methods(False, False, True), 32),
+        ("methods 1+2+3, 32-bit", Methods.all(), 32),
+        ("methods 1+2+3, 16-bit", Methods.all(), 16),
+        ("methods 1+2+3, 8-bit", Methods.all(), 8),
+        ("no overlap, 8-bit", Methods.none(), 8),
+    ]
+    return out
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    label: str
+    workers: int
+    step_time: float
+    images_per_s: float
+    efficiency: float
+    payload_bytes: int
+
+
+def sweep(net: Net, workers: Iterable[int], batch: int, chip: Chip, links: Links,
+          configs: list[tuple[str, Methods, int]] | None = None) -> list[ScaleRow]:
+    """Throughput of each configuration at each worker count (weak scaling: ``batch`` per worker).
+
+    Efficiency is throughput over ``workers`` times the one-worker throughput of the same chip
+    (one worker exchanges nothing, so it is the same for every configuration).
+    """
+    costs = layer_costs(net, batch, chip)
+    configs = configs or standard_configs()
+    ws = sorted(set(workers))
+    if not ws or ws[0] < 1:
+        raise ValueError(f"scale: workers={ws!r}: need one or more counts >= 1")
+    single = simulate(costs, 1, links, Methods.none()).step_time
+    rows = []
+    for label, meth, bits in configs:
+        for n in ws:
+            r = simulate(costs, n, links, meth, bits, chip.core.hist_bins)
+            ips = n * batch / r.step_time
+            rows.append(ScaleRow(label, n, r.step_time, ips, ips / (n * batch / single), r.payload_bytes))
+    return rows

@@ -1,0 +1,151 @@
+"""``dlu scale``: throughput of data-parallel training on N DLUs (argument parsing and output only).
+
+The model is :mod:`sim.scale`. Prints a markdown table (training speed relative to one worker,
+scaling efficiency, step time, gradient bytes exchanged per step) and writes a plot like the paper's Figure 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"{s!r}: need one or more integers >= 1")
+    return vals
+
+
+def _positive(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+def _nonneg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "scale", help="model throughput of data-parallel training on N DLUs (overlap methods, gradient widths)",
+        description="Event-level timing model of data-parallel training (sim.scale); see docs/parallel.md.")
+    p.add_argument("--workers", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64], metavar="N,N,...")
+    p.add_argument("--net", default="alexnet", help="built-in network (alexnet, vgg16, lenet5, digits_cnn) or file")
+    p.add_argument("--batch", type=int, default=32, help="mini-batch per worker (weak scaling)")
+    p.add_argument("--cores", type=int, default=256, help="DLU cores per chip")
+    p.add_argument("--clock-ghz", type=_positive, default=1.0)
+    p.add_argument("--compute-bits", type=int, choices=(8, 16, 32), default=16)
+    p.add_argument("--core", default="default", help="core config preset or TOML file")
+    p.add_argument("--net-gbps", type=_positive, default=56.0, help="network bandwidth, Gbit/s")
+    p.add_argument("--latency-us", type=_nonneg, default=1.0, help="network latency per message, us")
+    p.add_argument("--pcie-gbs", type=_positive, default=12.0, help="device-host bandwidth each way, GB/s")
+    p.add_argument("--pcie-latency-us", type=_nonneg, default=5.0)
+    p.add_argument("--reduce-gbs", type=_positive, default=10.0, help="host reduction throughput, GB/s")
+    p.add_argument("--algorithm", choices=("ring", "tree"), default="ring")
+    p.add_argument("--segment-mib", type=_positive, default=4.0, help="segment size of method 3, MiB")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the Figure-1-style plot here")
+    p.add_argument("--md", default=None, metavar="FILE", help="also write the markdown table here")
+    p.set_defaults(func=_scale)
+
+
+def _atomic_write(path, write) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def table_markdown(rows, workers: list[int]) -> str:
+    """Speed relative to one worker (efficiency in parentheses) per configuration and worker count."""
+    labels = list(dict.fromkeys(r.label for r in rows))
+    by = {(r.label, r.workers): r for r in rows}
+    cols = " | ".join(f"N={n}" for n in workers)
+    head = f"| configuration | {cols} | step at N={workers[-1]} | gradients/step |"
+    lines = [head, "|---" * (len(workers) + 3) + "|"]
+    for lab in labels:
+        cells = []
+        for n in workers:
+            r = by[(lab, n)]
+            cells.append(f"{r.efficiency * n:.1f}x ({100 * r.efficiency:.0f}%)")
+        last = by[(lab, workers[-1])]
+        lines.append(f"| {lab} | " + " | ".join(cells) + f" | {1e3 * last.step_time:.1f} ms "
+                     f"| {last.payload_bytes / 2**20:.1f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, workers: list[int], title: str, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(workers, workers, "k:", label="ideal")
+    for lab in dict.fromkeys(r.label for r in rows):
+        rs = sorted((r for r in rows if r.label == lab), key=lambda r: r.workers)
+        ax.plot([r.workers for r in rs], [r.efficiency * r.workers for r in rs], marker="o", label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("number of DLUs (workers)")
+    ax.set_ylabel("training speed relative to one DLU")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from reference.config import load_config
+    from reference.nets import resolve_net
+
+    from .scale import Allreduce, Chip, Links, sweep
+
+    if args.batch < 1:
+        raise ValueError(f"scale: --batch={args.batch}: must be >= 1")
+    if args.cores < 1:
+        raise ValueError(f"scale: --cores={args.cores}: must be >= 1")
+    net = resolve_net(args.net)
+    chip = Chip(load_config(args.core), args.cores, args.clock_ghz * 1e9, args.compute_bits)
+    links = Links(net_bw=args.net_gbps * 1e9 / 8, net_latency=args.latency_us * 1e-6, pcie_bw=args.pcie_gbs * 1e9,
+                  pcie_latency=args.pcie_latency_us * 1e-6, host_reduce_bw=args.reduce_gbs * 1e9,
+                  algorithm=Allreduce(args.algorithm), segment_bytes=int(args.segment_mib * 2**20))
+    workers = sorted(set(args.workers))
+    rows = sweep(net, workers, args.batch, chip, links)
+    title = (f"{net.name}, batch {args.batch}/worker, {args.cores} cores x {chip.core.lanes} lanes @ "
+             f"{args.clock_ghz:g} GHz, {args.compute_bits}-bit compute; {args.algorithm} allreduce "
+             f"{args.net_gbps:g} Gbit/s, {args.latency_us:g} us")
+    md = f"{title}\n\nspeed relative to one worker (scaling efficiency)\n\n" + table_markdown(rows, workers)
+    print(md)
+    if args.md:
+        _atomic_write(args.md, lambda tmp: open(tmp, "w").write(md))
+    if args.plot:
+        plot(rows, workers, title, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0

@@ -1,0 +1,219 @@
+"""Tests of the data-parallel timing model: hand-worked schedules and properties.
+
+Hand cases use round numbers so every expected step time is worked out in the comment above
+it, from the stage definitions in :mod:`sim.scale`, not from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from reference.config import CoreConfig
+from reference.formats import Width
+from reference.isa import SETUP_CYCLES, DRAIN_CYCLES
+from reference.nets import alexnet, lenet5
+from sim.scale import (
+    Allreduce,
+    Chip,
+    LayerCost,
+    Links,
+    Methods,
+    layer_costs,
+    matmul_cycles,
+    simulate,
+    standard_configs,
+    sweep,
+)
+
+MS = 1e-3
+INF = 1e30
+# PCIe 4 GB/s, network 2 GB/s, no latencies, free host reduction.
+LINKS = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF,
+              segment_bytes=1 << 40)
+
+
+def one_layer() -> list[LayerCost]:
+    # 1e6 parameters = 4e6 bytes at 32 bits: PCIe 1 ms each way; ring on 2 workers 2*(1)*(4e6/2)/2e9 = 2 ms.
+    return [LayerCost("fc", forward=1 * MS, backward=2 * MS, update=0.5 * MS, params=1_000_000)]
+
+
+def test_one_layer_no_overlap_is_the_sum_of_all_stages():
+    # F 1 + B 2 + D2H 1 + allreduce 2 + H2D 1 + U 0.5 = 7.5 ms
+    r = simulate(one_layer(), 2, LINKS, Methods.none(), 32)
+    assert r.step_time == pytest.approx(7.5 * MS)
+    assert r.payload_bytes == 4_000_000
+    assert r.compute_time == pytest.approx(3.5 * MS)
+
+
+def test_one_layer_pipelined_segments():
+    # 4 segments of 1e6 bytes: D2H 0.25, net 0.5, H2D 0.25 each; net is the bottleneck:
+    # 0.25 + 4 * 0.5 + 0.25 = 2.5 ms of exchange, so 1 + 2 + 2.5 + 0.5 = 6 ms.
+    links = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF,
+                  segment_bytes=1_000_000)
+    r = simulate(one_layer(), 2, links, Methods(False, False, True), 32)
+    assert r.step_time == pytest.approx(6.0 * MS)
+    # Method 3 with one segment is the same as no pipelining.
+    assert simulate(one_layer(), 2, LINKS, Methods(False, False, True), 32).step_time == pytest.approx(7.5 * MS)
+
+
+def test_one_layer_gradient_width_scales_the_exchange():
+    # 16 bits: 2e6 bytes, PCIe 0.5 + ring 1 + PCIe 0.5, plus two histogram allreduces
+    # of 64*4 bytes: log2(2)=1 step each, 256/2e9 s = 0.128 us each. 3.5 + 2 + 0.000256 ms.
+    r = simulate(one_layer(), 2, LINKS, Methods.none(), 16)
+    assert r.step_time == pytest.approx(5.5 * MS + 2 * 256 / 2e9)
+    assert r.payload_bytes == 2_000_000 + 2 * 64 * 4
+
+
+def two_layers() -> list[LayerCost]:
+    # Each exchange: 1e6 params at 32 bits = 4e6 bytes; with infinite PCIe and reduction,
+    # a ring on 2 workers at 4 GB/s takes 2 * (4e6 / 2) / 4e9 = 1 ms.
+    return [LayerCost("a", 1 * MS, 1 * MS, 0.0, 1_000_000), LayerCost("b", 1 * MS, 1 * MS, 0.0, 1_000_000)]
+
+
+LINKS2 = Links(net_bw=4e9, net_latency=0.0, pcie_bw=INF, pcie_latency=0.0, host_reduce_bw=INF,
+               segment_bytes=1 << 40)
+
+
+@pytest.mark.parametrize(("methods", "expected_ms"), [
+    # F_a 0-1, F_b 1-2, B_b 2-3, B_a 3-4; exchanges b 4-5, a 5-6; updates; next F_a at 6.
+    (Methods.none(), 6.0),
+    # exchange b during B_a (3-4), exchange a 4-5, next F_a at 5.
+    (Methods(True, False, False), 5.0),
+    # exchanges after B_a: a first (the forward pass needs it first) 4-5, then b 5-6;
+    # F_a 5-6 overlaps b's exchange, F_b 6-7, B_b 7-8, B_a 8-9: period 5.
+    (Methods(False, True, False), 5.0),
+    # exchange b 3-4, a 4-5; F_a 5-6 ... period 5.
+    (Methods(True, True, False), 5.0),
+])
+def test_two_layers_hand_schedules(methods, expected_ms):
+    assert simulate(two_layers(), 2, LINKS2, methods, 32).step_time == pytest.approx(expected_ms * MS)
+
+
+def test_forward_overlap_and_segments_hide_the_exchange_of_a_late_layer():
+    # Layer a: 1 parameter (exchange ~0); layer b: 3e6 parameters = 12e6 bytes, ring on 2
+    # workers at 4 GB/s: 2 * 6e6 / 4e9 = 3 ms. Compute 1 ms per task, no update cost.
+    costs = [LayerCost("a", 1 * MS, 1 * MS, 0.0, 1), LayerCost("b", 1 * MS, 1 * MS, 0.0, 3_000_000)]
+
+    def step(methods: Methods, seg: int = 1 << 40) -> float:
+        links = Links(net_bw=4e9, net_latency=0.0, pcie_bw=INF, pcie_latency=0.0, host_reduce_bw=INF,
+                      segment_bytes=seg)
+        return simulate(costs, 2, links, methods, 32).step_time
+
+    # none: B_a ends at 4; exchanges b 4-7, a 7-7; F_a at 7: period 7.
+    assert step(Methods.none()) == pytest.approx(7 * MS, rel=1e-6)
+    # method 2: a first (4-4), b 4-7; F_a 4-5 overlaps b; F_b waits until 7: B_a ends 10, period 6.
+    assert step(Methods(False, True, False)) == pytest.approx(6 * MS, rel=1e-6)
+    # method 1: b 3-6 during B_a 3-4; a queued at 4 behind b, done at 6; F_a at 6: period 6.
+    assert step(Methods(True, False, False)) == pytest.approx(6 * MS, rel=1e-6)
+    # methods 1+2 without segments: the same (a still waits behind the whole of b): 6.
+    assert step(Methods(True, True, False)) == pytest.approx(6 * MS, rel=1e-6)
+    # methods 1+2+3, segments of 4e6 bytes (1 ms): b seg0 3-4; a goes first at 4; b seg1 4-5,
+    # seg2 5-6; F_a 4-5, F_b waits until 6, B_b 7-8, B_a 8-9: period 5.
+    assert step(Methods.all(), seg=4_000_000) == pytest.approx(5 * MS, rel=1e-6)
+
+
+def test_one_worker_exchanges_nothing():
+    costs = layer_costs(lenet5(), 16, Chip(cores=4))
+    compute = sum(c.forward + c.backward + c.update for c in costs)
+    for _, m, bits in standard_configs():
+        r = simulate(costs, 1, Links(), m, bits)
+        assert r.step_time == pytest.approx(compute)
+        assert r.payload_bytes == 0
+
+
+def test_allreduce_formulas():
+    links = Links(net_bw=1e9, net_latency=1e-6, host_reduce_bw=2e9)
+    n, b = 4, 8e6
+    # ring: 2*3*(1us + 2e6/1e9) + 3/4 * 8e6/2e9 = 6*(2.001 ms) + 3 ms
+    assert links.allreduce(b, n) == pytest.approx(6 * (1e-6 + 2e-3) + 3e-3)
+    tree = Links(net_bw=1e9, net_latency=1e-6, host_reduce_bw=2e9, algorithm=Allreduce.TREE)
+    # tree: 2*2*(1us + 8 ms) + 2 * 4 ms
+    assert tree.allreduce(b, n) == pytest.approx(4 * (1e-6 + 8e-3) + 8e-3)
+    assert links.allreduce(b, 1) == 0.0
+
+
+def test_matmul_cycles_one_core_is_the_isa_count():
+    # One core, 8 lanes, 16-bit: V = 16 values per beat; [4, 100] x [100, 40]:
+    # beats = 4 * ceil(40/16) = 12, body 12 * 100, plus setup and drain.
+    chip = Chip(CoreConfig(), cores=1)
+    assert matmul_cycles(4, 100, 40, Width.W16, chip) == SETUP_CYCLES + 1200 + DRAIN_CYCLES
+    # K beyond 2**16 splits into two commands and one ADD of [4, 40] (12 beats).
+    k = (1 << 16) + 10
+    expect = (SETUP_CYCLES + 12 * (1 << 16) + DRAIN_CYCLES) + (SETUP_CYCLES + 12 * 10 + DRAIN_CYCLES) \
+        + (SETUP_CYCLES + 12 + DRAIN_CYCLES)
+    assert matmul_cycles(4, k, 40, Width.W16, chip) == expect
+    # Two cores split the rows: [2, 100] x [100, 40] each.
+    assert matmul_cycles(4, 100, 40, Width.W16, Chip(CoreConfig(), cores=2)) == SETUP_CYCLES + 600 + DRAIN_CYCLES
+
+
+def test_alexnet_costs_have_the_published_parameter_count():
+    costs = layer_costs(alexnet(), 32, Chip())
+    assert [c.name for c in costs] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    assert sum(c.params for c in costs) == 60_965_224
+    assert all(c.forward > 0 and c.backward > 0 and c.update > 0 for c in costs)
+
+
+@pytest.mark.parametrize("batch", [8, 32, 128])
+def test_each_method_is_never_slower_than_none(batch):
+    costs = layer_costs(alexnet(), batch, Chip())
+    for n in (2, 8, 64):
+        for algo in Allreduce:
+            links = Links(algorithm=algo)
+            base = simulate(costs, n, links, Methods.none()).step_time
+            for m in (Methods(True, False, False), Methods(False, True, False), Methods(False, False, True),
+                      Methods.all()):
+                assert simulate(costs, n, links, m).step_time <= base * (1 + 1e-12), (batch, n, algo, m)
+
+
+def test_monotone_in_bandwidth_width_and_never_faster_than_compute():
+    costs = layer_costs(alexnet(), 32, Chip())
+    compute = sum(c.forward + c.backward + c.update for c in costs)
+    prev = math.inf
+    for gbps in (10, 28, 56, 100, 200):
+        t = simulate(costs, 16, Links(net_bw=gbps * 1e9 / 8), Methods.all()).step_time
+        assert compute <= t <= prev
+        prev = t
+    t32, t16, t8 = (simulate(costs, 16, Links(), Methods.all(), b).step_time for b in (32, 16, 8))
+    assert t8 <= t16 <= t32
+
+
+def test_sweep_efficiency_is_one_at_one_worker_and_speed_grows():
+    rows = sweep(lenet5(), [1, 2, 4], 16, Chip(cores=4), Links())
+    for r in rows:
+        if r.workers == 1:
+            assert r.efficiency == pytest.approx(1.0)
+        assert 0 < r.efficiency <= 1 + 1e-12
+
+
+def test_bad_input_names_the_field():
+    with pytest.raises(ValueError, match="workers=0"):
+        simulate(one_layer(), 0, LINKS, Methods.none())
+    with pytest.raises(ValueError, match="net_bw"):
+        Links(net_bw=0)
+    with pytest.raises(ValueError, match="cores=0"):
+        Chip(cores=0)
+    with pytest.raises(ValueError, match="batch=0"):
+        layer_costs(lenet5(), 0, Chip())
+    with pytest.raises(ValueError, match="12"):
+        simulate(one_layer(), 2, LINKS, Methods.none(), grad_bits=12)
+
+
+def test_cli_writes_table_and_plot(tmp_path, capsys):
+    from sim import scale_cli
+
+    p = argparse.ArgumentParser()
+    scale_cli.register(p.add_subparsers())
+    png, md = tmp_path / "f.png", tmp_path / "t.md"
+    args = p.parse_args(["scale", "--net", "lenet5", "--workers", "1,2,4", "--cores", "4", "--batch", "8",
+                         "--plot", str(png), "--md", str(md)])
+    assert args.func(args) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = md.read_text()
+    assert "| no overlap, 32-bit | 1.0x (100%)" in text
+    assert len([ln for ln in text.splitlines() if ln.startswith("| ")]) == 1 + len(standard_configs())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "t.md"]  # no temp files left
+    with pytest.raises(SystemExit):
+        p.parse_args(["scale", "--workers", "0,2"])
