@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import json
 import os
 import re
 import secrets
@@ -187,6 +188,7 @@ def run(
     seed: int | None = None,
     extra_env: dict[str, str] | None = None,
     record_property: Callable[[str, object], None] | None = None,
+    cfg=None,
 ) -> Path:
     """Run cocotb tests of ``module`` (a module in this folder) on the built ``top``.
 
@@ -212,6 +214,7 @@ def run(
     env = {
         "DLU_SEED": str(seed),
         "DLU_CONFIG": config,
+        **({"DLU_CONFIG_FIELDS": json.dumps(cfg.to_dict())} if cfg is not None else {}),
         "DLU_FCOV_FILE": str(rdir / "fcov.yml"),
         "PYTHONPATH": os.pathsep.join([str(TB_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **_env_path(),

@@ -47,9 +47,13 @@ def config_name() -> str:
 
 
 def core_config():
-    from reference.config import load_config
+    """The run's ``CoreConfig``: the exact fields the pytest side built the netlist with."""
+    import json
 
-    return load_config(config_name())
+    from reference.config import CoreConfig, load_config
+
+    fields = os.environ.get("DLU_CONFIG_FIELDS")
+    return CoreConfig(**json.loads(fields)) if fields else load_config(config_name())
 
 
 # -- payload packing with Amaranth layouts ----------------------------------------------------

@@ -21,9 +21,23 @@ from amaranth import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from testbenches.cocotb import tbutil
+from testbenches.cocotb import fcov, tbutil
 
-CONFIGS = ["tiny"]
+CONFIGS = ["tiny", "tiny_lowexp", "tiny_highexp"]
+
+
+def bench_config(name):
+    """The tiny preset, and two variants whose histogram ranges make the policy clamp F.
+
+    At ``tiny`` (bins 2**-24 .. 2**7) the policy's F = W - 2 - e* never leaves [-32, 63], so the
+    clamps are only reachable with another ``hist_min_exp``."""
+    import dataclasses
+
+    from reference.config import load_config
+
+    tiny = load_config("tiny")
+    return {"tiny": tiny, "tiny_lowexp": dataclasses.replace(tiny, hist_min_exp=-64),
+            "tiny_highexp": dataclasses.replace(tiny, hist_min_exp=40)}[name]
 
 
 def make_top(cfg):
@@ -173,13 +187,17 @@ def random_stats(rng, cfg):
             hist[i] = max(0, int(1000 * 2.0 ** (-abs(i - c))) + rng.randint(-2, 2))
     elif kind == "one":
         hist[rng.choice([0, cfg.hist_bins - 1, rng.randrange(cfg.hist_bins)])] = rng.randint(1, 5)
-    elif kind == "huge":
-        for _ in range(rng.randint(1, 3)):
-            hist[rng.randrange(cfg.hist_bins)] = rng.randint(cmax // 2, cmax)
+    elif kind == "huge":  # two of these saturate the counters they hit
+        for i in range(cfg.hist_bins):
+            if rng.random() < 0.5:
+                hist[i] = rng.randint(cmax // 2, cmax)
     zeros = rng.randint(0, 50) if kind != "empty_hist" else rng.randint(1, 50)
+    if kind == "huge":
+        zeros = rng.randint(cmax // 2, cmax)
     total = min(int(hist.sum()) + zeros, cmax)
-    return OpStats(hist=hist, zeros=zeros, overflow=rng.randint(0, total), underflow=rng.randint(0, total),
-                   total=total)
+    over = rng.randint(total // 2, total) if kind == "huge" else rng.randint(0, total)
+    under = rng.randint(total // 2, total) if kind == "huge" else rng.randint(0, total)
+    return OpStats(hist=hist, zeros=zeros, overflow=over, underflow=under, total=total)
 
 
 def random_setting_word(rng) -> int:
@@ -208,7 +226,7 @@ async def check_db(tb, db, log):
 @cocotb.test(timeout_time=2_000_000, timeout_unit="ns")
 async def policy_update_matches_reference(dut):
     """Random settings, commits and POLICY_UPDATE passes against reference.engine semantics."""
-    from reference.formats import DfpFormat, TensorSetting
+    from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, TensorSetting
     from reference.isa import SETUP_CYCLES, Command, Ctl, cycles
     from reference.stats import Database, next_frac
 
@@ -254,11 +272,15 @@ async def policy_update_matches_reference(dut):
         exp_busy = cycles(Command(Ctl.POLICY_UPDATE), settings, cfg) - SETUP_CYCLES
         assert busy == exp_busy, f"POLICY_UPDATE busy for {busy} cycles, expected {exp_busy}"
         # reference: Engine.update_formats
+        outcomes = []
         for tid in sorted(settings):
             s = settings[tid]
             if not s.auto or tid not in db.entries:
+                outcomes.append("skipped")
                 continue
             f = next_frac(db.entries[tid], s.fmt.width, s.fmt.frac, cfg, threshold)
+            outcomes.append("clamped_min" if f == FRAC_MIN else "clamped_max" if f == FRAC_MAX
+                            else "kept" if f == s.fmt.frac else "moved")
             settings[tid] = TensorSetting(DfpFormat(s.fmt.width, f), s.rounding, s.auto)
             db.clear(tid)
         for tid in range(cfg.tensor_ids):
@@ -269,7 +291,10 @@ async def policy_update_matches_reference(dut):
                     f"round {rnd}, threshold {threshold}: tid {tid} F expected {settings[tid].fmt.frac}, "
                     f"got {got['setting']['frac']}")
         await check_db(tb, db, dut._log)
+        for o in outcomes:  # sampled only after the pass was checked
+            fcov.sample_policy(o)
         dut._log.info("round %d: %d settings, threshold %d, ok", rnd, len(settings), threshold)
+    fcov.export(dut._log)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -285,13 +310,13 @@ def test_policy_many_seeds(config, rep, record_property):
 
 
 def _run(config, record_property, iters):
-    from reference.config import load_config
     from testbenches.cocotb import harness
 
     harness.require("hw.settings", "PolicyController")
     harness.require("hw.database", "DistributionDatabase")
-    cfg = load_config(config)
+    cfg = bench_config(config)
     bdir = harness.build_dir(config, "policy")
     src = harness.elaborate(lambda: make_top(cfg), "policy_subsystem", bdir)
     harness.run(module="testbenches.cocotb.test_policy", top="policy_subsystem", config=config, block="policy",
-                sources=[src], record_property=record_property, extra_env={"DLU_ITERS": str(iters)})
+                sources=[src], record_property=record_property, cfg=cfg,
+                extra_env={"DLU_ITERS": str(iters)})
