@@ -398,9 +398,15 @@ def requantize_left(acc: np.ndarray, k: int, fmt: DfpFormat) -> tuple[np.ndarray
     """acc * 2**k saturated to ``fmt`` without forming huge intermediates; (q, overflow)."""
     hi = fmt.max_int >> k if k < 64 else 0
     lo = -((-fmt.min_int) >> k) if k < 64 else 0
-    over = (acc > hi) | (acc < lo)
     if _is_wide(acc):
+        over = (acc > hi) | (acc < lo)
         q = np.where(over, np.where(acc > 0, fmt.max_int, fmt.min_int), acc * (1 << k))
         return q.astype(np.int64), over.astype(bool)
-    q = np.where(over, np.where(acc > 0, fmt.max_int, fmt.min_int), np.left_shift(acc, min(k, 63)))
-    return q.astype(np.int64), over
+    # Clamp to [lo, hi] (whose shifted values fit), shift, then put the saturated values in.
+    above = acc > hi
+    below = acc < lo
+    q = np.clip(acc, lo, hi).astype(np.int64, copy=False)
+    q <<= min(k, 63)
+    q[above] = fmt.max_int
+    q[below] = fmt.min_int
+    return q, above | below
