@@ -19,7 +19,7 @@ The definitions are explained, with worked examples that the tests execute, in
 Elementwise operands are *aligned* before they are added (:func:`align_terms`): the
 accumulator's point position is the finest of the operands' ``F_i``, lowered if needed so
 that each operand shifted to it keeps one spare top bit; an operand finer than that is
-shifted right with floor (it lies more than 2**15 LSBs below the other's).
+shifted right with floor (all its bits then lie at least 16 bits below the other's LSB).
 
 Operations
 ----------
