@@ -330,3 +330,23 @@ def test_32bit_magnitude_regimes_vs_oracle(mag_bits, mode):
         assert (res.stats.overflow, res.stats.underflow, res.stats.zeros) == (
             s["overflow"], s["underflow"], s["zeros"]), msg
         assert [int(v) for v in res.rng] == model.states, msg
+
+
+@pytest.mark.parametrize("w_op", WIDTHS)
+def test_aligned_sums_fit_the_accumulator(w_op):
+    """add/sub/axpy: for every operand width <= W_op and point positions across the whole F
+    range, the extreme values aligned by the rule sum (and subtract) within acc_bits."""
+    abits = 2 * w_op.bits + 16
+    lo, hi = -(2 ** (abits - 1)), 2 ** (abits - 1) - 1
+    fracs = [FRAC_MIN, -17, -1, 0, 1, 15, 16, 40, FRAC_MAX]
+    widths = [w.bits for w in WIDTHS if w.bits <= w_op.bits] + [2 * w_op.bits]  # + axpy's product
+    for wa, wb in itertools.product(widths, repeat=2):
+        for fa, fb in itertools.product(fracs, repeat=2):
+            ext_a = [-(2 ** (wa - 1)), 2 ** (wa - 1) - 1]
+            ext_b = [-(2 ** (wb - 1)), 2 ** (wb - 1) - 1]
+            (ta, tb), f_acc = ops.align_terms(
+                [(np.array(ext_a, dtype=object), (fa, wa)), (np.array(ext_b, dtype=object), (fb, wb))], abits)
+            assert f_acc == min(max(fa, fb), fa + abits - 1 - wa, fb + abits - 1 - wb)
+            for x in ta:
+                for y in tb:
+                    assert lo <= x + y <= hi and lo <= x - y <= hi, (w_op, wa, wb, fa, fb)
