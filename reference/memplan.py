@@ -8,8 +8,13 @@ lifetime under a :class:`Strategy`, and computes the peak twice:
 
 - ``peak_live``: the largest sum of the sizes of the buffers live during one operation
   (no fragmentation: what a perfect allocator would need);
-- ``peak_arena``: the high-water mark of a best-fit offset allocator (:class:`BestFitAllocator`)
-  on one arena, placing buffers in the schedule's order (fragmentation included).
+- ``peak_arena``: the size of one arena in which every buffer gets a fixed offset, placed
+  offline from the known lifetimes (greedy by size: largest buffer first, each at the lowest
+  offset free of every buffer whose lifetime overlaps). Fragmentation included; this is what
+  a trainer that plans at the start of training (as the paper does) allocates;
+- ``peak_bestfit``: the high-water mark of an online best-fit allocator
+  (:class:`BestFitAllocator`) fed the allocations and frees in schedule order, as a runtime
+  caching allocator would see them (usually more fragmentation).
 
 Nothing is tuned to a target: the figures follow from the operation list and the rules below.
 
@@ -20,10 +25,10 @@ Tensors of one step (``L`` is a layer name, ``B`` the batch)
 ``L.W``, ``L.b``       parameters; ``L.dW``, ``L.db`` their gradients;
 ``L.mask``             max-pool window index / dropout keep flag, 1 byte per element;
 ``L.scale``            LRN normaliser (read again by the LRN backward, as in Caffe);
-``L.dWtile``           scratch of the fused weight update: one output row (filter) of dW.
+``L.dWtile``           scratch of the fused weight update: one output row (filter) of dW;
+``L.vW``, ``L.vb``     momentum velocities (only with ``momentum=True``), kept across steps.
 A flatten layer is a view: it creates no tensor. Data tensors take ``width.bits // 8`` bytes
-per element. Convolution workspaces (im2col) and the solver's state are not modelled: they
-are the same in every schedule and depend on the implementation.
+per element. Convolution workspaces (im2col) are not modelled: they depend on the implementation.
 
 Backward data dependencies: conv/linear ``dx <- (W, dy)``, ``dW, db <- (x, dy)``;
 ReLU ``dx <- (y, dy)``; max pool ``dx <- (mask, dy)``; LRN ``dx <- (x, y, scale, dy)``;
@@ -46,11 +51,11 @@ WEIGHT_AREA   the paper's other case, for layers whose weight gradient is the la
               ``W`` at once (``FUSED``), so no whole ``dW`` is ever held. Results are
               identical only if dW's quantisation does not depend on dW of the same step
               (true for the DLU: the point position comes from earlier statistics).
+EARLY_FREE    beyond the paper: forward data is freed right after its last reader even
+              during the forward pass (e.g. a ReLU's input, which its backward never reads).
 INPLACE       beyond the paper: ReLU and dropout write their output over their input and
               their input error over their output error, where no later operation reads
               the overwritten tensor.
-EARLY_FREE    beyond the paper: forward data is freed right after its last reader even
-              during the forward pass (e.g. a ReLU's input, which its backward never reads).
 
 Within one layer the choice of order does not change which buffers are live after the layer,
 so choosing each layer's order greedily by its local ``peak_live`` is optimal for ``peak_live``.
@@ -78,8 +83,8 @@ class Strategy(enum.IntEnum):
     CONVENTIONAL = 0
     REORDER = 1
     WEIGHT_AREA = 2
-    INPLACE = 3
-    EARLY_FREE = 4
+    EARLY_FREE = 3
+    INPLACE = 4
 
     @property
     def label(self) -> str:
@@ -90,8 +95,8 @@ _LABELS = {
     Strategy.CONVENTIONAL: "conventional (Caffe, all step)",
     Strategy.REORDER: "paper: lifetimes + dx/dW order",
     Strategy.WEIGHT_AREA: "paper: + fused dW->W update",
-    Strategy.INPLACE: "beyond: + in-place ReLU/dropout",
     Strategy.EARLY_FREE: "beyond: + free fwd data early",
+    Strategy.INPLACE: "beyond: + in-place ReLU/dropout",
 }
 
 
@@ -155,7 +160,7 @@ class _Step:
 
 
 def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
-                orders: dict[str, BackwardOrder]) -> _Step:
+                orders: dict[str, BackwardOrder], momentum: bool = False) -> _Step:
     eb = _elem_bytes(width)
     shapes = infer_shapes(net)
     tensors: dict[str, tuple[int, BufferKind]] = {
@@ -194,6 +199,9 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                 rows = s.layer.out_channels if k is LayerKind.CONV else s.layer.out_features
                 tensors[f"{L}.dWtile"] = (s.weights // rows * eb, BufferKind.PARAM_GRAD)
                 reads = (cur, f"{L}.W", f"{L}.b")
+                if momentum:
+                    tensors[f"{L}.vW"] = (s.weights * eb, BufferKind.PARAM)
+                    tensors[f"{L}.vb"] = (s.biases * eb, BufferKind.PARAM)
             elif k in (LayerKind.MAXPOOL, LayerKind.DROPOUT):
                 n = s.out_count if k is LayerKind.MAXPOOL else s.in_count
                 tensors[f"{L}.mask"] = (batch * n * MASK_BYTES, BufferKind.AUX)
@@ -224,16 +232,17 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
         if k.has_params:
             start = base + len(bwd)
             W, b, dW, db = f"{L}.W", f"{L}.b", f"{L}.dW", f"{L}.db"
+            state = (f"{L}.vW", f"{L}.vb") if momentum else ()
             op_dx = Op(f"bwd_dx:{L}", L, Phase.BACKWARD, (W, dy), (dx,)) if dx else None
             op_dw = Op(f"bwd_dW:{L}", L, Phase.BACKWARD, (x, dy), (dW, db))
-            op_up = Op(f"update:{L}", L, Phase.UPDATE, (W, b, dW, db), (W, b))
+            op_up = Op(f"update:{L}", L, Phase.UPDATE, (W, b, *state, dW, db), (*state, W, b))
             order = orders.get(L, BackwardOrder.DX_FIRST)
             if strategy is Strategy.CONVENTIONAL:
                 seq = [op_dw, op_dx]  # Caffe: weight gradient, then bottom diff
                 late_updates.append(op_up)
             elif order is BackwardOrder.FUSED:
-                fused = Op(f"bwd_dW+update:{L}", L, Phase.UPDATE, (x, dy, W, b),
-                           (f"{L}.dWtile", db, W, b))
+                fused = Op(f"bwd_dW+update:{L}", L, Phase.UPDATE, (x, dy, W, b, *state),
+                           (f"{L}.dWtile", db, *state, W, b))
                 seq = [op_dx, fused]
             elif order is BackwardOrder.DW_FIRST:
                 seq = [op_dw, op_dx, op_up]
@@ -383,8 +392,9 @@ class Plan:
     live
         Bytes live during each op (unaligned sizes); ``peak_live`` is their maximum.
     offsets
-        Buffer name -> byte offset in the arena of the best-fit allocator;
-        ``peak_arena`` is that arena's size.
+        Buffer name -> byte offset in the offline-placed arena; ``peak_arena`` is its size.
+    peak_bestfit
+        High-water mark of the online best-fit allocator on the same schedule.
     """
 
     net_name: str
@@ -401,6 +411,7 @@ class Plan:
     peak_live: int
     offsets: dict[str, int] = field(default_factory=dict)
     peak_arena: int = 0
+    peak_bestfit: int = 0
 
     def allocs_before(self, i: int, params: bool = True) -> tuple[str, ...]:
         """Buffers to allocate just before op ``i`` (for op 0 this includes the whole-step ones).
@@ -488,10 +499,34 @@ def _place(step: _Step, storage: dict[str, str], lifetimes: dict[str, tuple[int,
     return offsets, alloc.high_water
 
 
+def _place_offline(lifetimes: dict[str, tuple[int, int]], sizes: dict[str, int],
+                   align: int) -> tuple[dict[str, int], int]:
+    """Greedy-by-size placement: largest first, lowest offset clear of overlapping lifetimes."""
+    granule = BestFitAllocator(align)
+    order = sorted(lifetimes, key=lambda b: (-sizes[b], lifetimes[b][0], b))
+    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
+    offsets: dict[str, int] = {}
+    top = 0
+    for b in order:
+        s, e = lifetimes[b]
+        z = granule.rounded(sizes[b])
+        off = 0
+        for o, oz in sorted((o, oz) for o, oz, ps, pe in placed if ps <= e and s <= pe):
+            if off + z <= o:
+                break
+            off = max(off, o + oz)
+        placed.append((off, z, s, e))
+        offsets[b] = off
+        top = max(top, off + z)
+    return offsets, top
+
+
+_Evaluated = tuple[_Step, dict[str, str], dict[str, tuple[int, int]], dict[str, int], list[int]]
+
+
 def _evaluate(net: Net, batch: int, width: Width, strategy: Strategy,
-              orders: dict[str, BackwardOrder]) -> tuple[_Step, dict[str, str], dict[str, tuple[int, int]],
-                                                         dict[str, int], list[int]]:
-    step = _build_step(net, batch, width, strategy, orders)
+              orders: dict[str, BackwardOrder], momentum: bool) -> _Evaluated:
+    step = _build_step(net, batch, width, strategy, orders, momentum)
     storage = _storage_map(step, strategy)
     lifetimes = _lifetimes(step, strategy, storage)
     sizes = {b: step.tensors[b][0] for b in lifetimes}
@@ -510,7 +545,7 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 
 
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
-         align: int = 1, orders: dict[str, BackwardOrder] | None = None) -> Plan:
+         align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -528,6 +563,9 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
     orders
         Force the backward order of some layers instead of choosing it (ignored by
         CONVENTIONAL; FUSED needs WEIGHT_AREA or later).
+    momentum
+        Keep a velocity per parameter across steps (``L.vW``, ``L.vb``: SGD with momentum, as
+        Caffe's solver and ``reference.layers.sgd_step``); whole-step in every schedule.
 
     Raises
     ------
@@ -543,7 +581,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         options = [BackwardOrder.DX_FIRST, BackwardOrder.DW_FIRST]
         if strategy >= Strategy.WEIGHT_AREA:
             options.append(BackwardOrder.FUSED)
-        step0 = _build_step(net, batch, width, strategy, {})
+        step0 = _build_step(net, batch, width, strategy, {}, momentum)
         for layer in step0.windows:  # backward order: top layer first
             if layer in forced:
                 chosen[layer] = forced[layer]
@@ -551,18 +589,19 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             best: tuple[int, BackwardOrder] | None = None
             for opt in options:
                 trial = {**chosen, layer: opt}
-                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial)
+                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum)
                 a, b = step.windows[layer]
                 local = max(live[a:b + 1])
                 if best is None or local < best[0]:
                     best = (local, opt)
             assert best is not None
             chosen[layer] = best[1]
-    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen)
-    offsets, arena = _place(step, storage, lifetimes, sizes, align)
+    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum)
+    _, bestfit = _place(step, storage, lifetimes, sizes, align)
+    offsets, arena = _place_offline(lifetimes, sizes, align)
     buffers = {b: Buffer(b, sizes[b], step.tensors[b][1]) for b in lifetimes}
     return Plan(net.name, batch, width, strategy, align, step.ops, storage, buffers, lifetimes,
-                chosen, tuple(live), max(live), offsets, arena)
+                chosen, tuple(live), max(live), offsets, arena, bestfit)
 
 
 def check_plan(plan: Plan) -> None:
@@ -619,7 +658,8 @@ def check_plan(plan: Plan) -> None:
 
 
 def largest_batch(net: Net, budget: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
-                  align: int = 1, use_arena: bool = True, max_batch: int = 1 << 20) -> int:
+                  align: int = 1, use_arena: bool = True, max_batch: int = 1 << 20,
+                  momentum: bool = False) -> int:
     """Largest batch whose peak (arena, or live if ``use_arena`` is false) fits in ``budget`` bytes.
 
     Returns 0 if batch 1 does not fit. Searches by doubling then bisection, which assumes
@@ -634,7 +674,7 @@ def largest_batch(net: Net, budget: int, width: Width = Width.W32, strategy: Str
         raise ValueError(f"budget: {budget!r}: must be a positive integer number of bytes")
 
     def fits(b: int) -> bool:
-        p = plan(net, b, width, strategy, align)
+        p = plan(net, b, width, strategy, align, momentum=momentum)
         return (p.peak_arena if use_arena else p.peak_live) <= budget
 
     if not fits(1):

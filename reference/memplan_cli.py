@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="data widths in bits (default: 32 16 8)")
     p.add_argument("--align", type=_positive_int, default=256,
                    help="allocation granule of the arena allocator in bytes (default 256)")
+    p.add_argument("--momentum", action="store_true",
+                   help="keep a momentum velocity per parameter (one more parameter copy, every schedule)")
     p.add_argument("--budget", default=None,
                    help="memory budget (e.g. 12GiB): find the largest batch under each schedule")
     p.add_argument("--plot", type=Path, default=None,
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.budget) if args.budget is not None else None
     widths = [Width.from_bits(b) for b in dict.fromkeys(args.width)]
     plans = {}
-    print(f"{net.name}: {net.param_count:,} parameters, batch {args.batch}, arena granule {args.align} B")
+    print(f"{net.name}: {net.param_count:,} parameters, batch {args.batch}, arena granule {args.align} B, "
+          f"{'momentum SGD (velocity kept)' if args.momentum else 'plain SGD (no solver state)'}")
     print("arena = one arena placed offline from the lifetimes (fragmentation included); "
           "live = largest sum of live buffers;\nbest-fit = online best-fit allocator high-water")
     probe = plan(net, args.batch, widths[0], Strategy.CONVENTIONAL, args.align).peak_arena
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
               f"{'step':>7s}  peak during")
         base = prev = None
         for s in Strategy:
-            pl = plan(net, args.batch, w, s, args.align)
+            pl = plan(net, args.batch, w, s, args.align, momentum=args.momentum)
             check_plan(pl)
             plans[w, s] = pl
             base = base or pl
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {'schedule':34s} " + " ".join(f"{w.bits:>6d}-bit" for w in widths) + "   x conventional")
         base_n = {}
         for s in Strategy:
-            ns = [largest_batch(net, budget, w, s, args.align) for w in widths]
+            ns = [largest_batch(net, budget, w, s, args.align, momentum=args.momentum) for w in widths]
             if s is Strategy.CONVENTIONAL:
                 base_n = dict(zip(widths, ns, strict=True))
             gains = " ".join(f"{n / base_n[w]:5.2f}" if base_n[w] else "    -" for w, n in zip(widths, ns,

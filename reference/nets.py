@@ -7,8 +7,8 @@ each layer live in the trainer, not here.
 
 Built-in networks (:data:`BUILTIN_NETS`): ``alexnet`` (Caffe's ``bvlc_alexnet``, grouped
 convolutions), ``vgg16`` (configuration D), ``lenet5`` (LeCun 1998 shapes with max
-pooling and ReLU) and ``digits_cnn`` (the project's CNN for 8x8 digits; keep it in sync
-with ``reference/models.py`` once that exists).
+pooling and ReLU) and ``digits_cnn`` (the project's CNN for 8x8 digits, kept in sync with
+``reference/models.py`` by a test).
 
 Network files
 -------------
@@ -404,15 +404,18 @@ def lenet5() -> Net:
 
 
 def digits_cnn() -> Net:
-    """The project's CNN for 1x8x8 digits (conv 8, pool, conv 16, pool, linear 64->10).
+    """The project's CNN for 1x8x8 digits, as ``reference.models.build_model("cnn")`` builds it.
 
-    Must be kept in sync with ``reference/models.py`` (written by the trainer's author):
-    a test there or here should compare the two once both exist.
+    conv3x3 8 pad 1, ReLU, maxpool 2, conv3x3 16 pad 1, ReLU, maxpool 2, flatten,
+    linear 64->32, ReLU, linear 32->10. The brief that specified this file described a single
+    linear 64->10; ``reference/models.py`` has the extra hidden layer, and this description
+    follows the code. ``tests/reference/test_nets.py`` compares the two, so a change to
+    either fails there.
     """
     ls = [
         _conv("conv1", 8, 3, pad=1), _relu("relu1"), _pool("pool1", 2, 2),
         _conv("conv2", 16, 3, pad=1), _relu("relu2"), _pool("pool2", 2, 2),
-        Layer("flatten", LayerKind.FLATTEN), _fc("fc", 10), _loss(),
+        Layer("flatten", LayerKind.FLATTEN), _fc("fc1", 32), _relu("relu3"), _fc("fc2", 10), _loss(),
     ]
     return Net("digits_cnn", (1, 8, 8), tuple(ls))
 

@@ -54,6 +54,11 @@ def test_single_linear_layer_peaks_by_hand():
     q = plan(net, 2, Width.W32, Strategy.WEIGHT_AREA, align=1)
     assert q.orders == {"fc": BackwardOrder.FUSED}
     assert q.peak_live == 148 and q.live[4] == 144
+    # momentum keeps a velocity (W 48 + b 12) in every schedule: +60 everywhere
+    assert plan(net, 2, Width.W32, Strategy.CONVENTIONAL, momentum=True).peak_live == 232 + 60
+    m = plan(net, 2, Width.W32, Strategy.REORDER, momentum=True)
+    check_plan(m)
+    assert m.peak_live == 176 + 60 and m.lifetimes["fc.vW"] == (0, 5)
 
 
 def test_two_layer_mlp_with_relu_peaks_by_hand_every_strategy():
@@ -105,10 +110,10 @@ def test_dw_first_lets_dx_reuse_the_dead_input_activation():
 def test_every_schedule_is_safe_and_never_worse_than_conventional(name, width):
     net = BUILTIN_NETS[name]()
     for batch in (1, 3, 32):
-        conv = plan(net, batch, width, Strategy.CONVENTIONAL, align=256)
+        conv = plan(net, batch, width, Strategy.CONVENTIONAL, align=256, momentum=batch == 3)
         prev_live = conv.peak_live
         for s in Strategy:
-            p = plan(net, batch, width, s, align=256)
+            p = plan(net, batch, width, s, align=256, momentum=batch == 3)
             check_plan(p)  # no read after free or overwrite, no arena overlap of live buffers
             assert p.peak_live <= prev_live  # each step only adds freedom
             assert p.peak_live <= p.peak_arena <= conv.peak_arena
