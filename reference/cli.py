@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "whose width is the default for classes the file leaves out")
     p.add_argument("--epochs", type=_positive_int, default=15)
     p.add_argument("--batch", type=_positive_int, default=32)
-    p.add_argument("--lr", type=_float, default=0.02)
+    p.add_argument("--lr", type=_float, default=0.05)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="per-epoch learning rate: cosine decay to ~0, or constant")
     p.add_argument("--momentum", type=_float, default=0.9)
     p.add_argument("--weight-decay", type=_float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (0..N-1)")
     b.add_argument("--epochs", type=_positive_int, default=15)
     b.add_argument("--batch", type=_positive_int, default=32)
-    b.add_argument("--lr", type=_float, default=0.02)
+    b.add_argument("--lr", type=_float, default=0.05)
     b.add_argument("--data", default="digits")
     b.add_argument("--out", default="runs/bench.md", help="markdown file to write")
     b.set_defaults(func=_bench)
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .models import GradOrder, ModelKind
-    from .train import IterSpec, Precision, TrainConfig, load_precision, train, write_run
+    from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision, train, write_run
 
     prec = Precision(args.precision)
     spec = None
@@ -74,7 +76,8 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
         spec = load_precision(args.config, prec.width)
     cfg = TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
-                      lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+                      lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
+                      weight_decay=args.weight_decay, seed=args.seed,
                       trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
     name = args.name or f"{args.model}-{args.precision}-s{args.seed}"
     from pathlib import Path

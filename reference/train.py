@@ -200,6 +200,18 @@ class IterSpec:
         return cls(iters=frozenset(out))
 
 
+class LrSchedule(enum.Enum):
+    """Learning rate per epoch ``e`` of ``E``: constant, or cosine ``lr * (1 + cos(pi * e / E)) / 2``."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+    def at(self, lr: float, epoch: int, epochs: int) -> float:
+        if self == LrSchedule.CONSTANT:
+            return lr
+        return float(lr * 0.5 * (1.0 + np.cos(np.pi * epoch / epochs)))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (with the data set)."""
@@ -209,7 +221,8 @@ class TrainConfig:
     spec: PrecisionSpec | None = None
     epochs: int = 15
     batch: int = 32
-    lr: float = 0.02
+    lr: float = 0.05
+    lr_schedule: LrSchedule = LrSchedule.COSINE
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
@@ -247,7 +260,8 @@ class TrainConfig:
         return {
             "model": self.model.value, "precision": self.precision.value,
             "precision_spec": None if spec is None else spec.to_dict(),
-            "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "momentum": self.momentum,
+            "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "lr_schedule": self.lr_schedule.value,
+            "momentum": self.momentum,
             "weight_decay": self.weight_decay, "seed": self.seed, "grad_order": self.grad_order.value,
             "core": self.core,
             "trace_iters": "all" if self.trace_iters.all else sorted(self.trace_iters.iters),
@@ -356,6 +370,7 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
     threshold = spec.threshold if spec else DEFAULT_THRESHOLD
     for ep in range(cfg.epochs):
         perm = shuffle_rng.permutation(n)
+        lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
         loss_sum, correct = 0.0, 0
         t0 = time.perf_counter()
         bar = tqdm(range(steps), desc=f"epoch {ep + 1}/{cfg.epochs} {cfg.precision.value}", disable=not progress,
@@ -373,7 +388,7 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
             if engine is not None:
                 _host_setting(engine, model.logits_err_tid, g, threshold)
             model.backward(be, be.load(model.logits_err_tid, g), cfg.grad_order, on_grads_ready)
-            sgd_step(be, model.params(), cfg.lr, cfg.momentum, cfg.weight_decay)
+            sgd_step(be, model.params(), lr, cfg.momentum, cfg.weight_decay)
             if engine is not None:
                 for tid, st in engine.db.entries.items():
                     rec = tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [],
@@ -401,7 +416,7 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
         else:
             ev_engine, ev_be = None, be
         test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
-        epochs.append({"epoch": ep + 1, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
+        epochs.append({"epoch": ep + 1, "lr": lr, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
                        "test_acc": test_acc, "time_s": elapsed})
         if progress:
             tqdm.write(f"epoch {ep + 1}: loss {loss_sum / steps:.4f}  train {correct / (steps * cfg.batch):.4f}  "
@@ -486,7 +501,7 @@ class BenchRow:
 
 
 def benchmark(data: Dataset, model: ModelKind = ModelKind.CNN, precisions: tuple[Precision, ...] = tuple(Precision),
-              seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.02,
+              seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.05,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Final test accuracy (one value per seed) and mean epoch time of each precision mode."""
     rows = []
