@@ -8,7 +8,7 @@ from fractions import Fraction
 import apytypes as apy
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reference.formats import (
@@ -433,3 +433,28 @@ def test_tensor_checks():
     with pytest.raises(TypeError, match="expected an integer array, got dtype float64"):
         DfpTensor(np.zeros((2, 2)), f)
     assert math.isclose(float(t.to_float()[0, 1]), -128.0)
+
+
+@settings(derandomize=True, max_examples=500, deadline=None)
+@example(xs=[-5e-324, 5e-324, -(2.0**-1070)], w=Width.W8, frac=-1, mode=RoundingMode.FLOOR)
+@example(xs=[-(2.0**-1074) * 3, 1.7976931348623157e308], w=Width.W32, frac=FRAC_MIN, mode=RoundingMode.FLOOR)
+@example(xs=[-1.7976931348623157e308, 2.0**-1022], w=Width.W16, frac=FRAC_MAX, mode=RoundingMode.NEAREST_EVEN)
+@given(
+    xs=st.lists(st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True), min_size=1, max_size=6),
+    w=st.sampled_from(list(Width)),
+    frac=st.integers(FRAC_MIN, FRAC_MAX),
+    mode=st.sampled_from([RoundingMode.NEAREST_EVEN, RoundingMode.FLOOR]),
+)
+def test_quantize_any_float_vs_apytypes(xs, w, frac, mode):
+    """Every finite float64 (subnormals and the largest included) against apytypes, with an
+    exact 1030.1080-bit intermediate that holds any float64 exactly."""
+    x = np.array(xs, dtype=np.float64)
+    qm = {RoundingMode.NEAREST_EVEN: apy.QuantizationMode.TIES_EVEN,
+          RoundingMode.FLOOR: apy.QuantizationMode.TO_NEG}[mode]
+    exact = apy.APyFixedArray.from_float(x, int_bits=1030, frac_bits=1080)
+    y = exact.cast(int_bits=w.bits - frac, frac_bits=frac, quantization=qm, overflow=apy.OverflowMode.SAT)
+    raw = [int(r) for r in np.asarray(y.to_bits(), dtype=object).tolist()]
+    apy_q = [r - 2**w.bits if r >= 2 ** (w.bits - 1) else r for r in raw]
+    q, over, _ = quantize_float(x, DfpFormat(w, frac), mode)
+    assert q.tolist() == apy_q
+    assert over.tolist() == [_exact_q(float(v), frac, mode, w.bits)[1] for v in x]
