@@ -1,0 +1,488 @@
+"""The whole DLU core (``dlu_core.v`` from ``dlu gen``) through its AXI ports only.
+
+Bus models: cocotbext-axi ``AxiLiteMaster`` on ``s_axil_*`` (registers, command FIFO),
+``AxiStreamSource`` on ``s_axis_*`` (LOAD data) and ``AxiStreamSink`` on ``m_axis_*`` (STORE
+data), with seeded idle cycles on the source and back-pressure on the sink. Register
+addresses come from the ``manifest.json`` the generator writes beside the Verilog.
+
+Scoreboard: :class:`testbenches.cocotb.core_model.CoreModel` (reference only). For every
+command: ``STATUS.error`` (illegal commands and settings raise their code; a clear returns it
+to 0), the busy cycles it took (``PERF_BUSY`` minus the stream-stall cycles ``PERF_STALL``)
+against :func:`reference.isa.cycles`; for every compute command the result tensor (read back
+with STORE, unspecified padding masked) and the destination's database entry; after
+POLICY_UPDATE the settings register; at the end every database entry, the settings and the
+MAC/value counters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import cocotb
+import numpy as np
+import pytest
+
+from testbenches.cocotb import fcov, tbutil
+
+CONFIGS = ["tiny"]
+
+
+# ------------------------------------------------------------------------------------------
+# Stimulus: commands that are legal by construction, steered to uncovered coverage bins
+# ------------------------------------------------------------------------------------------
+def random_values(rng: random.Random, n: int, bits: int, small: bool) -> list[int]:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.12:
+            out.append(rng.choice([lo, hi, 0, -1, 1, lo + 1]))
+        elif small or r < 0.3:
+            out.append(rng.randint(-8, 8))
+        else:
+            out.append(rng.randint(lo, hi))
+    return out
+
+
+class Stimulus:
+    """Generates compute commands with their settings and operand data."""
+
+    def __init__(self, cfg, rng: random.Random):
+        self.cfg, self.rng = cfg, rng
+
+    def shape(self, op, v):
+        rng = self.rng
+        m = rng.choice([1, 1, 2, 3, rng.randint(1, 5)])
+        n = rng.choice([1, v - 1 if v > 1 else 1, v, v + 1, rng.randint(1, 2 * v + 1)])
+        k = rng.choice([1, 2, rng.randint(1, 6)]) if op == 0 else 1
+        return m, n, k
+
+    def candidate(self, op, width, rounding):
+        """(settings {tid: TensorSetting}, Command without addresses, {role: DfpTensor})."""
+        from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+        from reference.isa import operand_shapes
+        from reference.ops import Op
+
+        cfg, rng = self.cfg, self.rng
+        op = Op(op)
+        tids = rng.sample(range(cfg.tensor_ids), 3)
+        w_a = w_b = width
+        if op == Op.CONVERT:
+            w_a = rng.choice(list(Width))
+        w_op = max(width, w_a)
+        v = cfg.values_per_beat(w_op)
+        m, n, k = self.shape(int(op), v)
+        f_a = rng.choice([rng.randint(-4, 12), rng.randint(FRAC_MIN, FRAC_MAX)])
+        f_b = rng.choice([f_a, rng.randint(-4, 12), rng.randint(FRAC_MIN, FRAC_MAX)])
+        f_d = max(FRAC_MIN, min(FRAC_MAX, f_a + rng.choice([0, 0, rng.randint(-12, 12), rng.randint(-40, 40)])))
+        if op in (Op.MATMUL, Op.MUL):
+            f_d = max(FRAC_MIN, min(FRAC_MAX, f_a + f_b + rng.choice([0, rng.randint(-24, 24), rng.randint(-80, 40)])))
+        alpha, alpha_frac = 0, 0
+        if op == Op.AXPY:
+            alpha = random_values(rng, 1, width.bits, False)[0]
+            alpha_frac = rng.choice([0, rng.randint(0, width.bits), rng.randint(FRAC_MIN, FRAC_MAX)])
+        auto = [rng.random() < 0.7 for _ in range(3)]
+        settings = {
+            tids[0]: TensorSetting(DfpFormat(w_a, f_a), RoundingMode(rng.randrange(3)), auto[0]),
+            tids[1]: TensorSetting(DfpFormat(w_b, f_b), RoundingMode(rng.randrange(3)), auto[1]),
+            tids[2]: TensorSetting(DfpFormat(width, f_d), rounding, auto[2]),
+        }
+        broadcast = op in (Op.ADD, Op.SUB, Op.MUL) and rng.random() < 0.25
+        from reference.isa import Command
+
+        cmd = Command(int(op), tid_d=tids[2], tid_a=tids[0], tid_b=tids[1], m=m, n=n, k=k,
+                      alpha=alpha, alpha_frac=alpha_frac, broadcast_b=broadcast, irq=rng.random() < 0.1)
+        small = rng.random() < 0.3
+        data = {}
+        for role, (rows, cols) in operand_shapes(cmd).items():
+            if role == "d":
+                continue
+            fmt = settings[tids[0] if role == "a" else tids[1]].fmt
+            vals = random_values(rng, rows * cols, fmt.bits, small)
+            data[role] = DfpTensor(np.array(vals, dtype=np.int64).reshape(rows, cols), fmt)
+        return settings, cmd, data
+
+    def place(self, cmd, settings):
+        """Give the command addresses in three different banks."""
+        from dataclasses import replace
+
+        from reference.isa import operand_shapes, tensor_words
+
+        cfg, rng = self.cfg, self.rng
+        banks = rng.sample(range(cfg.spad_banks), 3)
+        shapes = operand_shapes(cmd)
+        fmts = {"a": settings[cmd.tid_a].fmt, "b": settings[cmd.tid_b].fmt, "d": settings[cmd.tid_d].fmt}
+        addr = {}
+        for (role, (rows, cols)), bank in zip(sorted(shapes.items()), banks, strict=False):
+            words = tensor_words(rows, cols, fmts[role], cfg)
+            if words > cfg.spad_words:
+                return None
+            addr[role] = bank * cfg.spad_words + rng.randint(0, cfg.spad_words - words)
+        return replace(cmd, addr_a=addr.get("a", 0), addr_b=addr.get("b", 0), addr_d=addr["d"])
+
+
+# ------------------------------------------------------------------------------------------
+# cocotb side
+# ------------------------------------------------------------------------------------------
+class CoreTB(tbutil.Clocked):
+    def __init__(self, dut, rng: random.Random):
+        from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamSink, AxiStreamSource
+
+        super().__init__(dut)
+        self.cfg = tbutil.core_config()
+        manifest = json.loads(Path(os.environ["DLU_MANIFEST"]).read_text())
+        self.manifest = manifest
+        self.regs = {r["name"]: r for r in find_register_list(manifest)}
+        self.rng = rng
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
+        self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst, byte_lanes=1)
+        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst, byte_lanes=1)
+        self.idle = self.backpressure = False
+
+    def set_stalls(self, idle: bool, backpressure: bool):
+        rng = self.rng
+        self.idle, self.backpressure = idle, backpressure
+
+        def gen(p):
+            while True:
+                yield rng.random() < p
+
+        if idle:
+            self.src.set_pause_generator(gen(0.3))
+        else:
+            self.src.clear_pause_generator()
+        if backpressure:
+            self.sink.set_pause_generator(gen(0.4))
+        else:
+            self.sink.clear_pause_generator()
+
+    # -- registers ----------------------------------------------------------------------
+    def addr(self, name: str, index: int = 0) -> int:
+        r = self.regs[name]
+        assert 0 <= index < r["count"], f"{name}[{index}]: the window has {r['count']} entries"
+        return r["offset"] + index * r["stride"]
+
+    def field(self, reg: str, name: str, value: int) -> int:
+        for f in self.regs[reg]["fields"]:
+            if f["name"] == name:
+                return (value >> f["lsb"]) & ((1 << f["width"]) - 1)
+        raise KeyError(f"{reg}.{name}")
+
+    def fmask(self, reg: str, name: str, value: int = 1) -> int:
+        for f in self.regs[reg]["fields"]:
+            if f["name"] == name:
+                return (value & ((1 << f["width"]) - 1)) << f["lsb"]
+        raise KeyError(f"{reg}.{name}")
+
+    async def rd(self, addr: int) -> int:
+        return await self.axil.read_dword(addr)
+
+    async def wr(self, addr: int, value: int) -> None:
+        await self.axil.write_dword(addr, value & 0xFFFFFFFF)
+
+    async def read_counter(self, name: str) -> int:
+        lo = await self.rd(self.addr(name))
+        hi = await self.rd(self.addr(name) + 4)
+        return lo | (hi << 32)
+
+    async def status(self) -> dict:
+        v = await self.rd(self.addr("STATUS"))
+        return {f["name"]: self.field("STATUS", f["name"], v) for f in self.regs["STATUS"]["fields"]}
+
+    async def push(self, cmd) -> None:
+        for w in cmd.encode():
+            await self.wr(self.addr("CMD_PUSH"), w)
+
+    async def wait_done(self, max_polls: int = 100_000) -> dict:
+        for _ in range(max_polls):
+            st = await self.status()
+            if st["done"] and not st["busy"]:
+                return st
+        raise AssertionError("core never became done")
+
+    async def read_db_entry(self, tid: int) -> dict:
+        from hw.regmap import words_per_counter
+
+        wpc = words_per_counter(self.cfg)
+        base = self.regs["DATABASE"]["offset"] + tid * self.regs["DATABASE"]["stride"]
+        vals = []
+        for c in range(self.cfg.hist_bins + 4):
+            v = 0
+            for j in range(wpc):
+                v |= (await self.rd(base + 4 * (c * wpc + j))) << (32 * j)
+            vals.append(v)
+        h = self.cfg.hist_bins
+        return {"hist": vals[:h], "zeros": vals[h], "overflow": vals[h + 1], "underflow": vals[h + 2],
+                "total": vals[h + 3]}
+
+
+def find_register_list(manifest: dict) -> list[dict]:
+    """The register map in the manifest (a list of {name, offset, ...}), wherever the generator put it."""
+    for key in ("registers", "register_map", "regmap"):
+        if key in manifest and isinstance(manifest[key], list):
+            return manifest[key]
+    for v in manifest.values():
+        if isinstance(v, list) and v and isinstance(v[0], dict) and {"name", "offset"} <= set(v[0]):
+            return v
+    raise KeyError(f"no register map in the manifest (keys {sorted(manifest)})")
+
+
+def stats_dict(s) -> dict:
+    return {"hist": [int(x) for x in s.hist], "zeros": s.zeros, "overflow": s.overflow,
+            "underflow": s.underflow, "total": s.total}
+
+
+class Checker:
+    """Runs commands on the DUT and the model side by side and compares everything."""
+
+    def __init__(self, tb: CoreTB, model, log):
+        self.tb, self.model, self.log = tb, model, log
+        self.n = 0
+
+    async def counters(self):
+        return await self.tb.read_counter("PERF_BUSY"), await self.tb.read_counter("PERF_STALL")
+
+    async def write_setting(self, tid: int, word: int) -> None:
+        await self.tb.wr(self.tb.addr("SETTINGS", tid), word)
+        self.model.write_setting(tid, word)
+
+    async def run(self, cmd, load_words=None, what=""):
+        from reference.isa import Ctl
+
+        tb, model = self.tb, self.model
+        busy0, stall0 = await self.counters()
+        exp = model.execute(cmd, load_words)
+        await tb.push(cmd)
+        if cmd.opcode == Ctl.LOAD and exp.error == 0:
+            from cocotbext.axi import AxiStreamFrame
+
+            await tb.src.send(AxiStreamFrame(tdata=list(load_words)))
+        got_frame = None
+        if cmd.opcode == Ctl.STORE and exp.error == 0:
+            got_frame = await tb.sink.recv(compact=False)
+        st = await tb.wait_done()
+        busy1, stall1 = await self.counters()
+        self.n += 1
+        ctx = f"command {self.n} {what} {cmd}"
+        assert st["error"] == int(model.error), f"{ctx}: STATUS.error {st['error']}, expected {int(model.error)}"
+        took = (busy1 - busy0) - (stall1 - stall0)
+        assert took == exp.cycles, (f"{ctx}: took {took} cycles (busy {busy1 - busy0}, stalled {stall1 - stall0}), "
+                                    f"reference.isa.cycles says {exp.cycles}")
+        if got_frame is not None:
+            got = list(got_frame.tdata)
+            assert len(got) == cmd.k, f"{ctx}: STORE sent {len(got)} words, expected {cmd.k}"
+            for i, (g, e, mk) in enumerate(zip(got, exp.store_words, exp.store_masks, strict=True)):
+                assert g & mk == e & mk, f"{ctx}: STORE word {i}: got {g:#x}, expected {e:#x} (mask {mk:#x})"
+        return exp
+
+
+async def run_compute(chk: Checker, stim: Stimulus, op, width, rounding, target_flow):
+    """Settings, LOADs, the compute command, STORE of the result and its database entry."""
+    from reference.isa import Command, Ctl, operand_shapes, tensor_words
+
+    model, tb = chk.model, chk.tb
+    from testbenches.cocotb.core_model import CoreModel
+
+    best = None
+    for _ in range(40):  # steer to the target overflow/underflow bin with the reference
+        settings, cmd, data = stim.candidate(op, width, rounding)
+        cmd = stim.place(cmd, settings)
+        if cmd is None:
+            continue
+        probe = CoreModel(model.cfg)
+        probe.settings = dict(settings)
+        probe.rng = model.rng.copy()
+        for role, t in data.items():
+            probe.write_tensor(cmd.addr_a if role == "a" else cmd.addr_b, t)
+        o = probe.execute(cmd)
+        if o.error:
+            continue
+        best = (settings, cmd, data)
+        if fcov.flow_of(o.stats.overflow, o.stats.underflow) == target_flow:
+            break
+    assert best is not None, "stimulus generator found no legal command"
+    settings, cmd, data = best
+    for tid, s in settings.items():
+        await chk.write_setting(tid, s.encode())
+    for role, t in data.items():
+        words = CoreModel.pack_rows(t, model.cfg)
+        await chk.run(Command(Ctl.LOAD, addr_d=cmd.addr_a if role == "a" else cmd.addr_b, k=len(words)), words,
+                      what=f"LOAD {role}")
+    exp = await chk.run(cmd, what="compute")
+    rows, cols = operand_shapes(cmd)["d"]
+    await chk.run(Command(Ctl.STORE, addr_a=cmd.addr_d, k=tensor_words(rows, cols, settings[cmd.tid_d].fmt,
+                                                                        model.cfg)), what="STORE result")
+    got = await tb.read_db_entry(cmd.tid_d)
+    want = stats_dict(model.db.read(cmd.tid_d))
+    assert got == want, f"{cmd}: database entry {cmd.tid_d}: got {got}, expected {want}"
+    fcov.sample_cmd(cmd.opcode, width, rounding, exp.stats.overflow, exp.stats.underflow,
+                    exp.out_fmt.frac, exp.shift, exp.acc_bits)
+    fcov.sample_stall(tb.idle, tb.backpressure)
+    return exp
+
+
+def illegal_command(cfg, rng, model):
+    """A command :func:`reference.isa.check_command` rejects, for each ErrorCode but BAD_SETTING."""
+    from reference.isa import Command
+    from reference.ops import Op
+
+    valid = sorted(model.settings)
+    kind = rng.choice(["opcode", "tid", "nosetting", "shape", "range", "bank", "width", "alpha"])
+    t = rng.choice(valid) if valid else 0
+    base = Command(int(Op.ADD), tid_d=t, tid_a=t, tid_b=t, addr_a=0, addr_b=cfg.spad_words,
+                   addr_d=2 * cfg.spad_words, m=1, n=1)
+    from dataclasses import replace
+
+    if kind == "opcode":
+        return replace(base, opcode=rng.randint(12, 15))
+    if kind == "tid":
+        return replace(base, tid_b=rng.randint(cfg.tensor_ids, 1023))
+    if kind == "nosetting":
+        free = [i for i in range(cfg.tensor_ids) if i not in model.settings]
+        return replace(base, tid_a=free[0]) if free else replace(base, m=0)
+    if kind == "shape":
+        return rng.choice([replace(base, m=0), replace(base, n=0), replace(base, opcode=int(Op.MATMUL), k=0),
+                           replace(base, opcode=int(Op.MATMUL), k=(1 << 16) + 1)])
+    if kind == "range":
+        return rng.choice([replace(base, addr_d=cfg.spad_banks * cfg.spad_words + rng.randint(0, 100)),
+                           replace(base, addr_a=cfg.spad_words - 1, n=4 * cfg.lanes * 8),
+                           replace(base, opcode=10, addr_d=cfg.spad_banks * cfg.spad_words - 1, k=2)])
+    if kind == "bank":
+        return replace(base, addr_b=1)
+    if kind == "width":
+        others = [i for i in valid if model.settings[i].fmt.width != model.settings[t].fmt.width]
+        return replace(base, tid_b=others[0]) if others else replace(base, m=0)
+    return replace(base, opcode=int(Op.AXPY), alpha_frac=rng.choice([-100, 100]))
+
+
+@cocotb.test(timeout_time=200_000_000, timeout_unit="ns")
+async def random_command_stream(dut):
+    """Coverage-steered random compute commands, control commands and illegal commands."""
+    from reference.formats import RoundingMode, Width
+    from reference.isa import Command, Ctl, ErrorCode
+    from reference.ops import Op
+    from testbenches.cocotb.core_model import CoreModel
+
+    rng, _ = tbutil.test_rng("random_command_stream", dut._log)
+    tb = CoreTB(dut, rng)
+    cfg = tb.cfg
+    await tb.reset()
+    model = CoreModel(cfg, seed=0)
+    chk = Checker(tb, model, dut._log)
+    # a defined starting state: seed, threshold, every database entry cleared
+    seed = rng.getrandbits(32)
+    await tb.wr(tb.addr("SEED"), seed)
+    model.reseed(seed)
+    await chk.run(Command(int(Ctl.CLEAR_STATS), broadcast_b=True), what="CLEAR_STATS all")
+    n_cmds = tbutil.iterations(40)
+    bins = [(o, w, r, f) for o in Op for w in Width for r in RoundingMode for f in fcov.FLOWS]
+    hits = {b: 0 for b in bins}
+    for i in range(n_cmds):
+        if i % 10 == 0:
+            tb.set_stalls(rng.random() < 0.5, rng.random() < 0.5)
+        r = rng.random()
+        if r < 0.06:
+            cmd = illegal_command(cfg, rng, model)
+            await chk.run(cmd, what="illegal")
+            fcov.sample_ctl(f"error_{ErrorCode(model.error).name}" if model.error else "clear_error")
+            await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "clear_error"))
+            model.clear_error()
+            st = await tb.status()
+            assert st["error"] == 0, f"STATUS.error {st['error']} after clear_error"
+            continue
+        if r < 0.09:
+            tid, word = rng.randrange(cfg.tensor_ids), rng.randrange(1 << 12)
+            await chk.write_setting(tid, word)
+            st = await tb.status()
+            assert st["error"] == int(model.error), f"settings word {word:#x}: STATUS.error {st['error']}"
+            if model.error:
+                fcov.sample_ctl("error_BAD_SETTING")
+                await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "clear_error"))
+                model.clear_error()
+            continue
+        if r < 0.13:
+            await tb.wr(tb.addr("THRESHOLD"), rng.choice([0, 66, 65535, rng.randrange(1 << 16)]))
+            model.threshold = await tb.rd(tb.addr("THRESHOLD"))
+            await chk.run(Command(int(Ctl.POLICY_UPDATE)), what="POLICY_UPDATE")
+            fcov.sample_ctl("POLICY_UPDATE")
+            for tid in range(cfg.tensor_ids):
+                v = await tb.rd(tb.addr("SETTINGS", tid))
+                valid = tb.field("SETTINGS", "valid", v)
+                assert valid == int(tid in model.settings), f"tid {tid}: valid bit {valid}"
+                if valid:
+                    got = tb.field("SETTINGS", "setting", v)
+                    assert got == model.settings[tid].encode(), (
+                        f"after POLICY_UPDATE tid {tid}: setting {got:#x}, expected {model.settings[tid].encode():#x}")
+            continue
+        if r < 0.15:
+            bc = rng.random() < 0.5
+            await chk.run(Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids), broadcast_b=bc),
+                          what="CLEAR_STATS")
+            fcov.sample_ctl("CLEAR_STATS")
+            continue
+        if r < 0.17:
+            seed = rng.getrandbits(32)
+            await tb.wr(tb.addr("SEED"), seed)
+            model.reseed(seed)
+            continue
+        # a compute command aimed at the least-hit bin of the cross
+        least = min(hits.values())
+        op, w, rnd, flow = rng.choice([b for b in bins if hits[b] == least])
+        exp = await run_compute(chk, Stimulus(cfg, rng), op, w, rnd, flow)
+        hits[(Op(op), w, rnd, fcov.flow_of(exp.stats.overflow, exp.stats.underflow))] += 1
+        fcov.sample_ctl("LOAD")
+        fcov.sample_ctl("STORE")
+    # final sweep: every database entry and the counters
+    for tid in range(cfg.tensor_ids):
+        got = await tb.read_db_entry(tid)
+        assert got == stats_dict(model.db.read(tid)), f"final database entry {tid}: {got}"
+    macs = await tb.read_counter("PERF_MACS")
+    values = await tb.read_counter("PERF_VALUES")
+    assert macs == model.perf_macs, f"PERF_MACS {macs}, expected {model.perf_macs}"
+    assert values == model.perf_values, f"PERF_VALUES {values}, expected {model.perf_values}"
+    dut._log.info("%d commands checked", chk.n)
+    fcov.export(dut._log)
+
+
+# ------------------------------------------------------------------------------------------
+# pytest side
+# ------------------------------------------------------------------------------------------
+def generate(config: str, out: Path) -> tuple[Path, Path]:
+    """``dlu gen --config CONFIG --out DIR``: the core's Verilog and manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).parent / "dlu"
+    subprocess.run([str(exe), "gen", "--config", config, "--out", str(out)], check=True, capture_output=True)
+    v, man = out / "dlu_core.v", out / "manifest.json"
+    assert v.exists() and man.exists(), f"dlu gen wrote no dlu_core.v/manifest.json in {out}"
+    return v, man
+
+
+def _run(config, record_property, iters, testcase=None):
+    from reference.config import load_config
+    from testbenches.cocotb import harness
+
+    harness.require("hw.core", "DLUCore")
+    if not (Path(harness.ROOT) / "rtl_gen").joinpath("__init__.py").exists():
+        pytest.skip("rtl_gen does not exist yet")
+    bdir = harness.build_dir(config, "core")
+    v, man = generate(config, bdir / "gen")
+    harness.run(module="testbenches.cocotb.test_core", top="dlu_core", config=config, block="core", sources=[v],
+                record_property=record_property, cfg=load_config(config), testcase=testcase,
+                extra_env={"DLU_ITERS": str(iters), "DLU_MANIFEST": str(man)})
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_core(config, record_property):
+    _run(config, record_property, iters=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("rep", range(8))
+def test_core_many_seeds(config, rep, record_property):
+    _run(config, record_property, iters=600)
