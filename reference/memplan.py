@@ -266,14 +266,14 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
     return _Step(ops, {t: v for t, v in tensors.items() if t in used}, windows, elementwise)
 
 
-def _storage_map(step: _Step, strategy: Strategy) -> dict[str, str]:
-    """Tensor -> storage name; under INPLACE, ReLU and dropout share storage where legal.
+def _storage_map(step: _Step, inplace: bool) -> dict[str, str]:
+    """Tensor -> storage name; with ``inplace``, ReLU and dropout share storage where legal.
 
     A forward ``y`` takes its input's storage if that op is the input's last access (so no
     backward reads the overwritten input); a backward ``dx`` takes ``dy``'s storage likewise.
     """
     storage = {t: t for t in step.tensors}
-    if strategy < Strategy.INPLACE:
+    if not inplace:
         return storage
     last: dict[str, int] = {}
     for i, o in enumerate(step.ops):
@@ -525,9 +525,9 @@ _Evaluated = tuple[_Step, dict[str, str], dict[str, tuple[int, int]], dict[str, 
 
 
 def _evaluate(net: Net, batch: int, width: Width, strategy: Strategy,
-              orders: dict[str, BackwardOrder], momentum: bool) -> _Evaluated:
+              orders: dict[str, BackwardOrder], momentum: bool, inplace: bool) -> _Evaluated:
     step = _build_step(net, batch, width, strategy, orders, momentum)
-    storage = _storage_map(step, strategy)
+    storage = _storage_map(step, inplace)
     lifetimes = _lifetimes(step, strategy, storage)
     sizes = {b: step.tensors[b][0] for b in lifetimes}
     return step, storage, lifetimes, sizes, _live(len(step.ops), lifetimes, sizes)
@@ -545,7 +545,8 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 
 
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
-         align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False) -> Plan:
+         align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False,
+         inplace: bool | None = None) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -566,6 +567,9 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
     momentum
         Keep a velocity per parameter across steps (``L.vW``, ``L.vb``: SGD with momentum, as
         Caffe's solver and ``reference.layers.sgd_step``); whole-step in every schedule.
+    inplace
+        Override whether ReLU/dropout work in place (default: ``strategy >= INPLACE``), to
+        measure e.g. the paper's REORDER on a network whose ReLUs are in place, as in Caffe.
 
     Raises
     ------
@@ -573,6 +577,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         On a bad ``batch``, ``align`` or a forced order the strategy does not allow.
     """
     _check_args(batch, width, strategy, align)
+    inplace = strategy >= Strategy.INPLACE if inplace is None else bool(inplace)
     forced = dict(orders or {})
     if strategy < Strategy.WEIGHT_AREA and BackwardOrder.FUSED in forced.values():
         raise ValueError(f"orders: FUSED needs strategy >= WEIGHT_AREA, got {strategy.name}")
@@ -589,14 +594,14 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             best: tuple[int, BackwardOrder] | None = None
             for opt in options:
                 trial = {**chosen, layer: opt}
-                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum)
+                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace)
                 a, b = step.windows[layer]
                 local = max(live[a:b + 1])
                 if best is None or local < best[0]:
                     best = (local, opt)
             assert best is not None
             chosen[layer] = best[1]
-    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum)
+    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum, inplace)
     _, bestfit = _place(step, storage, lifetimes, sizes, align)
     offsets, arena = _place_offline(lifetimes, sizes, align)
     buffers = {b: Buffer(b, sizes[b], step.tensors[b][1]) for b in lifetimes}
@@ -655,6 +660,24 @@ def check_plan(plan: Plan) -> None:
                     raise PlanError(f"buffers {a!r} and {b!r} overlap in the arena while both live")
     if len(plan.live) != n:
         raise PlanError("live timeline length differs from the op count")
+
+
+def caffe_inplace_conventional_bytes(net: Net, batch: int, width: Width = Width.W32,
+                                     momentum: bool = False) -> int:
+    """Conventional (all-step) bytes when every ReLU and dropout runs in place, as in Caffe's
+    ``bvlc_alexnet`` / VGG prototxts (top blob = bottom blob, so neither its data nor its
+    diff is a separate allocation).
+
+    Caffe can do this even for a dropout after an in-place ReLU because the ReLU backward
+    then reads dropout's output, whose sign is wrong only where the error is zero anyway; the
+    strict lifetime check of :func:`check_plan` would reject that sharing, so this is a
+    figure only, not a :class:`Plan`. It is the fairer baseline for comparing with a real Caffe run.
+    """
+    p = plan(net, batch, width, Strategy.CONVENTIONAL, momentum=momentum)
+    elementwise = {s.layer.name for s in infer_shapes(net) if s.layer.kind in (LayerKind.RELU, LayerKind.DROPOUT)}
+    shared = sum(p.buffers[f"{layer}.{t}"].nbytes for layer in elementwise for t in ("y", "dy")
+                 if f"{layer}.{t}" in p.buffers)
+    return p.peak_live - shared
 
 
 def largest_batch(net: Net, budget: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,

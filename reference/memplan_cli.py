@@ -73,7 +73,7 @@ def _pct(x: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from reference.formats import Width
-    from reference.memplan import Strategy, check_plan, largest_batch, plan
+    from reference.memplan import Strategy, caffe_inplace_conventional_bytes, check_plan, largest_batch, plan
     from reference.nets import resolve_net
 
     net = resolve_net(args.net)
@@ -101,6 +101,14 @@ def run(args: argparse.Namespace) -> int:
                   f"{pl.peak_bestfit / div:10.1f} {_pct(1 - pl.peak_arena / base.peak_arena)} "
                   f"{step:>7s}  {pl.peak_op.name}")
             prev = pl
+        caffe = caffe_inplace_conventional_bytes(net, args.batch, w, args.momentum)
+        print(f"  against a Caffe prototxt whose ReLU/dropout run in place ({caffe / div:.1f} {unit} all step):")
+        for s, label in ((Strategy.REORDER, "paper, on the in-place net"),
+                         (Strategy.WEIGHT_AREA, "paper + fused, in-place net")):
+            pl = plan(net, args.batch, w, s, args.align, momentum=args.momentum, inplace=True)
+            check_plan(pl)
+            print(f"  {label:34s} {pl.peak_arena / div:10.1f} {pl.peak_live / div:10.1f} "
+                  f"{pl.peak_bestfit / div:10.1f} {_pct(1 - pl.peak_arena / caffe)}")
     if budget is not None:
         print(f"\nlargest batch under a budget of {budget:,} bytes ({budget / MIB:.1f} MiB)")
         print(f"  {'schedule':34s} " + " ".join(f"{w.bits:>6d}-bit" for w in widths) + "   x conventional")

@@ -17,6 +17,7 @@ from reference.memplan import (
     BufferPool,
     PlanError,
     Strategy,
+    caffe_inplace_conventional_bytes,
     check_plan,
     largest_batch,
     plan,
@@ -75,6 +76,8 @@ def test_two_layer_mlp_with_relu_peaks_by_hand_every_strategy():
     # INPLACE: relu shares fc1.y / relu.dy; peak still fc2's fused update, 50.
     assert peaks == {Strategy.CONVENTIONAL: 90, Strategy.REORDER: 58, Strategy.WEIGHT_AREA: 50,
                      Strategy.EARLY_FREE: 50, Strategy.INPLACE: 50}
+    # Caffe's in-place ReLU shares relu.y (4) and relu.dy (4) with fc1's blob: 90 - 8
+    assert caffe_inplace_conventional_bytes(net, 1, Width.W8) == 82
     p = plan(net, 1, Width.W8, Strategy.INPLACE)
     assert p.storage["relu.y"] == "fc1.y" and p.storage["fc1.dy"] == "relu.dy"
     e = plan(net, 1, Width.W8, Strategy.EARLY_FREE)
@@ -119,6 +122,9 @@ def test_every_schedule_is_safe_and_never_worse_than_conventional(name, width):
             assert p.peak_live <= p.peak_arena <= conv.peak_arena
             assert p.peak_live <= p.peak_bestfit
             prev_live = p.peak_live
+            q = plan(net, batch, width, s, align=256, inplace=True)  # any step on an in-place net
+            check_plan(q)
+            assert q.peak_live <= p.peak_live
 
 
 def test_conventional_holds_two_copies_of_the_parameters():
