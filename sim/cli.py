@@ -1,0 +1,99 @@
+"""``dlu replay`` and ``dlu report``: argument parsing only; the work is in :mod:`sim.replay` and :mod:`sim.report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "replay", help="replay a training trace on the cycle simulator (or the RTL)",
+        description="Replay TRACE command by command: cycles, traffic, energy; the data is executed by the golden "
+                    "model and checked bit for bit against the trace. Writes a results JSON (atomically).")
+    p.add_argument("trace", metavar="TRACE", help="trace directory (RUN/trace)")
+    p.add_argument("--engine", choices=("sim", "rtl"), default="sim",
+                   help="sim: the cycle simulator; rtl: the Verilated core through cocotb (not available yet)")
+    p.add_argument("--check", action="store_true", help="run sim and rtl and stop at the first difference "
+                   "(needs the RTL engine: not available yet)")
+    p.add_argument("--timing-only", action="store_true", help="schedule and time only; do not execute the data")
+    p.add_argument("--core", metavar="PRESET|TOML", help="core to replay on (default: the trace's); may differ "
+                   "from the trace's only in spad_words and spad_banks")
+    p.add_argument("--energy", metavar="TOML", help="energy table (default: 45 nm figures, docs/simulator.md)")
+    p.add_argument("--out", metavar="JSON", help="results file (default: RUN/sim.json beside RUN/trace)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_replay)
+
+    r = subparsers.add_parser(
+        "report", help="HTML report (cycles, utilization, energy, bytes, point positions) from sim results",
+        description="Write DIR/report.html with PNG plots. Each INPUT is a results JSON of `dlu replay`, a run "
+                    "directory (its sim.json, else its trace/), or a trace directory (replayed, timing only).")
+    r.add_argument("inputs", metavar="RUN_OR_TRACE", nargs="+")
+    r.add_argument("--out", metavar="DIR", required=True, help="report directory")
+    r.add_argument("--core", metavar="PRESET|TOML", help="core for inputs that are traces (see dlu replay)")
+    r.add_argument("--energy", metavar="TOML", help="energy table for inputs that are traces")
+    r.set_defaults(func=_report)
+
+
+def _load_core(spec: str | None):
+    if spec is None:
+        return None
+    from reference.config import load_config
+
+    return load_config(spec)
+
+
+def _load_energy(spec: str | None):
+    if spec is None:
+        return None
+    from .energy import load_energy_table
+
+    return load_energy_table(spec)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+    from .rtl_engine import RtlNotAvailable, ensure_available
+
+    if args.engine == "rtl" or args.check:
+        try:
+            ensure_available()
+        except RtlNotAvailable as exc:
+            print(f"dlu replay: error: {exc}", file=sys.stderr)
+            return 3
+    res, path = replay(args.trace, args.out, _load_core(args.core), not args.timing_only, _load_energy(args.energy),
+                       progress=not args.quiet)
+    t = res["totals"]
+    print(f"{len(res['by_iteration'])} iteration(s), {t['commands']:,} commands, {t['cycles']:,} cycles "
+          f"(utilization {t['utilization']:.3f}), bus {t['bus_bytes']:,} bytes, "
+          f"energy {t['energy_pj']['total'] / 1e6:.3f} uJ (fp32 counterpart x{t['fp32_over_dfp_energy']:.2f}); "
+          f"{'data bit-exact with the trace' if res['executed'] else 'timing only'}; "
+          f"{res['speed']['cycles_per_s']:.3g} simulated cycles/s -> {path}")
+    return 0
+
+
+def resolve_input(spec: str, core=None, energy=None) -> dict:
+    """Results for one ``dlu report`` input (see the command's description)."""
+    from .replay import load_results, results
+
+    p = Path(spec)
+    if p.is_file():
+        return load_results(p)
+    if (p / "sim.json").is_file():
+        return load_results(p / "sim.json")
+    trace_dir = p if (p / "manifest.json").is_file() else p / "trace"
+    if not (trace_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"report: {spec} is neither a results JSON, a run directory nor a trace directory")
+    from reference.trace import read_trace
+
+    return results(read_trace(trace_dir), core, execute=False, table=energy, source=str(trace_dir))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    core, energy = _load_core(args.core), _load_energy(args.energy)
+    path = write_report([resolve_input(s, core, energy) for s in args.inputs], args.out)
+    print(f"report: {path}")
+    return 0

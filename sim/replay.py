@@ -1,0 +1,190 @@
+"""``dlu replay``: run a recorded training trace on the cycle simulator and write the results.
+
+:func:`replay` reads a trace, runs :class:`sim.core.CycleSim` on it (data executed and checked
+bit for bit unless ``execute=False``), schedules the same work at 32 bits for the fp32
+counterpart, and returns (and optionally writes, atomically) a JSON-ready results dictionary:
+
+- ``totals``: the performance counters (:class:`sim.core.Counters`), utilization, bytes and
+  energy of the whole trace, and of its fp32 counterpart, with their ratios;
+- ``by_layer_pass``: the same per (layer, pass);
+- ``by_iteration``: cycles per traced iteration;
+- ``tensors``: per tensor id, the point position at the start of each traced iteration and the
+  histogram its commands accumulated in that iteration (from the trace, which the execution
+  checked);
+- ``speed``: wall time and simulated cycles per second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reference.config import CoreConfig
+from reference.formats import Width
+from reference.trace import OpRecord, PolicyRecord, SettingRecord, Trace, read_trace
+
+from .core import Counters, CycleSim, Pass, SimCommand, schedule
+from .energy import EnergyTable, total_energy
+
+RESULTS_FORMAT = "dlu-sim-results"
+RESULTS_VERSION = 1
+
+
+def _group(cmds: list[SimCommand]) -> dict[tuple[str, str], list[SimCommand]]:
+    out: dict[tuple[str, str], list[SimCommand]] = {}
+    for c in cmds:
+        out.setdefault((c.layer, c.pass_.value), []).append(c)
+    return out
+
+
+def _summary(cmds: list[SimCommand], fp32: list[SimCommand], cfg: CoreConfig, table: EnergyTable,
+             peak: int) -> dict[str, Any]:
+    wb = cfg.word_bits // 8
+    ctr, ctr32 = Counters.of(cmds), Counters.of(fp32)
+    e, e32 = total_energy(cmds, table, wb), total_energy(fp32, table, wb, fp32=True)
+    return {
+        **asdict(ctr),
+        "utilization": ctr.utilization(peak),
+        "bus_bytes": ctr.bus_words * wb,
+        "spad_bytes": (ctr.spad_read_words + ctr.spad_write_words) * wb,
+        "energy_pj": e.to_dict(),
+        "fp32": {"cycles": ctr32.cycles, "bus_bytes": ctr32.bus_words * wb, "energy_pj": e32.to_dict()},
+        "fp32_over_dfp_energy": e32.total / e.total if e.total else None,
+        "fp32_over_dfp_cycles": ctr32.cycles / ctr.cycles if ctr.cycles else None,
+    }
+
+
+def tensor_evolution(trace: Trace) -> dict[str, dict[str, Any]]:
+    """Per tensor id: point position at each traced iteration's start and the histogram accumulated in it."""
+    names = {int(k): str(v) for k, v in trace.meta.get("tensor_names", {}).items()}
+    out: dict[str, dict[str, Any]] = {}
+    for it in trace.iterations:
+        settings = dict(it.settings_at_start)
+        hists: dict[int, np.ndarray] = {}
+        for rec in it.records:
+            if isinstance(rec, OpRecord):
+                hists[rec.dst] = hists.get(rec.dst, 0) + rec.stats.hist
+            elif isinstance(rec, SettingRecord) and rec.tid not in it.settings_at_start:
+                settings.setdefault(rec.tid, rec.setting)
+        for tid, s in sorted(settings.items()):
+            e = out.setdefault(names.get(tid, f"tid{tid}"), {"tid": tid, "width": s.fmt.bits, "iteration": [],
+                                                             "frac": [], "hist": []})
+            e["iteration"].append(it.iteration)
+            e["frac"].append(s.fmt.frac)
+            h = hists.get(tid)
+            e["hist"].append(None if h is None else [int(x) for x in h])
+    return out
+
+
+def results(trace: Trace, cfg: CoreConfig | None = None, execute: bool = True, table: EnergyTable | None = None,
+            progress: Callable[[int], None] | None = None, source: str = "") -> dict[str, Any]:
+    """Replay ``trace`` on the cycle simulator; returns the results dictionary (see the module docstring)."""
+    table = table or EnergyTable()
+    t0 = time.perf_counter()
+    res = CycleSim(cfg).run(trace, execute=execute, progress=progress)
+    wall = time.perf_counter() - t0
+    cfg = res.cfg
+    fp32_its = schedule(trace, cfg, Width.W32)
+    cmds = res.commands
+    fp32 = [c for it in fp32_its for c in it.commands]
+    widths = sorted({c.width.bits for c in cmds if c.width is not None and c.macs})
+    peak = cfg.peak_macs_per_cycle(Width.from_bits(min(widths))) if widths else cfg.lanes
+    by32 = _group(fp32)
+    groups = []
+    for (layer, pass_), cs in _group(cmds).items():
+        groups.append({"layer": layer, "pass": pass_, **_summary(cs, by32.get((layer, pass_), []), cfg, table, peak)})
+    order = {p.value: i for i, p in enumerate(Pass)}
+    groups.sort(key=lambda g: (order[g["pass"]], min(c.record for c in cmds if c.layer == g["layer"]
+                                                     and c.pass_.value == g["pass"])))
+    cycles = sum(c.cycles for c in cmds)
+    meta = trace.meta.get("train_config", {})
+    return {
+        "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
+        "engine": "sim", "executed": execute, "source": source,
+        "precision": meta.get("precision"), "model": meta.get("model"),
+        "config": cfg.to_dict(), "trace_config": trace.cfg.to_dict(),
+        "energy_table": table.to_dict(),
+        "iterations": [it.iteration for it in trace.iterations],
+        "peak_macs_per_cycle": peak,
+        "totals": _summary(cmds, fp32, cfg, table, peak),
+        "by_layer_pass": groups,
+        "by_iteration": [{"iteration": it.iteration, "cycles": sum(c.cycles for c in it.commands),
+                          "commands": len(it.commands), "operand_frac_mismatches": it.fmt_mismatches}
+                         for it in res.iterations],
+        "policy_updates": sum(isinstance(r, PolicyRecord) for it in trace.iterations for r in it.records),
+        "tensors": tensor_evolution(trace),
+        "speed": {"wall_s": wall, "cycles_per_s": cycles / wall if wall > 0 else None},
+    }
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def default_results_path(trace_dir: str | Path) -> Path:
+    """``RUN/sim.json`` for a trace in ``RUN/trace``; else ``TRACE/../<trace name>.sim.json``."""
+    p = Path(trace_dir)
+    return p.parent / ("sim.json" if p.name == "trace" else f"{p.name}.sim.json")
+
+
+def replay(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreConfig | None = None,
+           execute: bool = True, table: EnergyTable | None = None, progress: bool = False) -> tuple[dict, Path]:
+    """Read a trace directory, replay it on the cycle simulator, write the results JSON atomically.
+
+    Returns the results dictionary and the path written (``out`` or
+    :func:`default_results_path`). With ``progress`` a tqdm bar shows simulated cycles, cycles
+    per second and the time left (the total is known from the schedule before data runs).
+    """
+    trace = read_trace(trace_dir)
+    bar = None
+    cb = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(c.cycles for it in schedule(trace, cfg) for c in it.commands)
+        bar = tqdm(total=total, unit="cyc", unit_scale=True, desc="sim replay", dynamic_ncols=True)
+        cb = bar.update
+    try:
+        res = results(trace, cfg, execute, table, cb, str(trace_dir))
+    finally:
+        if bar is not None:
+            bar.close()
+    path = Path(out) if out is not None else default_results_path(trace_dir)
+    write_json_atomic(res, path)
+    return res, path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a results JSON written by :func:`replay`; errors name the file and the bad field."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"results: {path}: malformed JSON: {exc}") from exc
+    if not isinstance(d, dict) or d.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"results: {path}: field 'format' is not {RESULTS_FORMAT!r}")
+    if d.get("version") != RESULTS_VERSION:
+        raise ValueError(f"results: {path}: version {d.get('version')!r} is not {RESULTS_VERSION}")
+    for key in ("totals", "by_layer_pass", "by_iteration", "tensors"):
+        if key not in d:
+            raise ValueError(f"results: {path}: missing field {key!r}")
+    return d
