@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "dlu.demo",
     "reference.memplan_cli",
     "sim.scale_cli",
+    "sim.cli",
 ]
 
 
