@@ -48,8 +48,8 @@ CLOCK_NS = 10
 VERILATOR_MIN = (5, 36)
 
 
-def simulator() -> str:
-    sim = os.environ.get("SIM", "verilator").lower()
+def simulator(sim: str | None = None) -> str:
+    sim = (sim or os.environ.get("SIM", "verilator")).lower()
     if sim not in ("verilator", "icarus"):
         raise ValueError(f"SIM={sim!r}: expected 'verilator' or 'icarus'")
     return sim
@@ -75,9 +75,9 @@ def verilator_bin() -> Path:
     return path
 
 
-def _env_path() -> dict[str, str]:
+def _env_path(sim: str) -> dict[str, str]:
     env = {}
-    if simulator() == "verilator":
+    if sim == "verilator":
         env["PATH"] = f"{verilator_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
     return env
 
@@ -89,7 +89,7 @@ def new_seed() -> int:
 
 
 def build_dir(config: str, block: str, sim: str | None = None) -> Path:
-    sim = sim or simulator()
+    sim = simulator(sim)
     return BUILD_ROOT / sim / config / (block + ("-waves" if waves() else ""))
 
 
@@ -127,11 +127,15 @@ def _build_args(sim: str) -> list[str]:
     return args
 
 
-def build(sources: list[Path], top: str, bdir: Path) -> None:
+def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> None:
     """Build ``sources`` into ``bdir`` unless a build of identical inputs is already there."""
     from cocotb_tools.runner import get_runner
 
-    sim = simulator()
+    sim = simulator(sim)
+    if sim == "icarus" and shutil.which("iverilog") is None:
+        import pytest
+
+        pytest.skip("iverilog is not installed (apt-get install iverilog; .ci/run does)")
     args = _build_args(sim)
     h = hashlib.sha256()
     for p in sources:
@@ -144,7 +148,7 @@ def build(sources: list[Path], top: str, bdir: Path) -> None:
             return
         stamp.unlink(missing_ok=True)
         env_backup = dict(os.environ)
-        os.environ.update(_env_path())
+        os.environ.update(_env_path(sim))
         try:
             runner = get_runner(sim)
             runner.build(
@@ -189,6 +193,7 @@ def run(
     extra_env: dict[str, str] | None = None,
     record_property: Callable[[str, object], None] | None = None,
     cfg=None,
+    sim: str | None = None,
 ) -> Path:
     """Run cocotb tests of ``module`` (a module in this folder) on the built ``top``.
 
@@ -196,9 +201,9 @@ def run(
     """
     from cocotb_tools.runner import get_runner
 
-    sim = simulator()
+    sim = simulator(sim)
     bdir = build_dir(config, block, sim)
-    build(sources, top, bdir)
+    build(sources, top, bdir, sim)
     seed = new_seed() if seed is None else seed
     test_name = os.environ.get("PYTEST_CURRENT_TEST", module).rsplit(":", 1)[-1].split(" ")[0]
     rdir = bdir / "runs" / _safe(test_name)
@@ -217,7 +222,7 @@ def run(
         **({"DLU_CONFIG_FIELDS": json.dumps(cfg.to_dict())} if cfg is not None else {}),
         "DLU_FCOV_FILE": str(rdir / "fcov.yml"),
         "PYTHONPATH": os.pathsep.join([str(TB_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        **_env_path(),
+        **_env_path(sim),
         **(extra_env or {}),
     }
     plusargs = []

@@ -61,25 +61,11 @@ async def stream_drivers_keep_order_under_stalls(dut):
         assert cyc_out > cyc_in
 
 
-def test_stream_drivers(record_property):
+@pytest.mark.parametrize("sim", ["verilator", "icarus"])
+def test_stream_drivers(sim, record_property):
     from testbenches.cocotb import harness
 
-    bdir = harness.build_dir("none", "stream_fifo")
-    src = harness.elaborate(StreamFifo, "stream_fifo", bdir)
-    harness.run(module="testbenches.cocotb.test_harness", top="stream_fifo", config="none", block="stream_fifo",
-                sources=[src], record_property=record_property)
-
-
-@pytest.mark.parametrize("sim", ["icarus"])
-def test_stream_drivers_icarus(sim, record_property, monkeypatch):
-    import shutil
-
-    from testbenches.cocotb import harness
-
-    if shutil.which("iverilog") is None:
-        pytest.skip("iverilog is not installed (apt-get install iverilog)")
-    monkeypatch.setenv("SIM", sim)
     bdir = harness.build_dir("none", "stream_fifo", sim)
     src = harness.elaborate(StreamFifo, "stream_fifo", bdir)
     harness.run(module="testbenches.cocotb.test_harness", top="stream_fifo", config="none", block="stream_fifo",
-                sources=[src], record_property=record_property)
+                sources=[src], record_property=record_property, sim=sim)

@@ -302,6 +302,11 @@ def test_policy(config, record_property):
     _run(config, record_property, iters=6)
 
 
+def test_policy_icarus(record_property):
+    """Smoke run on the second simulator."""
+    _run("tiny", record_property, iters=2, sim="icarus")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("rep", range(8))
@@ -309,14 +314,14 @@ def test_policy_many_seeds(config, rep, record_property):
     _run(config, record_property, iters=60)
 
 
-def _run(config, record_property, iters):
+def _run(config, record_property, iters, sim=None):
     from testbenches.cocotb import harness
 
     harness.require("hw.settings", "PolicyController")
     harness.require("hw.database", "DistributionDatabase")
     cfg = bench_config(config)
-    bdir = harness.build_dir(config, "policy")
+    bdir = harness.build_dir(config, "policy", sim)
     src = harness.elaborate(lambda: make_top(cfg), "policy_subsystem", bdir)
     harness.run(module="testbenches.cocotb.test_policy", top="policy_subsystem", config=config, block="policy",
                 sources=[src], record_property=record_property, cfg=cfg,
-                extra_env={"DLU_ITERS": str(iters)})
+                extra_env={"DLU_ITERS": str(iters)}, sim=sim)
