@@ -187,7 +187,10 @@ def _check_int_array(q: np.ndarray, fmt: DfpFormat, name: str) -> None:
     if q.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {q.dtype}")
     if q.size and (q.min() < fmt.min_int or q.max() > fmt.max_int):
-        raise ValueError(f"{name}: values outside the {fmt.bits}-bit range [{fmt.min_int}, {fmt.max_int}]")
+        bad = q.max() if q.max() > fmt.max_int else q.min()
+        raise ValueError(
+            f"{name}: values outside the {fmt.bits}-bit range [{fmt.min_int}, {fmt.max_int}] (e.g. {bad})"
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -426,8 +426,10 @@ def test_tensor_checks():
     f = DfpFormat(Width.W8, 0)
     t = DfpTensor(np.array([1, -128, 127]), f)
     assert t.shape == (1, 3) and t.data.dtype == np.int64
-    with pytest.raises(ValueError, match=r"tensor: values outside the 8-bit range \[-128, 127\]"):
+    with pytest.raises(ValueError, match=r"tensor: values outside the 8-bit range \[-128, 127\] \(e.g. 128\)"):
         DfpTensor(np.array([[128]]), f)
+    with pytest.raises(ValueError, match=r"\(e.g. -129\)"):
+        DfpTensor(np.array([[5, -129]]), f)
     with pytest.raises(ValueError, match=r"tensor: DLU tensors are 2-D"):
         DfpTensor(np.zeros((2, 2, 2), dtype=np.int64), f)
     with pytest.raises(TypeError, match="expected an integer array, got dtype float64"):
