@@ -162,12 +162,17 @@ class TensorSetting:
 
     @classmethod
     def decode(cls, word: int) -> TensorSetting:
-        """Decode a register word; raises ValueError naming the illegal field."""
+        """Decode a register word; raises ValueError naming the illegal field.
+
+        Bits above the 12-bit entry are ignored, as the core's AXI write port keeps only
+        ``wdata[SETTING_BITS-1:0]``. The lowest illegal field is reported first (width,
+        point position, rounding).
+        """
         if isinstance(word, bool) or not isinstance(word, (int, np.integer)):
             raise TypeError(f"settings: word must be an integer, got {word!r}")
         word = int(word)
-        if not 0 <= word < 1 << SETTING_BITS:
-            raise ValueError(f"settings: word {word:#x} does not fit the {SETTING_BITS}-bit register entry")
+        if word < 0:
+            raise ValueError(f"settings: word {word} is negative")
         wcode = word & 3
         if wcode == 3:
             raise ValueError("settings: width code 3 is illegal (0=8, 1=16, 2=32 bits)")
