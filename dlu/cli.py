@@ -16,6 +16,7 @@ import sys
 # Subcommand modules, in the order `dlu --help` lists them.
 SUBCOMMAND_MODULES: list[str] = [
     "reference.cli",
+    "reference.parallel_cli",  # extends `dlu train` with --workers (must follow reference.cli)
     "dlu.demo",
     "reference.memplan_cli",
     "sim.scale_cli",

@@ -1,0 +1,586 @@
+"""Data-parallel training of the golden model on MPI (mpi4py), bit-identical to one process.
+
+Each of the N ranks takes an equal contiguous shard of every mini-batch (rank r: rows
+``r*B/N .. (r+1)*B/N`` of the batch a single process would draw) and the weight gradients
+are summed across ranks with non-blocking allreduces, one per layer, started from the
+trainer's gradient-ready hook (:meth:`reference.models.Model.backward`). The next forward
+pass waits per layer only: before layer l runs, its exchange is completed, its SGD update
+applied and its parameters' point positions updated. Buffers larger than
+``segment_elems`` values are exchanged in segments (one ``Iallreduce`` each).
+
+Why it is bit-identical (dfp modes, ``Exchange.EXACT``)
+-------------------------------------------------------
+- Every forward and backward operation other than the weight-gradient multiply works row
+  by row (one row per sample, or per pixel of a sample); with nearest-even or floor rounding
+  a row's result does not depend on the other rows, so each rank computes exactly its rows
+  of the single-process tensors.
+- A weight gradient ``X^T dY`` (and a bias gradient ``1^T dY``) sums over the batch rows.
+  Each rank forms its exact integer accumulator (before the output conversion); the
+  accumulators are summed exactly (int64; 32-bit operands as two int64 limbs of 40 bits)
+  and every rank then runs the same output conversion on the same global accumulator.
+- Statistics add up: the histogram and counters of a tensor over the batch are the sums
+  of its shards' (as long as no counter saturates). Before the point-position policy runs,
+  the database entries of the sharded tensors (activations, errors) are summed across
+  ranks, so every rank picks the single-process point positions. Entries of parameter
+  tensors (weights, gradients, velocities) are computed identically on every rank and are
+  not summed.
+- The host-chosen formats of the input and of the loss gradient are computed from the
+  whole batch: every rank has the data, and the logits are all-gathered so every rank
+  computes the single-process loss, its gradient (divided by the global batch) and its
+  format, then loads its own rows.
+- The stochastic-rounding generators step only on replicated operations (the weight
+  update), in the single-process order.
+
+Limits (checked, with an error): one width for every tensor class (no shadow tensors),
+nearest-even or floor rounding for activations, errors and gradients, no traces. fp32
+training sums float32 gradients in another order and is equal within float rounding only
+(see ``docs/parallel.md``).
+
+Reduced-format exchange (``Exchange.DFP16``, ``Exchange.DFP8``)
+----------------------------------------------------------------
+Each rank rounds its exact gradient accumulator to 16 or 8 bits with one point position per
+tensor shared by all ranks: first the maximum most-significant-bit position of each tensor
+is reduced across ranks (the statistic the no-overflow guarantee needs; the full histograms
+are reduced with the other statistics at the end of the step), then the shift is chosen so
+that the sum of N values cannot overflow the wire width:
+``shift = max(0, p_max + 3 + ceil(log2 N) - W)``. The integer sums travel as ``int8``/``int16``
+and every rank converts the sum to the gradient's format. Not bit-identical to one process;
+accuracy and bytes are reported.
+
+Every wait is bounded (``timeout_s``): a rank that dies or disagrees produces an error on the
+others instead of a hang. Ranks first compare a hash of their whole configuration.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .config import PRESETS
+from .data import Dataset
+from .engine import Engine
+from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shift
+from .layers import Backend, DfpBackend, FloatBackend, Layer, Param, Ref, TensorClass, sgd_step, softmax_cross_entropy
+from .models import Model, build_model
+from .stats import DEFAULT_THRESHOLD, msb_position
+from .train import TrainConfig, _evaluate, _host_setting, calibrate
+
+#: Bits of the low limb when 32-bit accumulators (up to 80 bits) travel as two int64 values.
+LIMB_BITS = 40
+
+
+class ParallelError(RuntimeError):
+    """Ranks disagree, a wait timed out, or the run cannot be distributed as configured."""
+
+
+class Exchange(enum.Enum):
+    """How weight gradients travel between ranks."""
+
+    #: Exact integer accumulators (dfp) or float32 partial sums (fp32).
+    EXACT = "exact"
+    #: 16-bit integers with a shared point position per tensor.
+    DFP16 = "dfp16"
+    #: 8-bit integers with a shared point position per tensor.
+    DFP8 = "dfp8"
+
+    @property
+    def width(self) -> Width | None:
+        return {"exact": None, "dfp16": Width.W16, "dfp8": Width.W8}[self.value]
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the ranks cooperate.
+
+    Parameters
+    ----------
+    overlap
+        Start each layer's allreduce in the gradient-ready hook and let the forward pass wait
+        per layer (True), or exchange everything after back-propagation with blocking waits
+        and update every layer before the next forward pass (False).
+    exchange
+        Gradient format on the wire.
+    segment_elems
+        Largest number of values per ``Iallreduce``; longer buffers are cut into segments.
+    timeout_s
+        Longest wait for any exchange, in seconds.
+    """
+
+    overlap: bool = True
+    exchange: Exchange = Exchange.EXACT
+    segment_elems: int = 1 << 16
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.exchange, Exchange):
+            raise ValueError(f"parallel: exchange={self.exchange!r}: must be one of {[e.value for e in Exchange]}")
+        if isinstance(self.segment_elems, bool) or not isinstance(self.segment_elems, int) or self.segment_elems < 1:
+            raise ValueError(f"parallel: segment_elems={self.segment_elems!r}: must be an integer >= 1")
+        if not self.timeout_s > 0:
+            raise ValueError(f"parallel: timeout_s={self.timeout_s!r}: must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"overlap": self.overlap, "exchange": self.exchange.value, "segment_elems": self.segment_elems,
+                "timeout_s": self.timeout_s}
+
+
+# ---------------------------------------------------------------------------------------
+# Communication with bounded waits
+
+
+class Comm:
+    """An mpi4py communicator whose every wait is bounded by ``timeout_s``."""
+
+    def __init__(self, comm: Any, timeout_s: float) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.timeout_s = timeout_s
+        self.wait_s = 0.0  # time spent blocked in waits
+
+    def wait(self, reqs: list, what: str) -> None:
+        """Complete ``reqs`` or raise :class:`ParallelError` after ``timeout_s``."""
+        t0 = time.perf_counter()
+        deadline = t0 + self.timeout_s
+        while not self.MPI.Request.Testall(reqs):
+            if time.perf_counter() > deadline:
+                self.wait_s += time.perf_counter() - t0
+                raise ParallelError(f"rank {self.rank}/{self.size}: {what} did not complete within "
+                                    f"{self.timeout_s:g} s: another rank died, hangs or disagrees")
+            time.sleep(2e-5)
+        self.wait_s += time.perf_counter() - t0
+
+    def progress(self, reqs: list) -> None:
+        """Let MPI progress outstanding requests (MPICH progresses only inside MPI calls)."""
+        if reqs:
+            self.MPI.Request.Testall(reqs)
+
+    def iallreduce(self, send: np.ndarray, recv: np.ndarray, op: Any) -> Any:
+        return self.comm.Iallreduce(send, recv, op=op)
+
+    def allreduce(self, x: np.ndarray, op: Any, what: str) -> np.ndarray:
+        out = np.empty_like(x)
+        self.wait([self.comm.Iallreduce(np.ascontiguousarray(x), out, op=op)], what)
+        return out
+
+    def allgather(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        out = np.empty((self.size, *x.shape), dtype=x.dtype)
+        self.wait([self.comm.Iallgather(x, out)], what)
+        return out
+
+
+def config_digest(cfg: TrainConfig, pcfg: ParallelConfig, data: Dataset, size: int) -> bytes:
+    """32-byte hash of everything that must agree across ranks."""
+    blob = json.dumps({"train": cfg.to_dict(), "parallel": pcfg.to_dict(), "ranks": size,
+                       "data": [data.name, len(data.x_train), len(data.x_test), list(data.image_hwc),
+                                hashlib.sha256(np.ascontiguousarray(data.x_train).tobytes()).hexdigest()]},
+                      sort_keys=True).encode()
+    return hashlib.sha256(blob).digest()
+
+
+def check_agreement(comm: Comm, digest: bytes) -> None:
+    """Raise on every rank, naming the ranks, if any rank's configuration digest differs."""
+    mine = np.frombuffer(digest, dtype=np.uint8)
+    allv = comm.allgather(mine, "configuration check")
+    bad = [r for r in range(comm.size) if not np.array_equal(allv[r], allv[0])]
+    if bad:
+        raise ParallelError(f"rank {comm.rank}/{comm.size}: configuration differs between rank 0 and rank(s) "
+                            f"{bad} (train/parallel options, data or worker count)")
+
+
+# ---------------------------------------------------------------------------------------
+# Gradient exchange
+
+
+@dataclass
+class _Local:
+    """A rank's partial weight gradient, held until its exchange."""
+
+    param: Param
+    acc: np.ndarray  # exact integers (dfp) or float32 (fp32)
+    f_acc: int = 0
+    w_op: Width | None = None
+
+
+@dataclass
+class _Pending:
+    reqs: list
+    send: np.ndarray  # must stay alive until the requests complete
+    recv: np.ndarray
+    locals: list[_Local]
+    shifts: list[int] = field(default_factory=list)
+
+
+class GradExchanger:
+    """Holds partial gradients, runs the per-layer allreduces and applies the updates."""
+
+    def __init__(self, comm: Comm, model: Model, cfg: TrainConfig, pcfg: ParallelConfig,
+                 engine: Engine | None) -> None:
+        self.comm, self.model, self.cfg, self.pcfg, self.engine = comm, model, cfg, pcfg, engine
+        self.layers = list(model.layers)
+        self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
+        self.by_gtid = {p.g_tid: p for p in model.params()}
+        self.param_tids = {t for p in model.params() for t in (p.w_tid, p.g_tid, p.v_tid)}
+        self.local: dict[int, _Local] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.updated: set[int] = set()  # layers whose update for the current step is done
+        self.lr = cfg.lr  # the current epoch's learning rate (set by the training loop)
+        self.bytes_step = 0  # gradient (and, in reduced formats, exponent) bytes sent this step
+        self.be: Backend | None = None
+
+    # -- partial gradients from the backend --------------------------------------------
+    def hold_dfp(self, dst: int, a: DfpTensor, b: DfpTensor, be: DfpBackend) -> Ref:
+        k = a.shape[1]
+        if k * self.comm.size > MAX_K:
+            raise ValueError(f"matmul: K={k * self.comm.size} exceeds {MAX_K}: the accumulator could overflow")
+        if a.shape[1] != b.shape[0]:
+            raise ValueError(f"matmul: inner dimensions differ: a is {a.shape}, b is {b.shape}")
+        fmt = be.engine.setting(dst).fmt
+        w_op = max(a.fmt.width, b.fmt.width, fmt.width)
+        acc = ops._int_matmul(a.data, b.data, max(a.fmt.width, b.fmt.width).bits)
+        p = self.by_gtid[dst]
+        self.local[dst] = _Local(p, acc, a.fmt.frac + b.fmt.frac, w_op)
+        return Ref(DfpTensor(np.zeros((a.shape[0], b.shape[1]), dtype=np.int64), fmt), dst)
+
+    def hold_float(self, dst: int, local: np.ndarray) -> Ref:
+        self.local[dst] = _Local(self.by_gtid[dst], np.ascontiguousarray(local, dtype=np.float32))
+        return Ref(self.local[dst].acc, dst)
+
+    # -- the hook ----------------------------------------------------------------------
+    def on_grads_ready(self, layer: Layer) -> None:
+        if self.pcfg.overlap:
+            self.start(self.layer_index[id(layer)])
+            self.comm.progress([r for p in self.pending.values() for r in p.reqs])
+
+    def start(self, li: int) -> None:
+        """Start the (segmented, non-blocking) allreduce of layer ``li``'s gradients."""
+        MPI = self.comm.MPI
+        locs = [self.local.pop(p.g_tid) for p in self.layers[li].params()]
+        shifts: list[int] = []
+        if self.engine is None:
+            send = np.concatenate([lc.acc.ravel() for lc in locs])
+            mpi_op = MPI.SUM
+        elif self.pcfg.exchange is Exchange.EXACT:
+            parts = []
+            for lc in locs:
+                if acc_width(lc.w_op) > 62:
+                    a = lc.acc.astype(object) if lc.acc.dtype != object else lc.acc
+                    hi = np.asarray(a >> LIMB_BITS, dtype=object).astype(np.int64)
+                    lo = np.asarray(a & ((1 << LIMB_BITS) - 1), dtype=object).astype(np.int64)
+                    parts += [hi.ravel(), lo.ravel()]
+                else:
+                    parts.append(lc.acc.astype(np.int64).ravel())
+            send = np.concatenate(parts)
+            mpi_op = MPI.SUM
+        else:
+            wbits = self.pcfg.exchange.width.bits
+            pmax = np.array([int(msb_position(lc.acc).max()) if lc.acc.size else -1 for lc in locs], dtype=np.int64)
+            gmax = self.comm.allreduce(pmax, MPI.MAX, f"gradient statistics of layer {self.layers[li].name}")
+            self.bytes_step += pmax.nbytes
+            head = math.ceil(math.log2(self.comm.size)) if self.comm.size > 1 else 0
+            parts = []
+            for lc, p in zip(locs, gmax, strict=True):
+                s = max(0, int(p) + 3 + head - wbits)
+                shifts.append(s)
+                q = round_shift(lc.acc, s, RoundingMode.NEAREST_EVEN, acc_width(lc.w_op)) if s else lc.acc
+                parts.append(np.asarray(q, dtype=np.int64).ravel())
+            send = np.concatenate(parts).astype(np.int8 if wbits == 8 else np.int16)
+            mpi_op = MPI.SUM
+        recv = np.empty_like(send)
+        seg = self.pcfg.segment_elems
+        reqs = [self.comm.iallreduce(send[i:i + seg], recv[i:i + seg], mpi_op) for i in range(0, send.size, seg)]
+        self.bytes_step += send.nbytes
+        self.pending[li] = _Pending(reqs, send, recv, locs, shifts)
+
+    def finish(self, li: int) -> None:
+        """Complete layer ``li``'s exchange, set its gradients, update it, update its formats."""
+        pend = self.pending.pop(li)
+        self.comm.wait(pend.reqs, f"gradient allreduce of layer {self.layers[li].name}")
+        eng = self.engine
+        off = 0
+        for j, lc in enumerate(pend.locals):
+            shape, n = lc.acc.shape, lc.acc.size
+            p = lc.param
+            if eng is None:
+                p.grad = Ref(pend.recv[off:off + n].reshape(shape), p.g_tid)
+                off += n
+                continue
+            setting = eng.setting(p.g_tid)
+            abits = acc_width(lc.w_op)
+            if self.pcfg.exchange is Exchange.EXACT:
+                if abits > 62:
+                    hi = pend.recv[off:off + n].astype(object)
+                    lo = pend.recv[off + n:off + 2 * n].astype(object)
+                    acc = (hi * (1 << LIMB_BITS) + lo).reshape(shape)
+                    off += 2 * n
+                else:
+                    acc = pend.recv[off:off + n].reshape(shape).astype(np.int64)
+                    off += n
+                f_acc = lc.f_acc
+            else:
+                acc = pend.recv[off:off + n].reshape(shape).astype(np.int64)
+                off += n
+                f_acc = lc.f_acc - pend.shifts[j]
+            res = ops.convert_acc(acc, f_acc, abits, setting.fmt, setting.rounding, eng.cfg, eng.rng, lc.w_op)
+            eng.db.accumulate(p.g_tid, res.stats)
+            eng.rng = np.asarray(res.rng, dtype=np.uint32).copy()
+            p.grad = Ref(res.out, p.g_tid)
+        self.update(li)
+
+    def update(self, li: int) -> None:
+        layer = self.layers[li]
+        cfg = self.cfg
+        sgd_step(self.be, layer.params(), self.lr, cfg.momentum, cfg.weight_decay)
+        if self.engine is not None:
+            _update_formats_of(self.engine, {t for p in layer.params() for t in (p.w_tid, p.g_tid, p.v_tid)})
+        self.updated.add(li)
+
+    def ready(self, li: int) -> None:
+        """Called before layer ``li``'s forward pass: its parameters must be up to date."""
+        if li in self.pending:
+            self.finish(li)
+        self.comm.progress([r for p in self.pending.values() for r in p.reqs])
+
+    def exchange_all(self) -> None:
+        """Without overlap: start every layer's exchange (backward order), then finish all."""
+        for li in reversed(range(len(self.layers))):
+            if self.layers[li].params():
+                self.start(li)
+        self.flush()
+
+    def flush(self) -> None:
+        for li in sorted(self.pending):
+            self.finish(li)
+
+
+def _update_formats_of(engine: Engine, tids: set[int]) -> None:
+    """POLICY_UPDATE restricted to ``tids`` (the engine's own update, other entries set aside)."""
+    aside = {t: s for t, s in engine.db.entries.items() if t not in tids}
+    for t in aside:
+        del engine.db.entries[t]
+    try:
+        engine.update_formats()
+    finally:
+        engine.db.entries.update(aside)
+
+
+def reduce_sharded_stats(comm: Comm, engine: Engine, replicated: set[int]) -> set[int]:
+    """Sum the database entries of sharded tensor ids across ranks; returns those ids."""
+    cfg = engine.cfg
+    nb = cfg.hist_bins
+    table = np.zeros((cfg.tensor_ids, nb + 5), dtype=np.int64)
+    for t, s in engine.db.entries.items():
+        if t not in replicated:
+            table[t, :nb] = s.hist
+            table[t, nb:] = (s.zeros, s.overflow, s.underflow, s.total, 1)
+    tot = comm.allreduce(table, comm.MPI.SUM, "statistics reduction")
+    cmax = cfg.counter_max
+    from .stats import OpStats
+
+    sharded = set()
+    for t in range(cfg.tensor_ids):
+        if tot[t, nb + 4] == 0:
+            continue
+        if tot[t, nb + 4] != comm.size:
+            raise ParallelError(f"rank {comm.rank}: tensor id {t} has statistics on {tot[t, nb + 4]} of "
+                                f"{comm.size} ranks: the ranks ran different programs")
+        engine.db.entries[t] = OpStats(np.minimum(tot[t, :nb], cmax), *(min(int(v), cmax) for v in tot[t, nb:nb + 4]))
+        sharded.add(t)
+    return sharded
+
+
+# ---------------------------------------------------------------------------------------
+# Backends that hold weight gradients for the exchange
+
+
+class ShardDfpBackend(DfpBackend):
+    """A :class:`DfpBackend` whose weight-gradient multiplies go to a :class:`GradExchanger`."""
+
+    def __init__(self, engine: Engine, ids, ex: GradExchanger) -> None:
+        super().__init__(engine, ids)
+        self.ex = ex
+
+    def matmul(self, dst: int, a: Ref, b: Ref) -> Ref:
+        if dst not in self.ex.by_gtid:
+            return super().matmul(dst, a, b)
+        w = self._width(dst)
+        a, b = self._at(a, w), self._at(b, w)
+        return self.ex.hold_dfp(dst, a.t, b.t, self)
+
+
+class ShardFloatBackend(FloatBackend):
+    """A :class:`FloatBackend` whose weight-gradient multiplies go to a :class:`GradExchanger`."""
+
+    def __init__(self, ex: GradExchanger) -> None:
+        super().__init__(np.float32)
+        self.ex = ex
+
+    def matmul(self, dst: int, a: Ref, b: Ref) -> Ref:
+        if dst not in self.ex.by_gtid:
+            return super().matmul(dst, a, b)
+        return self.ex.hold_float(dst, np.asarray(a.t @ b.t, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class ParallelResult:
+    """Per-rank outcome. ``metrics`` is JSON-ready; timings are per training step."""
+
+    metrics: dict[str, Any]
+    model: Model
+    engine: Engine | None
+    step_times: list[float]
+    wait_times: list[float]
+    bytes_per_step: int
+
+
+def check_supported(cfg: TrainConfig, pcfg: ParallelConfig, size: int) -> None:
+    """Raise ValueError (same on every rank) for a run this module cannot distribute."""
+    if cfg.batch % size:
+        raise ValueError(f"parallel: batch={cfg.batch} is not divisible by the {size} workers")
+    if not cfg.trace_iters.empty:
+        raise ValueError("parallel: trace_iters must be empty: traces are recorded by single-process training only")
+    spec = cfg.precision_spec()
+    if spec is None:
+        if pcfg.exchange is not Exchange.EXACT:
+            raise ValueError(f"parallel: exchange={pcfg.exchange.value!r} needs a dfp precision (fp32 sends float32)")
+        return
+    widths = {spec.for_class(c).width for c in (TensorClass.ACTIVATION, TensorClass.ERROR, TensorClass.WEIGHT,
+                                                TensorClass.GRADIENT, TensorClass.VELOCITY)}
+    if len(widths) != 1:
+        raise ValueError(f"parallel: precision spec uses widths {sorted(w.bits for w in widths)}: "
+                         "only one width for every tensor class is supported")
+    for c in (TensorClass.ACTIVATION, TensorClass.ERROR, TensorClass.GRADIENT):
+        if spec.for_class(c).rounding == RoundingMode.STOCHASTIC:
+            raise ValueError(f"parallel: {c.value} rounding is stochastic: the generator order would depend on "
+                             "the sharding; use nearest-even or floor")
+
+
+def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_comm: Any = None,
+                   evaluate: bool = True) -> ParallelResult:
+    """Train ``cfg`` on ``data`` over the ranks of ``mpi_comm`` (default: COMM_WORLD).
+
+    Every rank returns its own result; parameters, settings and losses are identical on every
+    rank (and, in dfp modes with ``Exchange.EXACT``, to :func:`reference.train.train`). Test
+    accuracy is measured on rank 0 only (``None`` on the others).
+
+    Raises
+    ------
+    ParallelError
+        Ranks disagree on the configuration, or a wait timed out.
+    ValueError
+        The batch is not divisible by the number of ranks, or the precision is unsupported.
+    """
+    if mpi_comm is None:
+        from mpi4py import MPI
+
+        mpi_comm = MPI.COMM_WORLD
+    comm = Comm(mpi_comm, pcfg.timeout_s)
+    check_agreement(comm, config_digest(cfg, pcfg, data, comm.size))
+    check_supported(cfg, pcfg, comm.size)
+    rank, size = comm.rank, comm.size
+    core = PRESETS[cfg.core]
+    spec = cfg.precision_spec()
+    model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
+    init_rng = np.random.default_rng([cfg.seed, 1])
+    shuffle_rng = np.random.default_rng([cfg.seed, 2])
+    values = model.init_params(init_rng)
+    n = len(data.x_train)
+    if n < cfg.batch:
+        raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
+    steps = n // cfg.batch
+    engine: Engine | None = None
+    if spec is None:
+        ex = GradExchanger(comm, model, cfg, pcfg, None)
+        be: Backend = ShardFloatBackend(ex)
+    else:
+        engine = Engine(core, cfg.seed, spec.threshold)
+        first = shuffle_rng.permutation(n)[: cfg.batch]
+        calibrate(model, values, data.x_train[first], data.y_train[first], cfg, engine, spec)
+        ex = GradExchanger(comm, model, cfg, pcfg, engine)
+        be = ShardDfpBackend(engine, model.ids, ex)
+    ex.be = be
+    model.bind(be, values)
+    threshold = spec.threshold if spec else DEFAULT_THRESHOLD
+    shuffle_rng = np.random.default_rng([cfg.seed, 3])
+    shard = cfg.batch // size
+    epochs: list[dict[str, Any]] = []
+    step_times: list[float] = []
+    wait_times: list[float] = []
+    bytes_step = 0
+    for ep in range(cfg.epochs):
+        perm = shuffle_rng.permutation(n)
+        ex.lr = lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
+        loss_sum, correct = 0.0, 0
+        for s in range(steps):
+            t0 = time.perf_counter()
+            w0 = comm.wait_s
+            ex.bytes_step = 0
+            idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
+            mine = idx[rank * shard:(rank + 1) * shard]
+            yb = data.y_train[idx]
+            xm = model.input_matrix(data.x_train[mine])
+            if engine is not None:
+                _host_setting(engine, model.input_tid, model.input_matrix(data.x_train[idx]), threshold)
+            x = be.load(model.input_tid, xm)
+            for li, layer in enumerate(model.layers):
+                ex.ready(li)
+                x = layer.forward(be, x)
+            local_logits = be.to_float(x)
+            logits = comm.allgather(local_logits, "logits gather").reshape(cfg.batch, -1)
+            loss, g, c = softmax_cross_entropy(logits, yb)
+            if engine is not None:
+                _host_setting(engine, model.logits_err_tid, g, threshold)
+            dy = be.load(model.logits_err_tid, g[rank * shard:(rank + 1) * shard])
+            model.backward(be, dy, cfg.grad_order, ex.on_grads_ready)
+            if not pcfg.overlap:
+                ex.exchange_all()
+            if engine is not None:
+                sharded = reduce_sharded_stats(comm, engine, ex.param_tids)
+                _update_formats_of(engine, sharded)
+            bytes_step = ex.bytes_step
+            step_times.append(time.perf_counter() - t0)
+            wait_times.append(comm.wait_s - w0)
+            loss_sum += loss
+            correct += c
+            if not np.isfinite(loss):
+                raise ValueError(f"train: loss became {loss} at iteration {ep * steps + s}")
+        ex.flush()
+        test_acc = None
+        if evaluate and rank == 0:
+            if engine is not None:
+                ev_engine = engine.fork()
+                ev_be: Backend = DfpBackend(ev_engine, model.ids)
+                ev_be._shadows, ev_be._ones = be._shadows, be._ones
+            else:
+                ev_engine, ev_be = None, FloatBackend(np.float32)
+            test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
+        epochs.append({"epoch": ep + 1, "lr": lr, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
+                       "test_acc": test_acc})
+    metrics = {
+        "train_config": cfg.to_dict(), "parallel": pcfg.to_dict(), "ranks": size,
+        "data": {"name": data.name, "train": int(n), "test": int(len(data.x_test))},
+        "epochs": epochs,
+        "final": {"test_acc": epochs[-1]["test_acc"], "loss": epochs[-1]["loss"]},
+        "gradient_bytes_per_step": bytes_step,
+        # The statistics table summed at the end of every dfp step (all tensor ids, int64).
+        "statistics_bytes_per_step": 0 if engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
+        "step_time_s_median": float(np.median(step_times)),
+        "wait_time_s_median": float(np.median(wait_times)),
+    }
+    return ParallelResult(metrics, model, engine, step_times, wait_times, bytes_step)

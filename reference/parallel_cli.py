@@ -1,0 +1,245 @@
+"""``dlu train --workers N``: data-parallel training on MPI (argument parsing and launching only).
+
+:func:`register` extends the ``train`` subcommand of :mod:`reference.cli` (so it must be listed
+after it in ``dlu.cli.SUBCOMMAND_MODULES``) with ``--workers`` and the exchange options; without
+``--workers`` the train command is unchanged. With ``--workers N``:
+
+- run outside MPI, it launches ``mpiexec -n N python -m reference.parallel_cli ARGS`` (the
+  ``mpiexec`` beside the Python interpreter, else the one on ``PATH``) and returns its exit code;
+- run inside an MPI job of N ranks (started by ``mpiexec`` or a cluster launcher), every rank
+  trains its shard; rank 0 writes the run directory (``metrics.json`` and ``params.npz``: the raw
+  integers and point positions of every parameter, or float32 values in fp32).
+
+The work is in :mod:`reference.parallel`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+#: Variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm with PMI); read at run time.
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data-parallel training (MPI)")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="train on N MPI ranks (launches mpiexec unless already inside an MPI job of N ranks)")
+    g.add_argument("--exchange", choices=("exact", "dfp16", "dfp8"), default="exact",
+                   help="gradient format on the wire: exact accumulators (bit-identical to one process), "
+                        "or 16/8-bit with a shared point position per tensor")
+    g.add_argument("--no-overlap", action="store_true",
+                   help="exchange after back-propagation with blocking waits (the baseline)")
+    g.add_argument("--segment-elems", type=_positive_int, default=1 << 16,
+                   help="largest number of values per non-blocking allreduce")
+    g.add_argument("--timeout", type=_positive_float, default=300.0, help="longest wait for any exchange, s")
+    g.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick runs and tests)")
+    g.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
+    g.add_argument("--fail-mode", choices=("exit", "hang"), default="exit", help=argparse.SUPPRESS)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.choices.get("train")
+    if p is None:
+        raise RuntimeError("reference.parallel_cli extends 'dlu train': list it after reference.cli")
+    add_arguments(p)
+    inner = p.get_default("func")
+
+    def func(args: argparse.Namespace) -> int:
+        return run(args) if args.workers is not None else inner(args)
+
+    p.set_defaults(func=func)
+
+
+def _in_mpi_job() -> bool:
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def _mpiexec() -> str:
+    import shutil
+
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise FileNotFoundError("train: --workers needs mpiexec (beside the Python interpreter or on PATH)")
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    """Launch the MPI job, or (inside one) train this rank's shard."""
+    if not _in_mpi_job():
+        import subprocess
+
+        argv = getattr(args, "_argv", None)
+        if argv is None:
+            argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[1:]
+        cmd = [_mpiexec(), "-n", str(args.workers), sys.executable, "-m", "reference.parallel_cli", *argv]
+        return subprocess.run(cmd, check=False).returncode
+    return _rank_main(args)
+
+
+def _config(args: argparse.Namespace):
+    from .models import GradOrder, ModelKind
+    from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision
+
+    prec = Precision(args.precision)
+    spec = None
+    if args.config:
+        if prec == Precision.FP32:
+            raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
+        spec = load_precision(args.config, prec.width)
+    return TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
+                       lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
+                       weight_decay=args.weight_decay, seed=args.seed, trace_iters=IterSpec.parse(args.trace_iters),
+                       grad_order=GradOrder(args.grad_order))
+
+
+def _rank_main(args: argparse.Namespace) -> int:
+    import time
+
+    from mpi4py import MPI
+
+    from .parallel import Exchange, ParallelConfig, ParallelError, train_parallel
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    tag = f"dlu train: rank {rank}/{size}"
+    try:
+        if size != args.workers:
+            raise ValueError(f"train: --workers={args.workers} but the MPI job has {size} ranks")
+        cfg = _config(args)
+        pcfg = ParallelConfig(overlap=not args.no_overlap, exchange=Exchange(args.exchange),
+                              segment_elems=args.segment_elems, timeout_s=args.timeout)
+        data = _data(args)
+        if args.fail_rank is not None and args.fail_rank == rank:
+            _inject_failure(args.fail_mode)
+        result = train_parallel(cfg, data, pcfg, comm)
+    except (ValueError, FileNotFoundError, ParallelError) as exc:
+        print(f"{tag}: error: {exc}", file=sys.stderr, flush=True)
+        if isinstance(exc, ParallelError) and "did not complete" in str(exc):
+            time.sleep(0.5)  # let the message out, then stop the ranks that may still hang
+            comm.Abort(2)
+        return 2
+    if rank == 0:
+        name = args.name or f"{args.model}-{args.precision}-w{size}-{args.exchange}-s{args.seed}"
+        path = _write(result, args.out, name, args.force)
+        m = result.metrics
+        print(f"{name}: {size} ranks, final loss {m['final']['loss']:.4f}, test accuracy {m['final']['test_acc']:.4f}, "
+              f"step {1e3 * m['step_time_s_median']:.2f} ms (waiting {1e3 * m['wait_time_s_median']:.2f} ms), "
+              f"gradients {m['gradient_bytes_per_step']} B/step -> {path}", flush=True)
+    return 0
+
+
+def _inject_failure(mode: str) -> None:
+    import time
+
+    if mode == "exit":
+        os._exit(3)
+    time.sleep(3600)
+
+
+def _data(args: argparse.Namespace):
+    from .data import Dataset, load_dataset
+
+    data = load_dataset(args.data)
+    if args.limit_train is not None:
+        k = args.limit_train
+        if k > len(data.x_train):
+            raise ValueError(f"train: --limit-train={k} exceeds the {len(data.x_train)} training images")
+        data = Dataset(f"{data.name}[:{k}]", data.x_train[:k], data.y_train[:k], data.x_test, data.y_test,
+                       data.image_hwc, data.classes)
+    return data
+
+
+def params_arrays(result) -> dict:
+    """Raw parameter state: integers and point positions (dfp) or float32 values (fp32)."""
+    import numpy as np
+
+    out = {}
+    for p in result.model.params():
+        for kind, ref in (("value", p.value), ("velocity", p.velocity)):
+            if ref is None:
+                continue
+            if result.engine is None:
+                out[f"{p.name}.{kind}"] = np.asarray(ref.t)
+            else:
+                out[f"{p.name}.{kind}"] = ref.t.data
+                out[f"{p.name}.{kind}.frac"] = np.array(ref.t.fmt.frac)
+    if result.engine is not None:
+        s = result.engine.settings
+        out["settings"] = np.array([[t, s[t].encode()] for t in sorted(s)], dtype=np.int64)
+    return out
+
+
+def _write(result, out: str, name: str, force: bool) -> Path:
+    import json
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"train: run name {name!r} must be a plain directory name")
+    final = Path(out) / name
+    if final.exists() and not force:
+        raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    try:
+        metrics = dict(result.metrics, step_times_s=result.step_times, wait_times_s=result.wait_times)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        np.savez(tmp / "params.npz", **params_arrays(result))
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of each MPI rank: ``python -m reference.parallel_cli [dlu train options]``."""
+    from . import cli
+
+    root = argparse.ArgumentParser(prog="dlu")
+    sub = root.add_subparsers(dest="command")
+    cli.register(sub)
+    register(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = root.parse_args(["train", *argv])
+    if args.workers is None:
+        root.error("reference.parallel_cli needs --workers N")
+    args._argv = argv
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
