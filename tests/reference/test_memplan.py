@@ -292,3 +292,117 @@ def test_arena_pool_refuses_straying_from_the_plan():
     pool.alloc(b, p.buffers[b].nbytes, np.uint8)
     with pytest.raises(KeyError, match="not allocated"):
         pool[a]
+
+
+# ---------------------------------------------------------------------------------------
+# Executing plans: every schedule trains exactly like the conventional one
+
+
+LR, MOMENTUM, KEEP = np.float32(0.125), np.float32(0.5), np.float32(0.75)
+
+
+def _train(p, shapes: dict, steps: int, seed: int = 5) -> dict[str, np.ndarray]:
+    """Run ``steps`` SGD steps of an MLP (linear/relu/dropout/softmax-CE) through ``p``'s op list,
+    every tensor living in a ``BufferPool.from_plan`` arena view. Returns the final parameters."""
+    pool = BufferPool.from_plan(p)
+    b = p.batch
+
+    def view(t: str, dtype=np.float32) -> np.ndarray:
+        return pool[p.storage[t]].view(dtype)[: int(np.prod(shapes[t]))].reshape(shapes[t])
+
+    rng = np.random.default_rng(seed)
+    for name, buf in p.buffers.items():
+        if buf.kind is BufferKind.PARAM:
+            pool.alloc(name, buf.nbytes, np.uint8)
+            view(name)[...] = 0 if ".v" in name else rng.standard_normal(shapes[name]).astype(np.float32)
+    data_rng = np.random.default_rng(seed + 1)
+    for _ in range(steps):
+        x_np = data_rng.standard_normal(shapes["input"]).astype(np.float32)
+        y_np = data_rng.integers(0, shapes["loss.y"][1], size=b).astype(np.int32)
+        for i, op in enumerate(p.ops):
+            for name in p.allocs_before(i, params=False):
+                pool.alloc(name, p.buffers[name].nbytes, np.uint8)
+            kind, _, L = op.name.partition(":")
+            r = op.reads
+            if kind == "load":
+                view("input")[...] = x_np
+                view("labels", np.int32)[...] = y_np
+            elif kind == "fwd" and L.startswith("fc"):
+                np.matmul(view(r[0]), view(f"{L}.W"), out=view(f"{L}.y"))
+                view(f"{L}.y")[...] += view(f"{L}.b")
+            elif kind == "fwd" and L.startswith("relu"):
+                np.maximum(view(r[0]), 0, out=view(f"{L}.y"))
+            elif kind == "fwd" and L.startswith("drop"):
+                view(f"{L}.mask", np.uint8)[...] = data_rng.random(shapes[f"{L}.mask"]) < KEEP
+                np.multiply(view(r[0]), view(f"{L}.mask", np.uint8) / KEEP, out=view(f"{L}.y"))
+            elif kind == "fwd":  # loss
+                z = view(r[0]) - view(r[0]).max(axis=1, keepdims=True)
+                view("loss.y")[...] = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            elif kind == "bwd" and L == "loss":
+                g = view("loss.y").copy()
+                g[np.arange(b), view("labels", np.int32)] -= 1
+                view(op.writes[0])[...] = g / np.float32(b)
+            elif kind == "bwd" and L.startswith("relu"):
+                np.multiply(view(f"{L}.dy"), view(f"{L}.y") > 0, out=view(op.writes[0]))
+            elif kind == "bwd":  # dropout
+                np.multiply(view(f"{L}.dy"), view(f"{L}.mask", np.uint8) / KEEP, out=view(op.writes[0]))
+            elif kind == "bwd_dx":
+                np.matmul(view(f"{L}.dy"), view(f"{L}.W").T, out=view(op.writes[0]))
+            elif kind in ("bwd_dW", "bwd_dW+update"):
+                x, dy = view(r[0]), view(f"{L}.dy")
+                view(f"{L}.db")[...] = dy.sum(axis=0)
+                W, vW = view(f"{L}.W"), view(f"{L}.vW")
+                for o in range(W.shape[1]):  # one output column at a time, the same in every schedule
+                    col = view(f"{L}.dWtile") if kind == "bwd_dW+update" else view(f"{L}.dW")[:, o]
+                    col[...] = x.T @ dy[:, o]
+                    if kind == "bwd_dW+update":
+                        vW[:, o] = MOMENTUM * vW[:, o] + col
+                        W[:, o] -= LR * vW[:, o]
+                if kind == "bwd_dW+update":
+                    view(f"{L}.vb")[...] = MOMENTUM * view(f"{L}.vb") + view(f"{L}.db")
+                    view(f"{L}.b")[...] -= LR * view(f"{L}.vb")
+            elif kind == "update":
+                for w, g in (("W", "dW"), ("b", "db")):
+                    v = view(f"{L}.v{w}")
+                    v[...] = MOMENTUM * v + view(f"{L}.{g}")
+                    view(f"{L}.{w}")[...] -= LR * v
+            else:
+                raise AssertionError(f"unexpected op {op.name}")
+            for name in p.frees_after(i, params=False):
+                pool.free(name)
+    return {n: view(n).copy() for n, buf in p.buffers.items() if buf.kind is BufferKind.PARAM}
+
+
+def test_every_schedule_trains_bit_identically_to_the_conventional_one():
+    from reference.nets import infer_shapes
+
+    net = mlp({**FC, "name": "fc1", "out_features": 12}, {"type": "relu", "name": "relu1"},
+              {"type": "dropout", "name": "drop1", "p": 0.25},
+              {**FC, "name": "fc2", "out_features": 8}, {"type": "relu", "name": "relu2"},
+              {**FC, "name": "fc3", "out_features": 5})
+    batch = 6
+    shapes = {"input": (batch, 4), "labels": (batch,)}
+    for s in infer_shapes(net):
+        L, (n_in, n_out) = s.layer.name, (s.in_count, s.out_count)
+        shapes[f"{L}.y"] = shapes[f"{L}.dy"] = shapes[f"{L}.mask"] = (batch, n_out)
+        shapes.update({f"{L}.{t}": (n_in, n_out) for t in ("W", "dW", "vW")})
+        shapes.update({f"{L}.{t}": (n_out,) for t in ("b", "db", "vb")})
+        shapes[f"{L}.dWtile"] = (n_in,)
+    ref = _train(plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True), shapes, 3)
+    # The comparison can fail: updating fc2 before its dx is computed (what a careless reorder
+    # would do) changes fc1's training.
+    conv = plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True)
+    ops = [o for o in conv.ops if o.name != "update:fc2"]
+    ops.insert([o.name for o in ops].index("bwd_dx:fc2"), next(o for o in conv.ops if o.name == "update:fc2"))
+    wrong, right = _train(dataclasses.replace(conv, ops=tuple(ops)), shapes, 1), _train(conv, shapes, 1)
+    assert not np.array_equal(wrong["fc1.W"], right["fc1.W"])
+    assert np.array_equal(wrong["fc3.W"], right["fc3.W"])  # in one step, layers above fc2 are unaffected
+    seen_orders = set()
+    for s in Strategy:
+        for inplace in (False, True):
+            p = plan(net, batch, Width.W32, s, align=64, momentum=True, inplace=inplace)
+            seen_orders |= set(p.orders.values())
+            got = _train(p, shapes, 3)
+            for name, value in ref.items():
+                assert np.array_equal(got[name], value), (s.name, inplace, name)
+    assert seen_orders == set(BackwardOrder)  # every backward order was exercised
