@@ -432,6 +432,18 @@ class Plan:
         """The first op during which ``peak_live`` bytes are live."""
         return self.ops[self.live.index(self.peak_live)]
 
+    def working_set(self, i: int) -> int:
+        """Bytes of the distinct buffers op ``i`` reads or writes (what must be on chip for it)."""
+        o = self.ops[i]
+        return sum(self.buffers[b].nbytes for b in {self.storage[t] for t in (*o.reads, *o.writes)})
+
+    def layer_working_sets(self) -> dict[str, int]:
+        """Per layer, the largest :meth:`working_set` of its ops: a scratchpad-size hint for ``sim/``."""
+        out: dict[str, int] = {}
+        for i, o in enumerate(self.ops):
+            out[o.layer] = max(out.get(o.layer, 0), self.working_set(i))
+        return out
+
     def bytes_by_kind(self) -> dict[BufferKind, int]:
         """Total bytes of all buffers of each kind (their sum is the conventional peak)."""
         out = {k: 0 for k in BufferKind}

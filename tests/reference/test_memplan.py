@@ -50,6 +50,8 @@ def test_single_linear_layer_peaks_by_hand():
     assert [o.name for o in p.ops] == ["load", "fwd:fc", "fwd:loss", "bwd:loss", "bwd_dW:fc", "update:fc"]
     assert list(p.live) == [100, 124, 148, 148, 176, 120]
     assert p.peak_live == 176 and p.peak_op.name == "bwd_dW:fc"
+    # bwd_dW:fc touches input 32, fc.dy 24, dW 48, db 12; update touches W, b, dW, db = 120
+    assert p.working_set(4) == 116 and p.layer_working_sets()["fc"] == 120
     # WEIGHT_AREA: dW is applied one 4-element row (16 B) at a time: op 4 holds
     # 60 + 32 + 24 + tile 16 + db 12 = 144, so the forward's 148 is the peak.
     q = plan(net, 2, Width.W32, Strategy.WEIGHT_AREA, align=1)
