@@ -165,13 +165,10 @@ class _Value:
     producer: int          # record index, -1 for host values
     uses: list[int] = field(default_factory=list)        # records reading it as an operand
     host_needs: list[int] = field(default_factory=list)  # records whose operand the host derives from it
+    live_out: bool = False  # needed after the iteration (see _analyse)
     # scheduling state
     resident: bool = False
     dirty: bool = False     # the scratchpad holds the only copy
-
-    @property
-    def live_out(self) -> bool:
-        return self.on_chip and not self.uses and not self.host_needs
 
 
 @dataclass(frozen=True)
@@ -188,7 +185,14 @@ def _same(t: DfpTensor, u: DfpTensor) -> bool:
 
 
 def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
-    """Values of one iteration, which record reads or derives from which, in record order."""
+    """Values of one iteration, which record reads or derives from which, in record order.
+
+    A result is *live-out* (needed after the iteration) when it is the last value written to
+    its tensor id and either nothing in the iteration reads it (logits) or the iteration reads
+    that id before writing it (state carried between iterations: weights, velocities).
+    """
+    read_first: set[int] = set()
+    written: set[int] = set()
     values: list[_Value] = []
     known: dict[int, list[tuple[int, DfpTensor]]] = {}   # tid -> (vid, tensor), oldest first
     latest: dict[int, int] = {}                          # tid -> vid last written (op result or host load)
@@ -206,6 +210,8 @@ def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
         elif isinstance(rec, OpRecord):
             srcs, sources = [], []
             for t, tid in zip(rec.srcs, rec.src_tids, strict=True):
+                if tid not in written:
+                    read_first.add(tid)
                 vid = next((v for v, u in reversed(known.get(tid, [])) if _same(t, u)), None)
                 src = None
                 if vid is None:
@@ -220,7 +226,12 @@ def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
                 sources.append(src)
             dst = new(rec.dst, rec.out, True, k)
             latest[rec.dst] = dst
+            written.add(rec.dst)
             plans[k] = _OpPlan(k, rec, tuple(srcs), tuple(sources), dst)
+    for tid, vid in latest.items():
+        v = values[vid]
+        if v.on_chip and (tid in read_first or not (v.uses or v.host_needs)):
+            v.live_out = True
     return values, plans
 
 

@@ -25,6 +25,9 @@ PASSES = ("forward", "backward", "update", "control")
 def _atomic_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        from .replay import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -147,7 +150,7 @@ def _plot_hists(res: dict[str, Any], path: Path, title: str, cfg: dict[str, int]
     for ax, (name, t) in zip(axes.flat, tensors, strict=False):
         h = np.array([x if x is not None else [0] * cfg["hist_bins"] for x in t["hist"]], dtype=float)
         h = h / np.maximum(h.sum(axis=1, keepdims=True), 1)
-        ax.imshow(h.T, aspect="auto", origin="lower", cmap="viridis",
+        ax.imshow(h.T, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
                   extent=(t["iteration"][0] - 0.5, t["iteration"][-1] + 0.5, lo - 0.5, lo + cfg["hist_bins"] - 0.5))
         ax.plot(t["iteration"], [-f for f in t["frac"]], color="red", lw=1)  # the LSB exponent
         ax.set_title(name, fontsize=8)
