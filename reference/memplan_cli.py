@@ -53,8 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("net", metavar="NET", help="built-in network name or network file")
     p.add_argument("--batch", type=_positive_int, default=32, help="mini-batch size (default 32)")
-    p.add_argument("--width", type=int, nargs="+", choices=(32, 16, 8), default=[32, 16, 8],
-                   help="data widths in bits (default: 32 16 8)")
+    from reference.formats import Width  # light: NumPy only
+
+    bits = sorted((w.bits for w in Width), reverse=True)
+    p.add_argument("--width", type=int, nargs="+", choices=bits, default=bits,
+                   help=f"data widths in bits (default: {' '.join(map(str, bits))})")
     p.add_argument("--align", type=_positive_int, default=256,
                    help="allocation granule of the arena allocator in bytes (default 256)")
     p.add_argument("--momentum", action="store_true",

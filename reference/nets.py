@@ -303,6 +303,7 @@ def net_from_dict(d: Mapping[str, object], source: str = "<dict>", default_name:
             else:
                 kw[key] = _positive_int(source, where, key, v)
         layers.append(Layer(name=lname, kind=kind, **kw))  # type: ignore[arg-type]
+    # Build without __post_init__ so the validation error below names the file, not the net.
     net = Net.__new__(Net)
     object.__setattr__(net, "name", name)
     object.__setattr__(net, "input_shape", input_shape)
