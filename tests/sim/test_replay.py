@@ -1,0 +1,73 @@
+"""Replay results, their JSON file and the `dlu replay` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dlu.cli import main
+from reference.trace import OpRecord, write_trace
+from sim.replay import default_results_path, load_results, replay, results, tensor_evolution
+from tests.sim.tracegen import small_trace
+
+
+@pytest.fixture
+def trace_dir(tmp_path):
+    return write_trace(small_trace(5), tmp_path / "run" / "trace")
+
+
+def test_results_groups_add_up_to_the_totals():
+    trace = small_trace(5)
+    res = results(trace)
+    t = res["totals"]
+    for key in ("cycles", "macs", "bus_words", "commands"):
+        assert sum(g[key] for g in res["by_layer_pass"]) == t[key]
+    assert sum(g["energy_pj"]["total"] for g in res["by_layer_pass"]) == pytest.approx(t["energy_pj"]["total"])
+    assert sum(i["cycles"] for i in res["by_iteration"]) == t["cycles"]
+    assert {g["pass"] for g in res["by_layer_pass"]} == {"forward", "backward", "update", "control"}
+    assert t["fp32"]["cycles"] > t["cycles"] and t["fp32_over_dfp_energy"] > 1
+    json.dumps(res)  # JSON-ready
+
+
+def test_tensor_evolution_histograms_are_the_iterations_statistics():
+    trace = small_trace(5)
+    ev = tensor_evolution(trace)
+    relu = ev["relu.out"]
+    assert relu["iteration"] == [0, 1] and len(relu["frac"]) == 2
+    for i, it in enumerate(trace.iterations):
+        want = sum(r.stats.hist for r in it.records if isinstance(r, OpRecord) and r.dst == 5)
+        assert np.array_equal(relu["hist"][i], want)
+    assert relu["frac"][0] == trace.iterations[0].settings_at_start[5].fmt.frac
+
+
+def test_replay_writes_results_atomically(trace_dir):
+    res, path = replay(trace_dir)
+    assert path == default_results_path(trace_dir) == trace_dir.parent / "sim.json"
+    assert load_results(path)["totals"] == json.loads(json.dumps(res["totals"]))
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_load_results_rejects_bad_files(tmp_path):
+    p = tmp_path / "r.json"
+    p.write_text("{")
+    with pytest.raises(ValueError, match="malformed JSON"):
+        load_results(p)
+    p.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="field 'format'"):
+        load_results(p)
+    p.write_text(json.dumps({"format": "dlu-sim-results", "version": 1, "totals": {}}))
+    with pytest.raises(ValueError, match="missing field 'by_layer_pass'"):
+        load_results(p)
+
+
+def test_dlu_replay_command(trace_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["replay", str(trace_dir), "--out", str(out), "--quiet"]) == 0
+    assert "data bit-exact with the trace" in capsys.readouterr().out
+    assert load_results(out)["executed"] is True
+    assert main(["replay", str(trace_dir), "--engine", "rtl"]) == 3
+    assert "not available yet" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
