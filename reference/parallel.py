@@ -58,6 +58,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -472,8 +473,11 @@ def check_supported(cfg: TrainConfig, pcfg: ParallelConfig, size: int) -> None:
 
 
 def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_comm: Any = None,
-                   evaluate: bool = True) -> ParallelResult:
+                   evaluate: bool = True, on_step: Callable[[int], None] | None = None) -> ParallelResult:
     """Train ``cfg`` on ``data`` over the ranks of ``mpi_comm`` (default: COMM_WORLD).
+
+    ``on_step(iteration)`` is called at the start of every training step (fault injection in
+    tests, progress reports).
 
     Every rank returns its own result; parameters, settings and losses are identical on every
     rank (and, in dfp modes with ``Exchange.EXACT``, to :func:`reference.train.train`). Test
@@ -528,6 +532,8 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
         ex.lr = lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
         loss_sum, correct = 0.0, 0
         for s in range(steps):
+            if on_step is not None:
+                on_step(ep * steps + s)
             t0 = time.perf_counter()
             w0 = comm.wait_s
             ex.bytes_step = 0

@@ -100,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
         if argv is None:
             argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[1:]
         cmd = [_mpiexec(), "-n", str(args.workers), sys.executable, "-m", "reference.parallel_cli", *argv]
-        return subprocess.run(cmd, check=False).returncode
+        rc = subprocess.run(cmd, check=False).returncode
+        if rc:
+            print(f"dlu train: error: the MPI job of {args.workers} ranks failed with exit code {rc} "
+                  "(a rank died, timed out or reported an error above)", file=sys.stderr)
+        return rc
     return _rank_main(args)
 
 
@@ -137,9 +141,12 @@ def _rank_main(args: argparse.Namespace) -> int:
         pcfg = ParallelConfig(overlap=not args.no_overlap, exchange=Exchange(args.exchange),
                               segment_elems=args.segment_elems, timeout_s=args.timeout)
         data = _data(args)
-        if args.fail_rank is not None and args.fail_rank == rank:
-            _inject_failure(args.fail_mode)
-        result = train_parallel(cfg, data, pcfg, comm)
+        fail = None
+        if args.fail_rank == rank:
+            def fail(it: int) -> None:
+                if it == 1:  # die or hang at the second step, while the others exchange
+                    _inject_failure(args.fail_mode)
+        result = train_parallel(cfg, data, pcfg, comm, on_step=fail)
     except (ValueError, FileNotFoundError, ParallelError) as exc:
         print(f"{tag}: error: {exc}", file=sys.stderr, flush=True)
         if isinstance(exc, ParallelError) and "did not complete" in str(exc):

@@ -1,0 +1,201 @@
+"""Data-parallel training on MPI: equality with single-process training, wire formats, bad input.
+
+Each MPI test launches ``mpiexec`` (the venv's MPICH) as a subprocess with 2 or 4 ranks on a
+small slice of digits, then compares rank 0's ``params.npz`` (raw integers and point
+positions of every weight and velocity, and the whole settings register) with
+:func:`reference.train.train` run in this process on the same slice. Training is
+deterministic per seed; the seeds are in the command lines.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reference.data import Dataset, load_dataset
+from reference.models import ModelKind
+from reference.parallel import (
+    Exchange,
+    ParallelConfig,
+    ParallelResult,
+    check_supported,
+    config_digest,
+)
+from reference.parallel_cli import params_arrays
+from reference.train import ClassSpec, Precision, PrecisionSpec, TrainConfig, train
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
+
+
+def _slice(k: int) -> Dataset:
+    d = load_dataset("digits")
+    return Dataset(f"{d.name}[:{k}]", d.x_train[:k], d.y_train[:k], d.x_test, d.y_test, d.image_hwc, d.classes)
+
+
+def _mpirun(n: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "reference.parallel_cli", "--workers", str(n),
+           "--quiet", "--no-plots", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _single(model: str, precision: str, epochs: int, batch: int, limit: int, seed: int) -> dict[str, np.ndarray]:
+    r = train(TrainConfig(model=ModelKind(model), precision=Precision(precision), epochs=epochs, batch=batch,
+                          seed=seed), _slice(limit))
+    return params_arrays(ParallelResult(r.metrics, r.model, r.engine, [], [], 0)), r.metrics
+
+
+@pytest.mark.parametrize(("ranks", "model", "precision", "epochs", "extra"), [
+    # two epochs: the learning-rate schedule and the epoch-end flush are crossed
+    (2, "cnn", "dfp16", 2, []),
+    # blocking baseline, tiny segments (several Iallreduce per layer), four ranks
+    (4, "mlp", "dfp8", 1, ["--no-overlap", "--segment-elems", "500"]),
+    # 32-bit: 80-bit accumulators travel as two int64 limbs
+    (2, "cnn", "dfp32", 1, []),
+])
+def test_dfp_training_is_bit_identical_to_one_process(tmp_path, ranks, model, precision, epochs, extra):
+    seed, batch, limit = 3, 32, 128
+    p = _mpirun(ranks, ["--model", model, "--precision", precision, "--epochs", str(epochs), "--batch", str(batch),
+                        "--limit-train", str(limit), "--seed", str(seed), "--out", str(tmp_path), "--name", "run",
+                        *extra])
+    assert p.returncode == 0, p.stderr
+    got = dict(np.load(tmp_path / "run" / "params.npz"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    ref, ref_metrics = _single(model, precision, epochs, batch, limit, seed)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert np.array_equal(got[k], ref[k]), k
+    assert [e["loss"] for e in metrics["epochs"]] == [e["loss"] for e in ref_metrics["epochs"]]
+    assert metrics["final"]["test_acc"] == ref_metrics["final"]["test_acc"]
+    # exact exchange: one int64 per gradient value (two for 32-bit accumulators)
+    nvals = sum(v.size for k, v in ref.items() if k.endswith(".value"))
+    assert metrics["gradient_bytes_per_step"] == nvals * 8 * (2 if precision == "dfp32" else 1)
+
+
+def test_fp32_training_matches_one_process_within_float_rounding(tmp_path):
+    # 4 steps of batch 32: float32 partial sums in another order; measured max |diff| ~1.3e-7.
+    p = _mpirun(2, ["--model", "cnn", "--precision", "fp32", "--epochs", "1", "--limit-train", "128",
+                    "--seed", "0", "--out", str(tmp_path), "--name", "run"])
+    assert p.returncode == 0, p.stderr
+    got = dict(np.load(tmp_path / "run" / "params.npz"))
+    ref, ref_metrics = _single("cnn", "fp32", 1, 32, 128, 0)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=1e-5, err_msg=k)
+    loss = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"][0]["loss"]
+    assert loss == pytest.approx(ref_metrics["epochs"][0]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(("exchange", "wire_bytes"), [("dfp16", 2), ("dfp8", 1)])
+def test_reduced_format_exchange_bytes_and_training(tmp_path, exchange, wire_bytes):
+    p = _mpirun(2, ["--model", "mlp", "--precision", "dfp16", "--epochs", "2", "--limit-train", "256", "--seed", "1",
+                    "--exchange", exchange, "--out", str(tmp_path), "--name", "run"])
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # MLP 64-64-10: 64*64 + 64 + 64*10 + 10 = 4810 values; one int64 exponent per tensor (4)
+    assert m["gradient_bytes_per_step"] == 4810 * wire_bytes + 4 * 8
+    losses = [e["loss"] for e in m["epochs"]]
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+    got = dict(np.load(tmp_path / "run" / "params.npz"))
+    ref, _ = _single("mlp", "dfp16", 2, 32, 256, 1)
+    # not bit-identical (the gradients were rounded to the wire width), but the same shapes
+    assert any(not np.array_equal(got[k], ref[k]) for k in ref if k.endswith(".value"))
+
+
+def test_batch_not_divisible_is_an_error_on_every_rank(tmp_path):
+    p = _mpirun(4, ["--model", "mlp", "--batch", "30", "--epochs", "1", "--limit-train", "64", "--out",
+                    str(tmp_path)], timeout=120)
+    assert p.returncode != 0
+    for r in range(4):
+        assert f"rank {r}/4: error: parallel: batch=30 is not divisible by the 4 workers" in p.stderr
+
+
+def test_ranks_that_disagree_are_an_error_on_every_rank(tmp_path):
+    common = [sys.executable, "-m", "reference.parallel_cli", "--workers", "2", "--quiet", "--model", "mlp",
+              "--epochs", "1", "--limit-train", "64", "--out", str(tmp_path)]
+    cmd = [MPIEXEC, "-n", "1", *common, "--seed", "0", ":", "-n", "1", *common, "--seed", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode != 0
+    for r in range(2):
+        assert f"rank {r}/2: error: rank {r}/2: configuration differs between rank 0 and rank(s) [1]" in p.stderr
+
+
+def test_a_rank_that_dies_ends_the_job_in_bounded_time(tmp_path):
+    # rank 1 exits at its second step while rank 0 waits for it; through the dlu launcher
+    t0 = time.monotonic()
+    p = subprocess.run([str(BIN / "dlu"), "train", "--workers", "2", "--quiet", "--no-plots", "--model", "mlp",
+                        "--epochs", "1", "--limit-train", "128", "--timeout", "20", "--fail-rank", "1",
+                        "--fail-mode", "exit", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode != 0
+    assert time.monotonic() - t0 < 60
+    assert "dlu train: error: the MPI job of 2 ranks failed with exit code" in p.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_rank_that_hangs_times_out_with_a_clear_error(tmp_path):
+    # rank 1 sleeps at its second step; rank 0 gives up after 3 s and aborts the job
+    t0 = time.monotonic()
+    p = _mpirun(2, ["--model", "mlp", "--epochs", "1", "--limit-train", "128", "--timeout", "3",
+                    "--fail-rank", "1", "--fail-mode", "hang", "--out", str(tmp_path)], timeout=120)
+    assert p.returncode != 0
+    assert time.monotonic() - t0 < 60
+    assert "rank 0/2: error: rank 0/2: logits gather did not complete within 3 s" in p.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_workers_must_match_the_mpi_job(tmp_path):
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "reference.parallel_cli", "--workers", "3", "--quiet",
+           "--model", "mlp", "--epochs", "1", "--limit-train", "64", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode != 0
+    assert "--workers=3 but the MPI job has 2 ranks" in p.stderr
+
+
+def test_dlu_train_workers_launches_mpiexec(tmp_path):
+    p = subprocess.run([str(BIN / "dlu"), "train", "--workers", "2", "--model", "mlp", "--precision", "dfp8",
+                        "--epochs", "1", "--limit-train", "64", "--quiet", "--no-plots", "--out", str(tmp_path),
+                        "--name", "run"], capture_output=True, text=True, timeout=240, check=False)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["ranks"] == 2 and len(m["step_times_s"]) == 2
+
+
+# -- in-process checks (no MPI) ----------------------------------------------------------
+
+
+def test_unsupported_configurations_are_rejected_naming_the_field():
+    with pytest.raises(ValueError, match="batch=32 is not divisible by the 3 workers"):
+        check_supported(TrainConfig(batch=32), ParallelConfig(), 3)
+    spec = PrecisionSpec.uniform(Precision.DFP16.width)
+    from reference.formats import RoundingMode, Width
+
+    stoch = PrecisionSpec(ClassSpec(Width.W16, RoundingMode.STOCHASTIC), spec.error, spec.weight, spec.gradient,
+                          spec.velocity)
+    with pytest.raises(ValueError, match="activation rounding is stochastic"):
+        check_supported(TrainConfig(spec=stoch), ParallelConfig(), 2)
+    mixed = PrecisionSpec(ClassSpec(Width.W8, RoundingMode.NEAREST_EVEN), spec.error, spec.weight, spec.gradient,
+                          spec.velocity)
+    with pytest.raises(ValueError, match=r"widths \[8, 16\]"):
+        check_supported(TrainConfig(spec=mixed), ParallelConfig(), 2)
+    with pytest.raises(ValueError, match="needs a dfp precision"):
+        check_supported(TrainConfig(precision=Precision.FP32), ParallelConfig(exchange=Exchange.DFP8), 2)
+    with pytest.raises(ValueError, match="segment_elems=0"):
+        ParallelConfig(segment_elems=0)
+    with pytest.raises(ValueError, match="timeout_s=0"):
+        ParallelConfig(timeout_s=0)
+
+
+def test_config_digest_changes_with_every_input():
+    d = _slice(64)
+    base = config_digest(TrainConfig(), ParallelConfig(), d, 2)
+    assert base == config_digest(TrainConfig(), ParallelConfig(), d, 2)
+    assert base != config_digest(TrainConfig(seed=1), ParallelConfig(), d, 2)
+    assert base != config_digest(TrainConfig(), ParallelConfig(overlap=False), d, 2)
+    assert base != config_digest(TrainConfig(), ParallelConfig(), d, 4)
+    assert base != config_digest(TrainConfig(), ParallelConfig(), _slice(63), 2)
