@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-only", action="store_true", help="schedule and time only; do not execute the data")
     p.add_argument("--core", metavar="PRESET|TOML", help="core to replay on (default: the trace's); may differ "
                    "from the trace's only in spad_words and spad_banks")
+    p.add_argument("--grow-spad", action="store_true", help="if a command does not fit the scratchpad, double "
+                   "spad_words until it does (the core used is printed and recorded in the results)")
     p.add_argument("--energy", metavar="TOML", help="energy table (default: 45 nm figures, docs/simulator.md)")
     p.add_argument("--out", metavar="JSON", help="results file (default: RUN/sim.json beside RUN/trace)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,7 +64,17 @@ def _replay(args: argparse.Namespace) -> int:
         except RtlNotAvailable as exc:
             print(f"dlu replay: error: {exc}", file=sys.stderr)
             return 3
-    res, path = replay(args.trace, args.out, _load_core(args.core), not args.timing_only, _load_energy(args.energy),
+    core = _load_core(args.core)
+    if args.grow_spad:
+        from reference.trace import read_trace
+
+        from .core import fitting_config
+
+        grown = fitting_config(read_trace(args.trace), core)
+        if core is None or grown.spad_words != core.spad_words:
+            print(f"dlu replay: replaying on spad_words={grown.spad_words} (--grow-spad)", file=sys.stderr)
+        core = grown
+    res, path = replay(args.trace, args.out, core, not args.timing_only, _load_energy(args.energy),
                        progress=not args.quiet)
     t = res["totals"]
     print(f"{len(res['by_iteration'])} iteration(s), {t['commands']:,} commands, {t['cycles']:,} cycles "

@@ -593,6 +593,22 @@ def schedule(trace: Trace, cfg: CoreConfig | None = None, width_override: Width 
     return [_Scheduler(cfg, names, width_override, it.iteration, it).run() for it in trace.iterations]
 
 
+def fitting_config(trace: Trace, cfg: CoreConfig | None = None, max_spad_words: int = 1 << 16) -> CoreConfig:
+    """``cfg`` (default: the trace's) with ``spad_words`` doubled until every command fits.
+
+    Raises :class:`DoesNotFit` (the last one) if ``max_spad_words`` is not enough.
+    """
+    cfg = check_compatible(trace.cfg, cfg)
+    while True:
+        try:
+            schedule(trace, cfg)
+            return cfg
+        except DoesNotFit:
+            if cfg.spad_words * 2 > max_spad_words:
+                raise
+            cfg = replace(cfg, spad_words=cfg.spad_words * 2)
+
+
 #: Config fields that change data, statistics or generator use; a replay core must match the trace's.
 NUMERIC_FIELDS = ("lanes", "hist_bins", "hist_min_exp", "tensor_ids", "counter_bits")
 

@@ -14,7 +14,7 @@ from reference.ops import Op, add, axpy, matmul, relu_backward
 from reference.rng import seed_states
 from reference.stats import Database
 from reference.trace import OpRecord, PolicyRecord, SettingRecord, TraceError, read_trace, replay_reference, write_trace
-from sim.core import CycleSim, DoesNotFit, Pass, attribute, check_compatible, schedule
+from sim.core import CycleSim, DoesNotFit, Pass, attribute, check_compatible, fitting_config, schedule
 from tests.sim.tracegen import TINY, matmul_trace, oversize_trace, pressure_trace, small_trace
 
 SEEDS = [0, 1, 7]
@@ -156,6 +156,9 @@ def test_oversize_matmul_operand_does_not_fit_with_a_clear_message():
         CycleSim().run(trace)
     res = CycleSim(dataclasses.replace(TINY, spad_words=128)).run(trace)
     assert [c.kind for c in res.commands].count("MATMUL") == 1
+    assert fitting_config(trace).spad_words == 128
+    with pytest.raises(DoesNotFit):
+        fitting_config(trace, max_spad_words=64)
 
 
 def test_replay_core_may_differ_only_in_the_scratchpad():
