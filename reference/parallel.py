@@ -149,10 +149,12 @@ class Comm:
         self.size = comm.Get_size()
         self.timeout_s = timeout_s
         self.wait_s = 0.0  # time spent blocked in waits
+        self.grad_wait_s = 0.0  # of which in waits for gradient exchanges
 
-    def wait(self, reqs: list, what: str) -> None:
+    def wait(self, reqs: list, what: str, gradient: bool = False) -> None:
         """Complete ``reqs`` or raise :class:`ParallelError` after ``timeout_s``."""
         t0 = time.perf_counter()
+        g0 = self.wait_s
         deadline = t0 + self.timeout_s
         while not self.MPI.Request.Testall(reqs):
             if time.perf_counter() > deadline:
@@ -161,6 +163,8 @@ class Comm:
                                     f"{self.timeout_s:g} s: another rank died, hangs or disagrees")
             time.sleep(2e-5)
         self.wait_s += time.perf_counter() - t0
+        if gradient:
+            self.grad_wait_s += self.wait_s - g0
 
     def progress(self, reqs: list) -> None:
         """Let MPI progress outstanding requests (MPICH progresses only inside MPI calls)."""
@@ -308,7 +312,7 @@ class GradExchanger:
     def finish(self, li: int) -> None:
         """Complete layer ``li``'s exchange, set its gradients, update it, update its formats."""
         pend = self.pending.pop(li)
-        self.comm.wait(pend.reqs, f"gradient allreduce of layer {self.layers[li].name}")
+        self.comm.wait(pend.reqs, f"gradient allreduce of layer {self.layers[li].name}", gradient=True)
         eng = self.engine
         off = 0
         for j, lc in enumerate(pend.locals):
@@ -526,6 +530,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
     epochs: list[dict[str, Any]] = []
     step_times: list[float] = []
     wait_times: list[float] = []
+    grad_waits: list[float] = []
     bytes_step = 0
     for ep in range(cfg.epochs):
         perm = shuffle_rng.permutation(n)
@@ -535,7 +540,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
             if on_step is not None:
                 on_step(ep * steps + s)
             t0 = time.perf_counter()
-            w0 = comm.wait_s
+            w0, g0 = comm.wait_s, comm.grad_wait_s
             ex.bytes_step = 0
             idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
             mine = idx[rank * shard:(rank + 1) * shard]
@@ -562,6 +567,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
             bytes_step = ex.bytes_step
             step_times.append(time.perf_counter() - t0)
             wait_times.append(comm.wait_s - w0)
+            grad_waits.append(comm.grad_wait_s - g0)
             loss_sum += loss
             correct += c
             if not np.isfinite(loss):
@@ -588,5 +594,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
         "statistics_bytes_per_step": 0 if engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
         "step_time_s_median": float(np.median(step_times)),
         "wait_time_s_median": float(np.median(wait_times)),
+        "gradient_wait_time_s_median": float(np.median(grad_waits)),
+        "gradient_wait_times_s": grad_waits,
     }
     return ParallelResult(metrics, model, engine, step_times, wait_times, bytes_step)
