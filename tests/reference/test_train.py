@@ -200,3 +200,15 @@ def test_cnn_with_mixed_precision_shadows_fits_the_default_tensor_ids(small):
         Dataset("t", small.x_train[:64], small.y_train[:64], small.x_test[:8], small.y_test[:8], (8, 8, 1)))
     assert len(res.model.ids.infos) <= res.engine.cfg.tensor_ids
     assert all(isinstance(layer, Linear) for layer in res.model.layers if layer.params())
+
+
+def test_benchmark_rows_and_markdown(small):
+    from reference.train import BenchRow, bench_markdown, benchmark
+
+    tiny = Dataset("t", small.x_train[:64], small.y_train[:64], small.x_test[:20], small.y_test[:20], (8, 8, 1))
+    rows = benchmark(tiny, ModelKind.MLP, (Precision.FP32, Precision.DFP8), seeds=(0, 1), epochs=1)
+    assert [r.precision for r in rows] == ["fp32", "dfp8"] and all(len(r.accs) == 2 for r in rows)
+    assert all(r.epoch_time_s > 0 and r.epoch_cpu_s > 0 for r in rows)
+    md = bench_markdown([BenchRow("fp32", (0.9, 0.8), 1.0, 0.5), BenchRow("dfp8", (0.8, 0.8), 3.0, 1.5)], "# t")
+    assert "| fp32 | 85.00 +- 5.00 | +0.00 | 90.00, 80.00 | 1.000 | 0.500 | 1.0x |" in md
+    assert "| dfp8 | 80.00 +- 0.00 | -5.00 | 80.00, 80.00 | 3.000 | 1.500 | 3.0x |" in md
