@@ -113,7 +113,7 @@ def plot(rows, workers: list[int], title: str, path) -> None:
     ax.set_yscale("log", base=2)
     ax.set_xlabel("number of DLUs (workers)")
     ax.set_ylabel("training speed relative to one DLU")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title.replace("; ", "\n"), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
