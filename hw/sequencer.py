@@ -21,7 +21,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2, exact_log2
+from amaranth.utils import exact_log2
 
 from reference.config import CoreConfig
 from reference.formats import FRAC_MAX, FRAC_MIN, MAX_K, Width, acc_width
@@ -31,28 +31,16 @@ from reference.ops import Op
 from . import regmap
 from .axi_lite import COMMAND_LAYOUT, HostControlSignature
 from .axi_stream import STORE_FIFO_DEPTH, store_layout
+from .compute_unit import ComputeUnit, count_shape, operand_layout, result_layout
 from .database import DatabaseClearSignature, DatabaseCommitSignature
 from .scratchpad import ScratchpadReadSignature, ScratchpadWriteSignature, spad_addr_bits
 from .settings import SettingsReadSignature, check_config
 
 assert SETUP_CYCLES == 2, "the sequencer's setup is IDLE (FIFO pop) + SETUP"
 assert CLEAR_CYCLES_PER_TID == 1, "the sequencer clears one database entry per cycle"
-
-
-def count_shape(cfg: CoreConfig):
-    return unsigned(ceil_log2(cfg.rng_slots + 1))
-
-
-def operand_layout(cfg: CoreConfig) -> data.StructLayout:
-    """One operand beat of the ComputeUnit contract (values unpacked, sign-extended)."""
-    s = cfg.rng_slots
-    return data.StructLayout({"a": data.ArrayLayout(signed(32), s), "b": data.ArrayLayout(signed(32), s),
-                              "count": count_shape(cfg), "last": 1})
-
-
-def result_layout(cfg: CoreConfig) -> data.StructLayout:
-    """One result beat of the ComputeUnit contract."""
-    return data.StructLayout({"q": data.ArrayLayout(signed(32), cfg.rng_slots), "count": count_shape(cfg)})
+# Drain: operand read (1) + ComputeUnit.LATENCY to the last result beat + 1 cycle until the
+# statistics include that beat, in which the sequencer commits them to the database.
+assert DRAIN_CYCLES == ComputeUnit.LATENCY + 2, "reference.isa.DRAIN_CYCLES must be ComputeUnit.LATENCY + 2"
 
 
 class ComputeControlSignature(wiring.Signature):
