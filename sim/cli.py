@@ -64,18 +64,11 @@ def _replay(args: argparse.Namespace) -> int:
         except RtlNotAvailable as exc:
             print(f"dlu replay: error: {exc}", file=sys.stderr)
             return 3
-    core = _load_core(args.core)
-    if args.grow_spad:
-        from reference.trace import read_trace
-
-        from .core import fitting_config
-
-        grown = fitting_config(read_trace(args.trace), core)
-        if core is None or grown.spad_words != core.spad_words:
-            print(f"dlu replay: replaying on spad_words={grown.spad_words} (--grow-spad)", file=sys.stderr)
-        core = grown
-    res, path = replay(args.trace, args.out, core, not args.timing_only, _load_energy(args.energy),
-                       progress=not args.quiet)
+    res, path = replay(args.trace, args.out, _load_core(args.core), not args.timing_only, _load_energy(args.energy),
+                       progress=not args.quiet, grow_spad=args.grow_spad)
+    if args.grow_spad and res["config"]["spad_words"] != res["trace_config"]["spad_words"]:
+        print(f"dlu replay: replayed on spad_words={res['config']['spad_words']} (--grow-spad; the trace's core "
+              f"has {res['trace_config']['spad_words']})", file=sys.stderr)
     t = res["totals"]
     print(f"{len(res['by_iteration'])} iteration(s), {t['commands']:,} commands, {t['cycles']:,} cycles "
           f"(utilization {t['utilization']:.3f}), bus {t['bus_bytes']:,} bytes, "

@@ -31,7 +31,7 @@ from reference.config import CoreConfig
 from reference.formats import Width
 from reference.trace import OpRecord, PolicyRecord, SettingRecord, Trace, read_trace
 
-from .core import Counters, CycleSim, Pass, SimCommand, schedule
+from .core import Counters, CycleSim, Pass, SimCommand, fitting_config, schedule
 from .energy import EnergyTable, total_energy
 
 RESULTS_FORMAT = "dlu-sim-results"
@@ -154,14 +154,19 @@ def default_results_path(trace_dir: str | Path) -> Path:
 
 
 def replay(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreConfig | None = None,
-           execute: bool = True, table: EnergyTable | None = None, progress: bool = False) -> tuple[dict, Path]:
+           execute: bool = True, table: EnergyTable | None = None, progress: bool = False,
+           grow_spad: bool = False) -> tuple[dict, Path]:
     """Read a trace directory, replay it on the cycle simulator, write the results JSON atomically.
 
     Returns the results dictionary and the path written (``out`` or
     :func:`default_results_path`). With ``progress`` a tqdm bar shows simulated cycles, cycles
-    per second and the time left (the total is known from the schedule before data runs).
+    per second and the time left (the total is known from the schedule before data runs). With
+    ``grow_spad`` the core's ``spad_words`` is doubled until every command fits
+    (:func:`sim.core.fitting_config`); ``results["config"]`` records the core used.
     """
     trace = read_trace(trace_dir)
+    if grow_spad:
+        cfg = fitting_config(trace, cfg)
     bar = None
     cb = None
     if progress:

@@ -67,6 +67,8 @@ def test_dlu_replay_command(trace_dir, tmp_path, capsys):
     assert main(["replay", str(trace_dir), "--out", str(out), "--quiet"]) == 0
     assert "data bit-exact with the trace" in capsys.readouterr().out
     assert load_results(out)["executed"] is True
+    assert main(["replay", str(trace_dir), "--out", str(out), "--quiet", "--grow-spad", "--timing-only"]) == 0
+    assert load_results(out)["executed"] is False
     assert main(["replay", str(trace_dir), "--engine", "rtl"]) == 3
     assert "not available yet" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope")]) == 2
