@@ -73,3 +73,23 @@ def test_dlu_replay_command(trace_dir, tmp_path, capsys):
     assert "not available yet" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_default_cnn_trace_needs_a_larger_scratchpad_and_replays_bit_exact():
+    """The real training path: the digits CNN in dfp8, iteration 0 traced (seed 0)."""
+    from reference.data import load_digits_split
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.core import CycleSim, DoesNotFit, fitting_config
+
+    res = train(TrainConfig(precision=Precision.DFP8, epochs=1, seed=0, trace_iters=IterSpec.parse("0")),
+                load_digits_split())
+    trace = res.trace
+    with pytest.raises(DoesNotFit, match=r"MATMUL -> conv1.weight.grad\): operand b \[2048, 8\]"):
+        CycleSim().run(trace, execute=False)
+    cfg = fitting_config(trace)
+    assert cfg.spad_words == 2048
+    out = results(trace, cfg)  # executes and checks every command against the trace
+    layers = {(g["layer"], g["pass"]) for g in out["by_layer_pass"]}
+    for layer in ("conv1", "conv2", "fc1", "fc2"):
+        assert {(layer, p) for p in ("forward", "backward", "update")} <= layers
+    assert out["totals"]["fp32_over_dfp_energy"] > 1
