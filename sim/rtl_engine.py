@@ -110,6 +110,11 @@ def unpack_rows(words: np.ndarray, rows: int, cols: int, width: Width, cfg: Core
     return np.where(vals >= 1 << (width.bits - 1), vals - (1 << width.bits), vals)
 
 
+def to_int_words(packed: np.ndarray) -> list[int]:
+    """Words of :func:`pack_rows` as Python integers of ``lanes * 32`` bits (lane ``l`` at bits ``[32l, 32l+32)``)."""
+    return [sum(int(x) << (32 * lane) for lane, x in enumerate(row)) for row in np.asarray(packed)]
+
+
 class RtlMismatch(AssertionError):
     """The RTL and the simulator (or the trace) differ; the message says where and how."""
 

@@ -17,6 +17,7 @@ from sim.rtl_engine import (
     compare_iteration,
     pack_rows,
     run_rtl,
+    to_int_words,
     unpack_rows,
 )
 from tests.sim.tracegen import TINY, small_trace
@@ -34,6 +35,7 @@ def test_pack_rows_by_hand():
     words = pack_rows(np.array([[1, -2, 3, 4, 5]]), Width.W16, TINY)
     assert words.shape == (2, 2)
     assert words.tolist() == [[0xFFFE0001, 0x00040003], [0x00000005, 0]]
+    assert to_int_words(words) == [0x00040003_FFFE0001, 0x5]
 
 
 @pytest.mark.parametrize("width", list(Width))
