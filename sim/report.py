@@ -125,13 +125,22 @@ def _plot_split(results: list[dict[str, Any]], labels: list[str], path: Path) ->
 def _plot_fracs(res: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    groups: dict[str, list[tuple[str, dict]]] = {}
     for name, t in res["tensors"].items():
-        ax.plot(t["iteration"], t["frac"], marker=".", label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("point position F")
-    ax.set_title(f"{title}: point position per tensor id")
-    ax.legend(fontsize=5, ncol=3)
+        groups.setdefault(name.split("@", 1)[0].split(".", 1)[0], []).append((name, t))
+    cols = 3
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.6 * rows), squeeze=False)
+    for ax, (layer, items) in zip(axes.flat, groups.items(), strict=False):
+        for name, t in items:
+            ax.plot(t["iteration"], t["frac"], marker=".", ms=3, label=name)
+        ax.set_title(layer, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: point position F per tensor id over the traced iterations")
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
