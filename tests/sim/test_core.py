@@ -220,3 +220,28 @@ def test_row_tiles_are_bit_exact_with_stochastic_rounding(width, seed):
         assert np.array_equal(np.concatenate(parts), whole.out.data), f"{name} seed {seed}: data"
         assert db_tiles.read(0) == db_whole.read(0), f"{name} seed {seed}: statistics"
         assert np.array_equal(r, whole.rng), f"{name} seed {seed}: generator state"
+
+
+def test_operands_the_core_could_not_read_are_reported():
+    from reference.engine import Engine
+    from reference.formats import TensorSetting
+    from reference.trace import TraceRecorder
+    from sim.core import NotExecutable
+
+    def run(setup):
+        eng = Engine(TINY)
+        rec = TraceRecorder()
+        eng.recorder = rec
+        eng.set_setting(2, TensorSetting(DfpFormat(Width.W8, 4)))
+        rec.begin_iteration(0, eng)
+        x = DfpTensor(np.ones((2, 3), dtype=np.int64), DfpFormat(Width.W8, 4))
+        setup(eng)
+        eng.run(Op.RELU, 2, [x], [1])
+        rec.end_iteration()
+        return CycleSim().run(rec.trace(eng), execute=False)
+
+    with pytest.raises(NotExecutable, match="operand tid 1 has no setting"):
+        run(lambda eng: None)
+    with pytest.raises(NotExecutable, match="operand tid 1 holds 8-bit data but its setting is 16-bit"):
+        run(lambda eng: eng.set_setting(1, TensorSetting(DfpFormat(Width.W16, 4))))
+    assert run(lambda eng: eng.set_setting(1, TensorSetting(DfpFormat(Width.W8, 4)))).counters.commands == 3
