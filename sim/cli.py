@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "from the trace's only in spad_words and spad_banks")
     p.add_argument("--grow-spad", action="store_true", help="if a command does not fit the scratchpad, double "
                    "spad_words until it does (the core used is printed and recorded in the results)")
+    p.add_argument("--iterations", metavar="SPEC", help="replay only these traced iterations: training iteration "
+                   "indices/ranges like '0,5-7' (default: all)")
     p.add_argument("--energy", metavar="TOML", help="energy table (default: 45 nm figures, docs/simulator.md)")
     p.add_argument("--out", metavar="JSON", help="results file (default: RUN/sim.json beside RUN/trace)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,7 +67,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"dlu replay: error: {exc}", file=sys.stderr)
             return 3
     res, path = replay(args.trace, args.out, _load_core(args.core), not args.timing_only, _load_energy(args.energy),
-                       progress=not args.quiet, grow_spad=args.grow_spad)
+                       progress=not args.quiet, grow_spad=args.grow_spad, iterations=args.iterations)
     if args.grow_spad and res["config"]["spad_words"] != res["trace_config"]["spad_words"]:
         print(f"dlu replay: replayed on spad_words={res['config']['spad_words']} (--grow-spad; the trace's core "
               f"has {res['trace_config']['spad_words']})", file=sys.stderr)

@@ -155,16 +155,18 @@ def default_results_path(trace_dir: str | Path) -> Path:
 
 def replay(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreConfig | None = None,
            execute: bool = True, table: EnergyTable | None = None, progress: bool = False,
-           grow_spad: bool = False) -> tuple[dict, Path]:
+           grow_spad: bool = False, iterations: str | None = None) -> tuple[dict, Path]:
     """Read a trace directory, replay it on the cycle simulator, write the results JSON atomically.
 
     Returns the results dictionary and the path written (``out`` or
     :func:`default_results_path`). With ``progress`` a tqdm bar shows simulated cycles, cycles
     per second and the time left (the total is known from the schedule before data runs). With
     ``grow_spad`` the core's ``spad_words`` is doubled until every command fits
-    (:func:`sim.core.fitting_config`); ``results["config"]`` records the core used.
+    (:func:`sim.core.fitting_config`); ``results["config"]`` records the core used. ``iterations``
+    (``"all"``, or indices/ranges like ``"0,5-7"`` of training iterations) replays only those
+    traced iterations; each traced iteration is complete, so any subset replays on its own.
     """
-    trace = read_trace(trace_dir)
+    trace = select_iterations(read_trace(trace_dir), iterations)
     if grow_spad:
         cfg = fitting_config(trace, cfg)
     bar = None
@@ -183,6 +185,22 @@ def replay(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreConfig
     path = Path(out) if out is not None else default_results_path(trace_dir)
     write_json_atomic(res, path)
     return res, path
+
+
+def select_iterations(trace: Trace, spec: str | None) -> Trace:
+    """``trace`` restricted to the training iterations of ``spec`` (None or ``"all"``: all of them)."""
+    if spec is None:
+        return trace
+    from dataclasses import replace
+
+    from reference.train import IterSpec
+
+    sel = IterSpec.parse(spec)
+    its = [it for it in trace.iterations if it.iteration in sel]
+    if not its:
+        have = [it.iteration for it in trace.iterations]
+        raise ValueError(f"replay: iterations {spec!r} selects none of the traced iterations {have}")
+    return replace(trace, iterations=its)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

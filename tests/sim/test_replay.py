@@ -69,6 +69,10 @@ def test_dlu_replay_command(trace_dir, tmp_path, capsys):
     assert load_results(out)["executed"] is True
     assert main(["replay", str(trace_dir), "--out", str(out), "--quiet", "--grow-spad", "--timing-only"]) == 0
     assert load_results(out)["executed"] is False
+    assert main(["replay", str(trace_dir), "--out", str(out), "--quiet", "--iterations", "1"]) == 0
+    assert load_results(out)["iterations"] == [1]
+    assert main(["replay", str(trace_dir), "--quiet", "--iterations", "9"]) == 2
+    assert "selects none of the traced iterations [0, 1]" in capsys.readouterr().err
     assert main(["replay", str(trace_dir), "--engine", "rtl"]) == 3
     assert "not available yet" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope")]) == 2
