@@ -40,12 +40,15 @@ Reduced-format exchange (``Exchange.DFP16``, ``Exchange.DFP8``)
 ----------------------------------------------------------------
 Each rank rounds its exact gradient accumulator to 16 or 8 bits with one point position per
 tensor shared by all ranks: first the maximum most-significant-bit position of each tensor
-is reduced across ranks (the statistic the no-overflow guarantee needs; the full histograms
-are reduced with the other statistics at the end of the step), then the shift is chosen so
-that the sum of N values cannot overflow the wire width:
-``shift = max(0, p_max + 3 + ceil(log2 N) - W)``. The integer sums travel as ``int8``/``int16``
-and every rank converts the sum to the gradient's format. Not bit-identical to one process;
-accuracy and bytes are reported.
+is reduced across ranks (the statistic the no-overflow guarantee needs), then the shift is
+chosen so that the sum of N values cannot overflow the wire width:
+``shift = max(0, p_max + 2 + ceil(log2 N) - W)``, and each rounded value is clamped to
+``+-((2**(W-1) - 1) // N)`` (which touches only values that rounded up to the bound, by one
+LSB). The integer sums travel as ``int8``/``int16`` and every rank converts the sum to the
+gradient's format (whose statistics are then those of the sum, the same on every rank). Not
+bit-identical to one process; accuracy and bytes are reported. The headroom costs
+``ceil(log2 N)`` bits: at 8 bits this is workable for a few ranks only (see
+``docs/parallel.md``).
 
 Every wait is bounded (``timeout_s``): a rank that dies or disagrees produces an error on the
 others instead of a hang. Ranks first compare a hash of their whole configuration.
@@ -295,12 +298,13 @@ class GradExchanger:
             gmax = self.comm.allreduce(pmax, MPI.MAX, f"gradient statistics of layer {self.layers[li].name}")
             self.bytes_step += pmax.nbytes
             head = math.ceil(math.log2(self.comm.size)) if self.comm.size > 1 else 0
+            budget = ((1 << (wbits - 1)) - 1) // self.comm.size  # |q| <= budget: N of them cannot overflow
             parts = []
             for lc, p in zip(locs, gmax, strict=True):
-                s = max(0, int(p) + 3 + head - wbits)
+                s = max(0, int(p) + 2 + head - wbits)
                 shifts.append(s)
                 q = round_shift(lc.acc, s, RoundingMode.NEAREST_EVEN, acc_width(lc.w_op)) if s else lc.acc
-                parts.append(np.asarray(q, dtype=np.int64).ravel())
+                parts.append(np.clip(np.asarray(q, dtype=np.int64), -budget, budget).ravel())
             send = np.concatenate(parts).astype(np.int8 if wbits == 8 else np.int16)
             mpi_op = MPI.SUM
         recv = np.empty_like(send)
@@ -359,7 +363,11 @@ class GradExchanger:
         self.comm.progress([r for p in self.pending.values() for r in p.reqs])
 
     def exchange_all(self) -> None:
-        """Without overlap: start every layer's exchange (backward order), then finish all."""
+        """Without overlap: start every layer's exchange (backward order), then finish all.
+
+        A barrier first absorbs the ranks' skew, so the gradient waits measure the exchange.
+        """
+        self.comm.wait([self.comm.comm.Ibarrier()], "barrier before the exchange")
         for li in reversed(range(len(self.layers))):
             if self.layers[li].params():
                 self.start(li)
