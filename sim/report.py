@@ -220,6 +220,16 @@ def write_report(results: list[dict[str, Any]], out: str | Path) -> Path:
     for res, lab in zip(results, labels, strict=True):
         parts.append(f"<h2>{html.escape(lab)}</h2><p>source: {html.escape(str(res.get('source', '')))}; core "
                      f"{html.escape(str(res['config']))}</p>")
+        prows = []
+        for p in PASSES:
+            gs = [g for g in res["by_layer_pass"] if g["pass"] == p]
+            if gs:
+                cyc = sum(g["cycles"] for g in gs)
+                prows.append([p, cyc, cyc / max(res["totals"]["cycles"], 1), sum(g["macs"] for g in gs),
+                              sum(g["bus_bytes"] for g in gs), sum(g["energy_pj"]["total"] for g in gs) / 1e6,
+                              sum(g["fp32"]["energy_pj"]["total"] for g in gs) / 1e6])
+        parts.append(_table(["pass", "cycles", "share of cycles", "MACs", "bus bytes", "energy (uJ)",
+                             "fp32 energy (uJ)"], prows))
         lrows = []
         for g in res["by_layer_pass"]:
             lrows.append([g["layer"], g["pass"], g["commands"], g["cycles"], g["compute_cycles"],
