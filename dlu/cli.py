@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "reference.memplan_cli",
     "sim.scale_cli",
     "sim.cli",
+    "rtl_gen.cli",
 ]
 
 
