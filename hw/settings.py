@@ -261,7 +261,8 @@ class PolicyController(wiring.Component):
         budget = Signal(sum_bits + THRESHOLD_BITS)
         m.d.comb += budget.eq(n * self.threshold)
         fails = [Signal(name=f"fail{i}") for i in range(cfg.hist_bins)]
-        for i in range(cfg.hist_bins):
+        # The top bin always qualifies (nothing lies above it): its fail bit is the constant 0.
+        for i in range(cfg.hist_bins - 1):
             m.d.comb += fails[i].eq((over[i] << THRESHOLD_BITS) > budget)
         istar = Signal(range(cfg.hist_bins + 1))
         m.d.comb += istar.eq(sum(fails))

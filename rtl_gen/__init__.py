@@ -1,0 +1,1 @@
+"""Verilog generator of the DLU core: ``dlu gen`` (netlist, manifest, register headers, lint, area)."""
