@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from amaranth.hdl import Shape
 from amaranth.lib.wiring import In
 
 from hw import regmap
@@ -68,10 +69,10 @@ def _versions() -> dict[str, str]:
 
 def _ports(top) -> list[dict]:
     ports = [{"name": "clk", "direction": "input", "width": 1}, {"name": "rst", "direction": "input", "width": 1}]
-    for path, member, value in top.signature.flatten(top):
+    for path, member, _value in top.signature.flatten(top):
         name = "__".join(str(p) for p in path)
         ports.append({"name": name, "direction": "input" if member.flow == In else "output",
-                      "width": len(value)})
+                      "width": Shape.cast(member.shape).width})
     return ports
 
 
