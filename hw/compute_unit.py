@@ -1,19 +1,28 @@
 """ComputeUnit: the DLU datapath (SIMD multiply-accumulate, alignment, requantizer, statistics).
 
-NOT YET FUNCTIONAL: this first version fixes the port contract only (``elaborate`` drives
-``operands.ready`` low and produces no results); the datapath lands in a later commit.
+Golden twins: :func:`reference.ops.matmul`, :func:`~reference.ops.add`, :func:`~reference.ops.sub`,
+:func:`~reference.ops.mul`, :func:`~reference.ops.axpy`, :func:`~reference.ops.relu`,
+:func:`~reference.ops.relu_backward`, :func:`~reference.ops.convert` (one output beat at a time),
+:func:`reference.ops.align_terms` for the alignment shifts and :func:`reference.ops.convert_acc`
+for the output stage.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from reference.config import CoreConfig
+from reference.formats import RoundingMode, Width, acc_width
+from reference.ops import Op
 
+from .requantizer import Requantizer
+from .rng import XorshiftBank
 from .settings import check_config
+from .simd_mac import ACC_MAX, PRODUCT_BITS, SimdMacLane
+from .statistics import StatisticsBlock
 
 
 def count_shape(cfg: CoreConfig):
@@ -33,8 +42,55 @@ def result_layout(cfg: CoreConfig) -> data.StructLayout:
     return data.StructLayout({"q": data.ArrayLayout(signed(32), cfg.rng_slots), "count": count_shape(cfg)})
 
 
+#: Largest alignment left shift :func:`reference.ops.align_terms` can ask for:
+#: ``F_acc - F_i <= acc_width(W) - 1 - w_i``, at most 80 - 1 - 32 at 32 bits.
+ALIGN_LEFT_MAX = acc_width(Width.W32) - 1 - Width.W32.bits
+#: Right alignment shifts from this on leave only the sign of any term (a 64-bit product).
+ALIGN_RIGHT_MAX = PRODUCT_BITS
+
+
+def _align(m: Module, x, sh, name: str):
+    """``x << sh`` if ``sh >= 0`` else ``x >> -sh`` (floor), as an 80-bit value.
+
+    Twin of the shift in :func:`reference.ops.align_terms`; left shifts are clamped at
+    :data:`ALIGN_LEFT_MAX`, right shifts at :data:`ALIGN_RIGHT_MAX` (no change in range).
+    """
+    left = Signal(range(ALIGN_LEFT_MAX + 1), name=f"{name}_l")
+    right = Signal(range(ALIGN_RIGHT_MAX + 1), name=f"{name}_r")
+    m.d.comb += [
+        left.eq(Mux(sh > ALIGN_LEFT_MAX, ALIGN_LEFT_MAX, Mux(sh < 0, 0, sh[:len(left)]))),
+        right.eq(Mux(-sh > ALIGN_RIGHT_MAX, ALIGN_RIGHT_MAX, Mux(sh > 0, 0, (-sh)[:len(right)]))),
+    ]
+    out = Signal(signed(ACC_MAX), name=name)
+    m.d.comb += out.eq(Mux(sh >= 0, x << left, x >> right))
+    return out
+
+
 class ComputeUnit(wiring.Component):
     """The DLU datapath: one command's operand beats in, rounded result beats out.
+
+    Slot ``j`` of a beat (``S = cfg.rng_slots`` slots, the first ``V = values_per_beat(W)``
+    used at width W) lives in lane ``j // (32 / W)``, sub-lane ``j % (32 / W)`` of the
+    :class:`hw.simd_mac.SimdMacLane` array.
+
+    Pipeline (``LATENCY = 2``), fully pipelined: one operand beat per cycle while ``results``
+    is ready.
+
+    1. Accept cycle: the lane words are packed from the slots; each lane multiplies (a * b;
+       for AXPY a * alpha). MATMUL accumulates into the lane accumulators (starting from 0
+       on the first beat after a ``last``); every other op computes its exact value per slot
+       (alignment shifts, sum, ReLU, ...) and loads it into the accumulators. A ``last``
+       beat leaves a finished value there.
+    2. The finished values go, per slot, through a :class:`hw.requantizer.Requantizer` (one
+       80-bit path per slot, the simplest sharing-free choice) with the generators'
+       words; the result is registered and offered on ``results`` from the next cycle.
+       In the same cycle the :class:`hw.statistics.StatisticsBlock` takes the values and
+       the flags; the ``stats_*`` outputs include the beat from the cycle after its result
+       beat is first valid (at the latest). All S generators step in this cycle if
+       ``rounding`` is STOCHASTIC and ``out_shift > 0`` (:mod:`reference.rng`).
+
+    Back-pressure on ``results`` stalls stage 2 and then ``operands``; statistics never stall.
+    The command constants (``op`` ... ``alpha``) must be held until ``busy`` falls.
 
     Parameters
     ----------
@@ -47,26 +103,41 @@ class ComputeUnit(wiring.Component):
         :class:`reference.ops.Op`, ``Width`` code of ``W_op``, ``Width`` code of the output,
         :class:`reference.formats.RoundingMode`; held for the whole command.
     a_shift, b_shift : In(signed(9))
-        Alignment of the a-term (for AXPY the product alpha * a) and b-term onto the
-        accumulator point (:func:`reference.ops.align_terms`).
+        Alignment of the a-term (for AXPY the product alpha * a) and the b-term onto the
+        accumulator point (:func:`reference.ops.align_terms`): left if >= 0, else arithmetic
+        right. Used by ADD, SUB and AXPY.
     out_shift : In(signed(10))
         ``F_acc - F_out``.
     f_acc : In(signed(10))
         Accumulator point position (statistics exponent).
     alpha : In(signed(32))
-        AXPY scalar.
+        AXPY scalar, a ``W_op``-bit integer.
     seed, seed_load : In
         Load the stochastic-rounding generators (:func:`reference.rng.seed_states`).
     operands : In(stream.Signature(operand_layout(cfg)))
+        MATMUL: one beat per k (a: A[m, k] in every slot, b: B[k, n0:n0 + V], ``last`` at
+        k = K - 1); other ops: one beat per output beat with ``last`` set (RELU_BACKWARD:
+        a = dy, b = x). Slots past ``count`` are ignored.
     results : Out(stream.Signature(result_layout(cfg)))
+        One beat per output beat; slots past ``count`` are 0.
     stats_clear : In(1)
+        Zero the statistics (before a command's first beat).
     stats_hist, stats_zeros, stats_overflow, stats_underflow, stats_total : Out
         Running :class:`reference.stats.OpStats` of the current command (saturating).
     busy : Out(1)
+        A beat is in flight (a MATMUL sum is open, a value waits for conversion or to be
+        taken, or the statistics have not counted it yet).
+
+    Raises
+    ------
+    TypeError
+        ``cfg`` is not a :class:`reference.config.CoreConfig`.
     """
 
     #: Cycles from the accepted operand beat with ``last`` to its result beat (no back-pressure).
     LATENCY = 2
+    #: Cycles from a result beat's first valid cycle to the first cycle ``stats_*`` include it.
+    STATS_LATENCY = 1
 
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = check_config(cfg)
@@ -84,6 +155,129 @@ class ComputeUnit(wiring.Component):
             "stats_total": Out(cb),
             "busy": Out(1),
         })
+        #: The stochastic-rounding generators (a member so that tests can read their states).
+        self.generators = XorshiftBank(cfg.rng_slots)
+        #: The statistics block.
+        self.statistics = StatisticsBlock(cfg)
 
     def elaborate(self, platform) -> Module:
-        return Module()
+        m = Module()
+        cfg = self.cfg
+        S = cfg.rng_slots
+        lanes = cfg.lanes
+        m.submodules.generators = gen = self.generators
+        m.submodules.statistics = stats = self.statistics
+        mac = [SimdMacLane() for _ in range(lanes)]
+        for i, lane in enumerate(mac):
+            m.submodules[f"lane{i}"] = lane
+
+        is8 = self.width == Width.W8
+        is16 = self.width == Width.W16
+
+        def by_width(opts: dict):
+            """Mux on ``width`` (the illegal code 3 selects 32 bits, as the lanes do)."""
+            return Mux(is8, opts[Width.W8], Mux(is16, opts[Width.W16], opts[Width.W32]))
+
+        def slot_of(w: Width, lane: int, sub: int) -> int | None:
+            n = w.lanes_per_word
+            return lane * n + sub if sub < n else None
+
+        ops = self.operands
+        pa, pb = ops.payload.a, ops.payload.b
+
+        # ---- handshake and pipeline state -----------------------------------------------
+        v1 = Signal()  # the lane accumulators hold finished values for stage 2
+        v2 = Signal()  # the result register holds a beat
+        fresh = Signal(init=1)  # the next MATMUL beat starts a new sum
+        count1 = Signal.like(ops.payload.count)
+        take2 = Signal()
+        accept = Signal()
+        m.d.comb += [
+            take2.eq(v1 & (~v2 | self.results.ready)),
+            ops.ready.eq(~v1 | take2),
+            accept.eq(ops.valid & ops.ready),
+            self.results.valid.eq(v2),
+            self.busy.eq(v1 | v2 | ~fresh | stats.busy),
+        ]
+        with m.If(accept):
+            m.d.sync += [fresh.eq(ops.payload.last), count1.eq(ops.payload.count)]
+        m.d.sync += v1.eq((accept & ops.payload.last) | (v1 & ~take2))
+        m.d.sync += v2.eq(take2 | (v2 & ~self.results.ready))
+
+        # ---- stage 1: lane words, products, exact per-slot values ---------------------------
+        is_axpy = self.op == Op.AXPY
+        for i, lane in enumerate(mac):
+            words_a, words_b = {}, {}
+            for w in Width:
+                n = w.lanes_per_word
+                words_a[w] = Cat(*[pa[i * n + s][:w.bits] for s in range(n)])
+                words_b[w] = Cat(*[pb[i * n + s][:w.bits] for s in range(n)])
+                words_b[w] = Mux(is_axpy, Cat(*[self.alpha[:w.bits]] * n), words_b[w])
+            m.d.comb += [
+                lane.width.eq(self.width), lane.a.eq(by_width(words_a)), lane.b.eq(by_width(words_b)),
+                lane.en.eq(accept), lane.clear.eq(fresh), lane.load.eq(self.op != Op.MATMUL),
+            ]
+
+        values = []
+        for j in range(S):
+            prod = {}
+            for w in Width:
+                n = w.lanes_per_word
+                prod[w] = mac[j // n].product[j % n] if j < lanes * n else 0
+            p = Signal(signed(PRODUCT_BITS), name=f"prod{j}")
+            m.d.comb += p.eq(by_width(prod))
+            a, b = pa[j], pb[j]
+            ta = _align(m, Mux(is_axpy, p, a), self.a_shift, f"term_a{j}")
+            tb = _align(m, b, self.b_shift, f"term_b{j}")
+            v = Signal(signed(ACC_MAX), name=f"value{j}")
+            with m.Switch(self.op):
+                with m.Case(Op.ADD, Op.AXPY):
+                    m.d.comb += v.eq(ta + tb)
+                with m.Case(Op.SUB):
+                    m.d.comb += v.eq(ta - tb)
+                with m.Case(Op.MUL):
+                    m.d.comb += v.eq(p)
+                with m.Case(Op.RELU):
+                    m.d.comb += v.eq(Mux(a < 0, 0, a))
+                with m.Case(Op.RELU_BACKWARD):
+                    m.d.comb += v.eq(Mux(b > 0, a, 0))
+                with m.Default():  # CONVERT (MATMUL accumulates in the lanes instead)
+                    m.d.comb += v.eq(a)
+            values.append(v)
+        for i, lane in enumerate(mac):
+            for sub in range(len(lane.load_value)):
+                opts = {w: (values[slot_of(w, i, sub)] if slot_of(w, i, sub) is not None else 0) for w in Width}
+                m.d.comb += lane.load_value[sub].eq(by_width(opts))
+
+        # ---- stage 2: per-slot conversion, generators, statistics ---------------------------
+        stochastic = (self.rounding == RoundingMode.STOCHASTIC) & (self.out_shift > 0)
+        m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(take2 & stochastic)]
+        m.d.comb += [stats.valid.eq(take2), stats.count.eq(count1), stats.f_acc.eq(self.f_acc),
+                     stats.clear.eq(self.stats_clear)]
+        for name in ("hist", "zeros", "overflow", "underflow", "total"):
+            m.d.comb += getattr(self, f"stats_{name}").eq(getattr(stats, name))
+        q2 = []
+        for j in range(S):
+            opts = {}
+            for w in Width:
+                n = w.lanes_per_word
+                opts[w] = mac[j // n].acc[j % n] if j < lanes * n else 0
+            acc = Signal(signed(ACC_MAX), name=f"acc{j}")
+            m.d.comb += acc.eq(by_width(opts))
+            rq = Requantizer(ACC_MAX)
+            m.submodules[f"requantizer{j}"] = rq
+            m.d.comb += [rq.acc.eq(acc), rq.shift.eq(self.out_shift), rq.rounding.eq(self.rounding),
+                         rq.out_width.eq(self.out_width), rq.u16.eq(gen.words[j])]
+            m.d.comb += [stats.values[j].eq(acc), stats.slot_overflow[j].eq(rq.overflow),
+                         stats.slot_underflow[j].eq(rq.underflow)]
+            q = Signal(signed(32), name=f"q{j}")
+            with m.If(take2):
+                m.d.sync += q.eq(Mux(j < count1, rq.q, 0))
+            q2.append(q)
+        count2 = Signal.like(count1)
+        with m.If(take2):
+            m.d.sync += count2.eq(count1)
+        m.d.comb += [self.results.payload.count.eq(count2)]
+        for j in range(S):
+            m.d.comb += self.results.payload.q[j].eq(q2[j])
+        return m
