@@ -33,6 +33,7 @@ import numpy as np
 from . import ops
 from .config import CoreConfig
 from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize_float
+from .isa import MAX_DIM
 from .ops import Op
 from .rng import MASK32, seed_states
 from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_frac
@@ -170,7 +171,8 @@ class Engine:
         ------
         ValueError
             Wrong operand count, missing or surplus ``alpha``, unknown tensor id, operand widths
-            that differ from the destination's (other than CONVERT), or any shape error of the op.
+            that differ from the destination's (other than CONVERT), a dimension above
+            :data:`reference.isa.MAX_DIM`, or any shape error of the op.
         """
         op = Op(op)
         dst = self._check_tid(dst, "dst")
@@ -185,6 +187,10 @@ class Engine:
             if op != Op.CONVERT and t.fmt.width != setting.fmt.width:
                 raise ValueError(f"engine: {op.name} operand {i} (tid {tid}) is {t.fmt.bits}-bit but the "
                                  f"destination tid {dst} is {setting.fmt.bits}-bit; convert it first")
+        for i, t in enumerate(srcs):
+            if max(t.shape) > MAX_DIM:
+                raise ValueError(f"engine: {op.name} operand {i} has shape {t.shape}; the command's M, N "
+                                 f"fields hold at most {MAX_DIM} (split the batch)")
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng

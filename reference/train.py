@@ -318,6 +318,10 @@ def calibrate(model: Model, values: dict[str, np.ndarray], x: np.ndarray, y: np.
 
 def _evaluate(model: Model, be: Backend, engine: Engine | None, x: np.ndarray, y: np.ndarray,
               threshold: int, batch: int = 512) -> float:
+    from .isa import MAX_DIM
+
+    h, w, _ = model.image_hwc
+    batch = max(1, min(batch, MAX_DIM // (h * w)))  # a CNN's rows are N*H*W: keep commands legal
     correct = 0
     for i in range(0, len(x), batch):
         xm = model.input_matrix(x[i:i + batch])

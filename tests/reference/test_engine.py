@@ -176,3 +176,10 @@ def test_convert_may_change_width():
 def test_bad_registers_are_rejected(seed, threshold, field):
     with pytest.raises(ValueError, match=field):
         Engine(CFG, seed=seed, threshold=threshold)
+
+
+def test_dimensions_above_the_command_field_are_rejected():
+    e = _engine(t1=_s())
+    big = DfpTensor(np.zeros((70000, 1), dtype=np.int64), DfpFormat(Width.W8, 0))
+    with pytest.raises(ValueError, match=r"shape \(70000, 1\); the command's M, N fields hold at most 65535"):
+        e.run(Op.RELU, 1, [big], [0])

@@ -1,0 +1,21 @@
+"""``dlu demo``: runs end to end and writes its runs, a replayed trace and the report."""
+
+from __future__ import annotations
+
+from dlu.cli import main
+
+
+def test_demo_writes_runs_and_a_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cnn-dfp16", "cnn-dfp8", "report.md"]
+    report = (out / "report.md").read_text()
+    assert "dfp16: test accuracy" in report and "dfp8: test accuracy" in report
+    assert "bit-exact" in report and "2 policy updates in 2 iteration(s)" in report
+    assert (out / "cnn-dfp8" / "trace" / "manifest.json").is_file()
+    assert f"[demo] report: {out / 'report.md'}" in capsys.readouterr().out
+
+
+def test_demo_rejects_zero_epochs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert "--epochs=0 must be >= 1" in capsys.readouterr().err
