@@ -128,15 +128,24 @@ def simulate(dut, tb, prog_loads: list[int], obs: dict, cu_seed: int = 0):
     sim.run()
 
 
-@pytest.mark.parametrize("with_cu", VARIANTS)
-@pytest.mark.parametrize("seed", [7, 8])
-def test_program_through_registers_matches_model(with_cu, seed):
-    """A random program queued back to back through CMD_PUSH: STORE data, database window,
-    settings after POLICY_UPDATE, perf counters and the exact cycles of every command."""
+def _ops_param(with_cu, seed, ops):
+    return pytest.param(with_cu.values[0], seed, ops, marks=with_cu.marks,
+                        id=f"{with_cu.id}-{seed}-{'+'.join(o.name for o in ops) if ops else 'random'}")
+
+
+PROGRAMS = [_ops_param(v, s, None) for v in VARIANTS for s in (7, 8)] + [
+    _ops_param(VARIANTS[1], 20 + int(op), (op, op)) for op in Op]
+
+
+@pytest.mark.parametrize("with_cu,seed,ops", PROGRAMS)
+def test_program_through_registers_matches_model(with_cu, seed, ops):
+    """A random program queued through CMD_PUSH: STORE data, database window, settings after
+    POLICY_UPDATE, perf counters and the exact cycles of every command. The per-op programs run
+    the real ComputeUnit on two commands of that op (random widths, roundings, shapes)."""
     rng = np.random.default_rng(seed)
     prog = Program({})
-    random_compute(rng, CFG, prog, 0)
-    random_compute(rng, CFG, prog, 3, Op(int(rng.integers(0, 8))))
+    random_compute(rng, CFG, prog, 0, None if ops is None else ops[0])
+    random_compute(rng, CFG, prog, 3, Op(int(rng.integers(0, 8))) if ops is None else ops[1])
     prog.commands.append(Command(Ctl.POLICY_UPDATE, irq=True))
     model = CoreModel(CFG)
     for tid, w in prog.settings.items():
