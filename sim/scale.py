@@ -32,10 +32,13 @@ The three methods (paper, section 3)
 Costs
 -----
 Compute: the DLU chip is ``cores`` copies of one core (:class:`reference.config.CoreConfig`)
-at ``clock_hz``. Each matrix multiply of a layer (convolutions through im2col, grouped
-convolutions as one multiply per group) has its result split over the cores (rows first,
-then columns); each core's share is cut into legal commands (M, N <= 65535, K <= 2**16, with
-an ADD per extra K chunk) whose cycles are :func:`reference.isa.cycles`. Bias add, ReLU and
+at ``clock_hz``. Each matrix multiply of a layer, formed as :mod:`reference.layers` forms it
+(convolutions through im2col, the input error as a full correlation; grouped convolutions as
+one multiply per group), has its result split over the cores (rows first, then columns); each
+core's share is cut into legal commands (M, N <= 65535, K <= 2**16, with an ADD per extra K
+chunk) whose cycles are :func:`reference.isa.cycles`. On one core this reproduces the compute
+cycles of the cycle simulator (:mod:`sim.core`) replaying a trace of the same network, up to
+the setup and drain of its row tiles (``tests/sim/test_scale.py``). Bias add, ReLU and
 ReLU backward are elementwise commands; the update is three AXPY commands per parameter
 tensor (weight decay, momentum, step). Not modelled: data movement into the scratchpads
 (LOAD/STORE), pooling, LRN and dropout (host data movement in the golden model). So the
@@ -268,7 +271,11 @@ def layer_costs(net: Net, batch: int, chip: Chip) -> tuple[LayerCost, ...]:
             fwd = g * matmul_cycles(m, kk, nn, w, chip) + elementwise_cycles(Op.ADD, m, o, w, chip)
             bwd = g * matmul_cycles(kk, m, nn, w, chip) + matmul_cycles(1, m, o, w, chip)
             if not first:
-                bwd += g * matmul_cycles(m, nn, kk, w, chip)
+                # As reference.layers.Conv2d computes it: the full correlation of the padded
+                # output error with the flipped kernel, one multiply per group of
+                # [B*H*W, k*k*O/g] x [k*k*O/g, C/g] (exact for stride 1).
+                _, h, wd = s.in_shape
+                bwd += g * matmul_cycles(batch * h * wd, lay.kernel * lay.kernel * nn, c // g, w, chip)
             upd = 3 * (elementwise_cycles(Op.AXPY, kk * g, nn, w, chip) + elementwise_cycles(Op.AXPY, 1, o, w, chip))
             out.append([lay.name, fwd, bwd, upd, s.weights + s.biases])
             first = False

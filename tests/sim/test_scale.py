@@ -13,8 +13,10 @@ import pytest
 
 from reference.config import CoreConfig
 from reference.formats import Width
-from reference.isa import SETUP_CYCLES, DRAIN_CYCLES
+from reference.isa import DRAIN_CYCLES, SETUP_CYCLES
+from reference.models import ModelKind
 from reference.nets import alexnet, lenet5
+from reference.train import Precision
 from sim.scale import (
     Allreduce,
     Chip,
@@ -217,3 +219,42 @@ def test_cli_writes_table_and_plot(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "t.md"]  # no temp files left
     with pytest.raises(SystemExit):
         p.parse_args(["scale", "--workers", "0,2"])
+
+
+def test_one_core_compute_matches_the_cycle_simulator_on_a_traced_cnn_step():
+    """The model's per-layer compute equals the cycle simulator's compute commands on a real
+    trace of the golden model's CNN (dfp16, batch 32, seed 0), up to the setup and drain of
+    the extra row-tile commands the simulator issues for tensors larger than a bank."""
+    from reference.data import Dataset, load_dataset
+    from reference.nets import net_from_dict
+    from reference.train import IterSpec, TrainConfig, train
+    from sim.core import Pass, fitting_config, schedule
+
+    d = load_dataset("digits")
+    d = Dataset("digits[:64]", d.x_train[:64], d.y_train[:64], d.x_test[:8], d.y_test[:8], d.image_hwc, d.classes)
+    trace = train(TrainConfig(model=ModelKind.CNN, precision=Precision.DFP16, epochs=1, batch=32, seed=0,
+                              trace_iters=IterSpec.parse("1")), d).trace
+    cfg = fitting_config(trace)
+    cmds = [c for it in schedule(trace, cfg) for c in it.commands if c.cmd.opcode < 8]  # compute commands
+    net = net_from_dict({"name": "cnn", "input": [1, 8, 8], "layers": [  # reference.models' CNN
+        {"type": "conv", "name": "conv1", "out_channels": 8, "kernel": 3, "pad": 1}, {"type": "relu"},
+        {"type": "maxpool", "kernel": 2},
+        {"type": "conv", "name": "conv2", "out_channels": 16, "kernel": 3, "pad": 1}, {"type": "relu"},
+        {"type": "maxpool", "kernel": 2}, {"type": "flatten"},
+        {"type": "linear", "name": "fc1", "out_features": 32}, {"type": "relu"},
+        {"type": "linear", "name": "fc2", "out_features": 10}, {"type": "softmax_ce"}]})
+    costs = {c.name: c for c in layer_costs(net, 32, Chip(cfg, cores=1, clock_hz=1.0, compute_bits=16))}
+    owner = {"relu1": "conv1", "relu2": "conv2", "relu3": "fc1"}  # the model folds ReLU into the layer before
+    sim_cycles: dict[tuple[str, str], int] = {}
+    sim_count: dict[tuple[str, str], int] = {}
+    for c in cmds:
+        key = (owner.get(c.layer, c.layer), c.pass_.value)
+        sim_cycles[key] = sim_cycles.get(key, 0) + c.cycles
+        sim_count[key] = sim_count.get(key, 0) + 1
+    assert {k[0] for k in sim_cycles} == set(costs)
+    per_cmd = SETUP_CYCLES + DRAIN_CYCLES
+    for name, c in costs.items():
+        for pass_, model in ((Pass.FORWARD, c.forward), (Pass.BACKWARD, c.backward), (Pass.UPDATE, c.update)):
+            sim = sim_cycles[(name, pass_.value)]
+            extra = sim - int(model)
+            assert extra % per_cmd == 0 and 0 <= extra <= per_cmd * sim_count[(name, pass_.value)], (name, pass_)
