@@ -248,3 +248,48 @@ def test_errors_soft_reset_and_recovery(with_cu):
             for w, mk in zip(o.store_words, o.store_masks, strict=True)]
     assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want]
 
+
+
+@pytest.mark.parametrize("with_cu", VARIANTS)
+def test_matmul_k64_reaches_90_percent_of_peak(with_cu):
+    """MATMUL [1, 64] x [64, V] at 8 bits: the measured cycles equal reference.isa.cycles and the
+    useful MACs per cycle are >= 90% of the peak V (one full beat of MACs per cycle)."""
+    from reference.formats import DfpTensor
+    from reference.isa import cycles, macs
+
+    rng = np.random.default_rng(64)
+    v = CFG.values_per_beat(Width.W8)
+    fa = DfpFormat(Width.W8, 4)
+    settings = {0: TensorSetting(fa).encode(), 1: TensorSetting(fa).encode(),
+                2: TensorSetting(DfpFormat(Width.W8, 0), RoundingMode.STOCHASTIC).encode()}
+    a = DfpTensor(rng.integers(-128, 128, size=(1, 64)), fa)
+    b = DfpTensor(rng.integers(-128, 128, size=(64, v)), fa)
+    wa, wb = CoreModel.pack_rows(a, CFG), CoreModel.pack_rows(b, CFG)
+    sw = CFG.spad_words
+    mm = Command(int(Op.MATMUL), tid_d=2, tid_a=0, tid_b=1, addr_a=0, addr_b=sw, addr_d=2 * sw, m=1, n=v, k=64)
+    prog = [Command(Ctl.LOAD, addr_d=0, k=len(wa)), Command(Ctl.LOAD, addr_d=sw, k=len(wb)), mm,
+            Command(Ctl.STORE, addr_a=2 * sw, k=1)]
+    model = CoreModel(CFG)
+    for t, w in settings.items():
+        model.write_setting(t, w)
+    loads = deque([wa, wb])
+    outcomes = [model.execute(c, list(loads.popleft()) if c.opcode == Ctl.LOAD else None) for c in prog]
+    dut = DLUCore(CFG, with_compute_unit=with_cu)
+    obs = {"starts": [], "store": [], "irq_cycles": 0, "durations": {}}
+
+    async def tb(ctx):
+        h = Host(dut, ctx)
+        for t, w in settings.items():
+            await h.write("SETTINGS", w, t)
+        for c in prog:
+            await h.push(c)
+        await h.wait_done()
+
+    simulate(dut, tb, wa + wb, obs)
+    j = 2  # the MATMUL
+    dur = min(x for x in (obs["durations"].get(j + 1, {}).get("end"), obs["starts"][j + 1] - obs["starts"][j])
+              if x is not None)
+    model_settings = {t: TensorSetting.decode(w) for t, w in settings.items()}
+    assert dur == outcomes[j].cycles == cycles(mm, model_settings, CFG)
+    assert macs(mm) / dur >= 0.9 * CFG.peak_macs_per_cycle(Width.W8), f"{macs(mm)} MACs in {dur} cycles"
+    assert obs["store"][0] & outcomes[3].store_masks[0] == outcomes[3].store_words[0] & outcomes[3].store_masks[0]
