@@ -143,6 +143,23 @@ class CoreTB(tbutil.Clocked):
         self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst, byte_lanes=1)
         self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst, byte_lanes=1)
         self.idle = self.backpressure = False
+        import logging
+
+        for bus_model in (self.axil.write_if, self.axil.read_if, self.src, self.sink):
+            bus_model.log.setLevel(logging.WARNING)
+        self.beats_in = self.beats_out = 0
+        cocotb.start_soon(self._count_beats())
+
+    async def _count_beats(self):
+        """Beats accepted on s_axis and m_axis (sampled at the rising edge that transfers them)."""
+        from cocotb.triggers import FallingEdge, ReadOnly
+
+        d = self.dut
+        while True:  # bus models drive on rising edges: sample settled values half a cycle later
+            await FallingEdge(self.clk)
+            await ReadOnly()
+            self.beats_in += int(d.s_axis_tvalid.value) & int(d.s_axis_tready.value)
+            self.beats_out += int(d.m_axis_tvalid.value) & int(d.m_axis_tready.value)
 
     def set_stalls(self, idle: bool, backpressure: bool):
         rng = self.rng
@@ -152,14 +169,18 @@ class CoreTB(tbutil.Clocked):
             while True:
                 yield rng.random() < p
 
+        # cocotbext-axi 0.1.28: clear_pause_generator() kills the generator but leaves `pause` at
+        # its last value, which can stall the stream forever; so reset it explicitly.
         if idle:
             self.src.set_pause_generator(gen(0.3))
         else:
             self.src.clear_pause_generator()
+            self.src.pause = False
         if backpressure:
             self.sink.set_pause_generator(gen(0.4))
         else:
             self.sink.clear_pause_generator()
+            self.sink.pause = False
 
     # -- registers ----------------------------------------------------------------------
     def addr(self, name: str, index: int = 0) -> int:
@@ -198,12 +219,18 @@ class CoreTB(tbutil.Clocked):
         for w in cmd.encode():
             await self.wr(self.addr("CMD_PUSH"), w)
 
-    async def wait_done(self, max_polls: int = 100_000) -> dict:
+    async def wait_done(self, max_polls: int = 2_000) -> dict:
+        """Poll STATUS until done; each poll is one AXI read (a few cycles)."""
         for _ in range(max_polls):
             st = await self.status()
             if st["done"] and not st["busy"]:
                 return st
-        raise AssertionError("core never became done")
+        d = self.dut
+        raise AssertionError(f"core not done after {max_polls} STATUS polls: {st}; s_axis queue "
+                             f"{self.src.count()} frames (pause {self.src.pause}), tvalid={d.s_axis_tvalid.value} "
+                             f"tready={d.s_axis_tready.value}; "
+                             f"m_axis received {self.sink.count()} frames, tvalid={d.m_axis_tvalid.value} "
+                             f"tready={d.m_axis_tready.value}")
 
     async def read_db_entry(self, tid: int) -> dict:
         from hw.regmap import words_per_counter
@@ -256,7 +283,9 @@ class Checker:
 
         tb, model = self.tb, self.model
         busy0, stall0 = await self.counters()
+        in0, out0 = tb.beats_in, tb.beats_out
         exp = model.execute(cmd, load_words)
+        self.log.info("command %d (%s): %s -> error %s, %d cycles", self.n + 1, what, cmd, exp.error.name, exp.cycles)
         await tb.push(cmd)
         if cmd.opcode == Ctl.LOAD and exp.error == 0:
             from cocotbext.axi import AxiStreamFrame
@@ -265,10 +294,18 @@ class Checker:
         got_frame = None
         if cmd.opcode == Ctl.STORE and exp.error == 0:
             got_frame = await tb.sink.recv(compact=False)
-        st = await tb.wait_done()
+        try:
+            st = await tb.wait_done(200 + 2 * exp.cycles)
+        except AssertionError as e:
+            raise AssertionError(f"command {self.n + 1} {what} {cmd}: {e}; beats in/out since it was pushed: "
+                                 f"{tb.beats_in - in0}/{tb.beats_out - out0}") from None
         busy1, stall1 = await self.counters()
         self.n += 1
         ctx = f"command {self.n} {what} {cmd}"
+        n_in = exp.cmd.k if (cmd.opcode == Ctl.LOAD and exp.error == 0) else 0
+        n_out = exp.cmd.k if (cmd.opcode == Ctl.STORE and exp.error == 0) else 0
+        assert (tb.beats_in - in0, tb.beats_out - out0) == (n_in, n_out), (
+            f"{ctx}: s_axis/m_axis beats {tb.beats_in - in0}/{tb.beats_out - out0}, expected {n_in}/{n_out}")
         assert st["error"] == int(model.error), f"{ctx}: STATUS.error {st['error']}, expected {int(model.error)}"
         took = (busy1 - busy0) - (stall1 - stall0)
         assert took == exp.cycles, (f"{ctx}: took {took} cycles (busy {busy1 - busy0}, stalled {stall1 - stall0}), "
@@ -449,11 +486,103 @@ async def random_command_stream(dut):
     fcov.export(dut._log)
 
 
+@cocotb.test(timeout_time=100_000_000, timeout_unit="ns")
+async def control_and_data_movement(dut):
+    """Everything but compute: LOAD/STORE round trips under stalls, CLEAR_STATS, POLICY_UPDATE on an
+    empty database, illegal commands of every kind and illegal settings, each with its cycle count."""
+    from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
+    from reference.isa import Command, Ctl, ErrorCode
+    from testbenches.cocotb.core_model import CoreModel
+
+    rng, _ = tbutil.test_rng("control_and_data_movement", dut._log)
+    tb = CoreTB(dut, rng)
+    cfg = tb.cfg
+    await tb.reset()
+    model = CoreModel(cfg, seed=0)
+    chk = Checker(tb, model, dut._log)
+    await chk.run(Command(int(Ctl.CLEAR_STATS), broadcast_b=True), what="CLEAR_STATS all")
+    for tid in range(cfg.tensor_ids // 2):
+        s = TensorSetting(DfpFormat(rng.choice(list(Width)), rng.randint(-32, 63)), rng.choice(list(RoundingMode)))
+        await chk.write_setting(tid, s.encode())
+    total = cfg.spad_banks * cfg.spad_words
+    for i in range(tbutil.iterations(40)):
+        if i % 8 == 0:
+            tb.set_stalls(rng.random() < 0.5, rng.random() < 0.5)
+        r = rng.random()
+        if r < 0.45:
+            k = rng.choice([1, 2, rng.randint(1, 3 * cfg.spad_words // 2)])
+            addr = rng.choice([0, total - k, rng.randint(0, total - k)])
+            words = [rng.getrandbits(cfg.word_bits) for _ in range(k)]
+            await chk.run(Command(int(Ctl.LOAD), addr_d=addr, k=k), words, what="LOAD")
+            a2 = rng.randint(max(0, addr - 4), min(total - 1, addr + k))
+            k2 = rng.randint(1, total - a2)
+            k2 = min(k2, 3 * cfg.spad_words // 2)
+            await chk.run(Command(int(Ctl.STORE), addr_a=a2, k=k2), what="STORE")
+            fcov.sample_ctl("LOAD")
+            fcov.sample_ctl("STORE")
+        elif r < 0.6:
+            cmd = illegal_command(cfg, rng, model)
+            await chk.run(cmd, what="illegal")
+            fcov.sample_ctl(f"error_{ErrorCode(model.error).name}" if model.error else "clear_error")
+            await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "clear_error"))
+            model.clear_error()
+            st = await tb.status()
+            assert st["error"] == 0, f"STATUS.error {st['error']} after clear_error"
+            fcov.sample_ctl("clear_error")
+        elif r < 0.7:
+            # two errors in a row: the first code stays until cleared
+            c1, c2 = illegal_command(cfg, rng, model), illegal_command(cfg, rng, model)
+            await chk.run(c1, what="illegal 1")
+            await chk.run(c2, what="illegal 2 (STATUS keeps the first)")
+            await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "clear_error"))
+            model.clear_error()
+        elif r < 0.8:
+            tid, word = rng.randrange(cfg.tensor_ids), rng.randrange(1 << 12)
+            await chk.write_setting(tid, word)
+            st = await tb.status()
+            assert st["error"] == int(model.error), f"settings word {word:#x}: STATUS.error {st['error']}"
+            if model.error:
+                fcov.sample_ctl("error_BAD_SETTING")
+                await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "clear_error"))
+                model.clear_error()
+        elif r < 0.9:
+            await chk.run(Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids),
+                                  broadcast_b=rng.random() < 0.5), what="CLEAR_STATS")
+            fcov.sample_ctl("CLEAR_STATS")
+        else:
+            await chk.run(Command(int(Ctl.POLICY_UPDATE)), what="POLICY_UPDATE")
+            fcov.sample_ctl("POLICY_UPDATE")
+        # several commands queued back to back: total busy cycles add up
+        if rng.random() < 0.1:
+            cmds = [Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids)) for _ in range(5)]
+            busy0, stall0 = await chk.counters()
+            for c in cmds:
+                model.execute(c)
+                await tb.push(c)
+            await tb.wait_done()
+            busy1, stall1 = await chk.counters()
+            from reference.isa import cycles
+
+            exp = sum(cycles(c, model.settings, cfg) for c in cmds)
+            assert (busy1 - busy0) - (stall1 - stall0) == exp, f"5 queued CLEAR_STATS took {busy1 - busy0}, not {exp}"
+    for tid in range(cfg.tensor_ids):
+        v = await tb.rd(tb.addr("SETTINGS", tid))
+        assert tb.field("SETTINGS", "valid", v) == int(tid in model.settings), f"tid {tid} valid bit"
+        if tid in model.settings:
+            assert tb.field("SETTINGS", "setting", v) == model.settings[tid].encode(), f"tid {tid} setting"
+    dut._log.info("%d commands checked", chk.n)
+    fcov.export(dut._log)
+
+
 # ------------------------------------------------------------------------------------------
 # pytest side
 # ------------------------------------------------------------------------------------------
 def generate(config: str, out: Path) -> tuple[Path, Path]:
     """``dlu gen --config CONFIG --out DIR``: the core's Verilog and manifest."""
+    from testbenches.cocotb import harness
+
+    if not (harness.ROOT / "rtl_gen" / "__init__.py").exists():
+        pytest.skip("rtl_gen (dlu gen) does not exist yet")
     out.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).parent / "dlu"
     subprocess.run([str(exe), "gen", "--config", config, "--out", str(out)], check=True, capture_output=True)
@@ -462,27 +591,41 @@ def generate(config: str, out: Path) -> tuple[Path, Path]:
     return v, man
 
 
-def _run(config, record_property, iters, testcase=None):
+def _run(config, record_property, iters, testcase=None, sim=None):
     from reference.config import load_config
     from testbenches.cocotb import harness
 
     harness.require("hw.core", "DLUCore")
-    if not (Path(harness.ROOT) / "rtl_gen").joinpath("__init__.py").exists():
-        pytest.skip("rtl_gen does not exist yet")
-    bdir = harness.build_dir(config, "core")
+    bdir = harness.build_dir(config, "core", sim)
     v, man = generate(config, bdir / "gen")
     harness.run(module="testbenches.cocotb.test_core", top="dlu_core", config=config, block="core", sources=[v],
                 record_property=record_property, cfg=load_config(config), testcase=testcase,
-                extra_env={"DLU_ITERS": str(iters), "DLU_MANIFEST": str(man)})
+                extra_env={"DLU_ITERS": str(iters), "DLU_MANIFEST": str(man)}, sim=sim)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_core(config, record_property):
-    _run(config, record_property, iters=60)
+    _run(config, record_property, iters=60, testcase="random_command_stream")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_core_control(config, record_property):
+    _run(config, record_property, iters=40, testcase="control_and_data_movement")
+
+
+def test_core_control_icarus(record_property):
+    """Smoke run of the core on the second simulator."""
+    _run("tiny", record_property, iters=8, testcase="control_and_data_movement", sim="icarus")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("rep", range(8))
 def test_core_many_seeds(config, rep, record_property):
-    _run(config, record_property, iters=600)
+    _run(config, record_property, iters=600, testcase="random_command_stream")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rep", range(4))
+def test_core_control_many_seeds(rep, record_property):
+    _run("tiny", record_property, iters=400, testcase="control_and_data_movement")
