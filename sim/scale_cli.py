@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--segment-mib", type=_positive, default=4.0, help="segment size of method 3, MiB")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the Figure-1-style plot here")
     p.add_argument("--md", default=None, metavar="FILE", help="also write the markdown table here")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="instead: all methods vs none at the largest worker count, over per-worker batch "
+                        "32..256, 256 and 64 cores, ring and tree")
     p.set_defaults(func=_scale)
 
 
@@ -95,6 +98,33 @@ def table_markdown(rows, workers: list[int]) -> str:
         last = by[(lab, workers[-1])]
         lines.append(f"| {lab} | " + " | ".join(cells) + f" | {1e3 * last.step_time:.1f} ms "
                      f"| {last.payload_bytes / 2**20:.1f} MiB |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_markdown(net, workers: int, chip, links) -> str:
+    """Step times and ratios at ``workers`` over per-worker batch, chip size and algorithm."""
+    from dataclasses import replace
+
+    from .scale import Allreduce, Methods, layer_costs, simulate
+
+    lines = [f"{net.name}, {workers} workers, clock {chip.clock_hz / 1e9:g} GHz, {chip.compute_bits}-bit compute, "
+             f"network {links.net_bw * 8 / 1e9:g} Gbit/s\n",
+             "| batch/worker | cores | allreduce | 1 DLU step | none 32-bit | 1+2+3 32-bit | 1+2+3 16-bit "
+             "| 1+2+3 8-bit | all/none 32-bit | 8-bit gain (all methods) | efficiency 1+2+3 32/8-bit |",
+             "|---" * 11 + "|"]
+    for cores in (256, 64):
+        for algo in Allreduce:
+            for b in (32, 64, 128, 256):
+                costs = layer_costs(net, b, replace(chip, cores=cores))
+                lk = replace(links, algorithm=algo)
+                one = simulate(costs, 1, lk, Methods.none()).step_time
+                t = {k: simulate(costs, workers, lk, m, bits).step_time for k, m, bits in
+                     (("n32", Methods.none(), 32), ("a32", Methods.all(), 32), ("a16", Methods.all(), 16),
+                      ("a8", Methods.all(), 8))}
+                lines.append(f"| {b} | {cores} | {algo.value} | {one * 1e3:.1f} ms | {t['n32'] * 1e3:.1f} ms | "
+                             f"{t['a32'] * 1e3:.1f} ms | {t['a16'] * 1e3:.1f} ms | {t['a8'] * 1e3:.1f} ms | "
+                             f"{t['n32'] / t['a32']:.2f}x | {t['a32'] / t['a8']:.2f}x | "
+                             f"{100 * one / t['a32']:.0f}% / {100 * one / t['a8']:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,6 +167,12 @@ def _scale(args: argparse.Namespace) -> int:
                   pcie_latency=args.pcie_latency_us * 1e-6, host_reduce_bw=args.reduce_gbs * 1e9,
                   algorithm=Allreduce(args.algorithm), segment_bytes=int(args.segment_mib * 2**20))
     workers = sorted(set(args.workers))
+    if args.sensitivity:
+        md = sensitivity_markdown(net, workers[-1], chip, links)
+        print(md)
+        if args.md:
+            _atomic_write(args.md, lambda tmp: open(tmp, "w").write(md))
+        return 0
     rows = sweep(net, workers, args.batch, chip, links)
     title = (f"{net.name}, batch {args.batch}/worker, {args.cores} cores x {chip.core.lanes} lanes @ "
              f"{args.clock_ghz:g} GHz, {args.compute_bits}-bit compute; {args.algorithm} allreduce "

@@ -258,3 +258,17 @@ def test_one_core_compute_matches_the_cycle_simulator_on_a_traced_cnn_step():
             sim = sim_cycles[(name, pass_.value)]
             extra = sim - int(model)
             assert extra % per_cmd == 0 and 0 <= extra <= per_cmd * sim_count[(name, pass_.value)], (name, pass_)
+
+
+def test_cli_sensitivity_table(capsys):
+    from sim import scale_cli
+
+    p = argparse.ArgumentParser()
+    scale_cli.register(p.add_subparsers())
+    args = p.parse_args(["scale", "--net", "lenet5", "--workers", "1,4", "--sensitivity"])
+    assert args.func(args) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "ms" in ln]
+    assert len(rows) == 2 * 2 * 4  # cores x algorithms x batches
+    for ln in rows:
+        ratio = float(ln.split("|")[9].strip().rstrip("x"))  # all methods / none, never below 1
+        assert ratio >= 1.0
