@@ -123,14 +123,15 @@ def run_program(prog: Program, cfg: CoreConfig = CFG, seed: int = 0, stall_every
     async def monitor(ctx):
         cycle = 0
         ctx.set(h.bridge.m_axis_tready, 1)
-        async for _clk, _rst, start, tv, tr, td, irq, busy in ctx.tick().sample(
+        async for _clk, _rst, start, tv, tr, td, tl, irq, busy in ctx.tick().sample(
                 h.seq.cmd_start, h.bridge.m_axis_tvalid, h.bridge.m_axis_tready, h.bridge.m_axis_tdata,
-                h.seq.ctl.irq_event, h.seq.ctl.busy):
+                h.bridge.m_axis_tlast, h.seq.ctl.irq_event, h.seq.ctl.busy):
             obs["busy"].append(busy)
             if start:
                 obs["starts"].append(cycle)
             if tv and tr:
                 obs["store"].append(td)
+                obs.setdefault("tlast", []).append(tl)
             if backpressure_every:
                 ctx.set(h.bridge.m_axis_tready, int(cycle % backpressure_every != 0))
             obs["irq"] += irq
@@ -181,6 +182,12 @@ def check(prog: Program, obs, model: CoreModel, outcomes, tag: str, exact_cycles
     store_words = [w for o in outcomes if o.store_words is not None for w in o.store_words]
     store_masks = [w for o in outcomes if o.store_masks is not None for w in o.store_masks]
     assert len(obs["store"]) == len(store_words), tag
+    # m_axis_tlast marks exactly the last word of every STORE.
+    lasts = []
+    for o in outcomes:
+        if o.store_words is not None:
+            lasts += [0] * (len(o.store_words) - 1) + [1]
+    assert obs.get("tlast", []) == lasts, tag
     for i, (g, w, mk) in enumerate(zip(obs["store"], store_words, store_masks, strict=True)):
         assert g & mk == w & mk, f"{tag}: STORE word {i}: {g & mk:#x} != {w & mk:#x} (mask {mk:#x})"
     assert obs["error"] == model.error, f"{tag}: error {obs['error']} != {model.error!r}"
