@@ -84,11 +84,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if (Path(args.out) / name).exists() and not args.force:  # fail before training, not after
         raise ValueError(f"train: run directory {Path(args.out) / name} exists (choose another --name or --force)")
-    from threadpoolctl import threadpool_limits
-
     data = load_dataset(args.data)
-    with threadpool_limits(1):  # small matrices: BLAS threads only spin (see train.benchmark)
-        result = train(cfg, data, progress=not args.quiet)
+    result = train(cfg, data, progress=not args.quiet)
     path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
     fin = result.metrics["final"]
     print(f"{name}: test accuracy {fin['test_acc']:.4f}, final loss {fin['loss']:.4f}, "

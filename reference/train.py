@@ -337,9 +337,20 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
     """Train ``cfg.model`` on ``data``; deterministic for ``cfg.seed`` (wall times aside).
 
     ``train_acc`` of an epoch is the running accuracy of the training forward passes of that
-    epoch; ``test_acc`` is measured after the epoch. ``time_s`` is the wall time of the epoch's
-    training iterations (evaluation excluded).
+    epoch; ``test_acc`` is measured after the epoch. ``time_s`` and ``cpu_s`` are the wall and
+    CPU time of the epoch's training iterations (evaluation excluded).
+
+    BLAS runs single-threaded: the matrices are small, and on a shared, loaded machine
+    OpenBLAS's worker threads spin, inflating an fp32 epoch up to 30-fold.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _train(cfg, data, progress, on_grads_ready)
+
+
+def _train(cfg: TrainConfig, data: Dataset, progress: bool,
+           on_grads_ready: Callable[[Layer], None] | None) -> TrainResult:
     from tqdm import tqdm
 
     core = PRESETS[cfg.core]
@@ -514,18 +525,7 @@ class BenchRow:
 def benchmark(data: Dataset, model: ModelKind = ModelKind.CNN, precisions: tuple[Precision, ...] = tuple(Precision),
               seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.05,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
-    """Final test accuracy (one value per seed) and median epoch times of each precision mode.
-
-    BLAS runs single-threaded: these matrices are small, and on a shared, loaded machine
-    OpenBLAS's worker threads spin and inflate fp32 epochs up to 30-fold.
-    """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        return _benchmark(data, model, precisions, seeds, epochs, batch, lr, progress)
-
-
-def _benchmark(data, model, precisions, seeds, epochs, batch, lr, progress) -> list[BenchRow]:
+    """Final test accuracy (one value per seed) and median epoch times of each precision mode."""
     rows = []
     for prec in precisions:
         accs, times, cpus = [], [], []
