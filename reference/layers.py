@@ -146,6 +146,12 @@ class DfpBackend:
         self._ones: dict[Width, int] = {}
         self._scalars: dict[tuple[float, Width], tuple[int, int]] = {}
 
+    def with_engine(self, engine: Engine) -> DfpBackend:
+        """A backend on another engine (an evaluation fork) sharing this one's tensor ids."""
+        be = DfpBackend(engine, self.ids)
+        be._shadows, be._ones, be._scalars = self._shadows, self._ones, self._scalars
+        return be
+
     def _width(self, tid: int) -> Width:
         return self.engine.setting(tid).fmt.width
 

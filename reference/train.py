@@ -429,8 +429,7 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
         epoch_cpu.append(cpu)
         if engine is not None:
             ev_engine = engine.fork()
-            ev_be: Backend = DfpBackend(ev_engine, model.ids)
-            ev_be._shadows, ev_be._ones = be._shadows, be._ones  # same ids, no new allocations
+            ev_be: Backend = be.with_engine(ev_engine)
         else:
             ev_engine, ev_be = None, be
         test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
