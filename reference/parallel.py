@@ -94,10 +94,13 @@ class Exchange(enum.Enum):
     DFP16 = "dfp16"
     #: 8-bit integers with a shared point position per tensor.
     DFP8 = "dfp8"
+    #: 8-bit values summed in 16-bit partial sums (reduce-scatter), the sum re-rounded to 8 bits
+    #: with a new shared point position and all-gathered: 8 bits per value at any worker count.
+    DFP8_RS = "dfp8-rs"
 
     @property
     def width(self) -> Width | None:
-        return {"exact": None, "dfp16": Width.W16, "dfp8": Width.W8}[self.value]
+        return {"exact": None, "dfp16": Width.W16, "dfp8": Width.W8, "dfp8-rs": Width.W8}[self.value]
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,7 @@ class _Pending:
     recv: np.ndarray
     locals: list[_Local]
     shifts: list[int] = field(default_factory=list)
+    segments: list[tuple[int, int]] = field(default_factory=list)  # DFP8_RS: [j0, j1) of each segment
 
 
 class GradExchanger:
@@ -246,6 +250,7 @@ class GradExchanger:
         self.updated: set[int] = set()  # layers whose update for the current step is done
         self.lr = cfg.lr  # the current epoch's learning rate (set by the training loop)
         self.bytes_step = 0  # gradient (and, in reduced formats, exponent) bytes sent this step
+        self.wire_step = 0.0  # bytes each rank sends on the wire this step with ring algorithms
         self.be: Backend | None = None
 
     # -- partial gradients from the backend --------------------------------------------
@@ -292,11 +297,14 @@ class GradExchanger:
                     parts.append(lc.acc.astype(np.int64).ravel())
             send = np.concatenate(parts)
             mpi_op = MPI.SUM
+        elif self.pcfg.exchange is Exchange.DFP8_RS:
+            self._start_rs(li, locs)
+            return
         else:
             wbits = self.pcfg.exchange.width.bits
             pmax = np.array([int(msb_position(lc.acc).max()) if lc.acc.size else -1 for lc in locs], dtype=np.int64)
             gmax = self.comm.allreduce(pmax, MPI.MAX, f"gradient statistics of layer {self.layers[li].name}")
-            self.bytes_step += pmax.nbytes
+            self._count(pmax.nbytes, "allreduce")
             head = math.ceil(math.log2(self.comm.size)) if self.comm.size > 1 else 0
             budget = ((1 << (wbits - 1)) - 1) // self.comm.size  # |q| <= budget: N of them cannot overflow
             parts = []
@@ -310,13 +318,15 @@ class GradExchanger:
         recv = np.empty_like(send)
         seg = self.pcfg.segment_elems
         reqs = [self.comm.iallreduce(send[i:i + seg], recv[i:i + seg], mpi_op) for i in range(0, send.size, seg)]
-        self.bytes_step += send.nbytes
+        self._count(send.nbytes, "allreduce")
         self.pending[li] = _Pending(reqs, send, recv, locs, shifts)
 
     def finish(self, li: int) -> None:
         """Complete layer ``li``'s exchange, set its gradients, update it, update its formats."""
         pend = self.pending.pop(li)
         self.comm.wait(pend.reqs, f"gradient allreduce of layer {self.layers[li].name}", gradient=True)
+        if self.pcfg.exchange is Exchange.DFP8_RS and self.engine is not None:
+            pend = self._finish_rs(li, pend)
         eng = self.engine
         off = 0
         for j, lc in enumerate(pend.locals):
@@ -328,7 +338,11 @@ class GradExchanger:
                 continue
             setting = eng.setting(p.g_tid)
             abits = acc_width(lc.w_op)
-            if self.pcfg.exchange is Exchange.EXACT:
+            if self.pcfg.exchange is Exchange.DFP8_RS:
+                acc = pend.recv[off:off + n].reshape(shape).astype(np.int64)
+                off += n
+                f_acc = lc.f_acc - pend.shifts[j]
+            elif self.pcfg.exchange is Exchange.EXACT:
                 if abits > 62:
                     hi = pend.recv[off:off + n].astype(object)
                     lo = pend.recv[off + n:off + 2 * n].astype(object)
@@ -347,6 +361,82 @@ class GradExchanger:
             eng.rng = np.asarray(res.rng, dtype=np.uint32).copy()
             p.grad = Ref(res.out, p.g_tid)
         self.update(li)
+
+    def _shared_shifts(self, locs: list[_Local], li: int) -> np.ndarray:
+        """Global maximum MSB position of each tensor (one small blocking MAX allreduce)."""
+        pmax = np.array([int(msb_position(lc.acc).max()) if lc.acc.size else -1 for lc in locs], dtype=np.int64)
+        self._count(pmax.nbytes, "allreduce")
+        return self.comm.allreduce(pmax, self.comm.MPI.MAX, f"gradient statistics of layer {self.layers[li].name}")
+
+    def _start_rs(self, li: int, locs: list[_Local]) -> None:
+        """DFP8_RS phase 1: 8-bit values (no headroom) summed in int16 by reduce-scatter."""
+        n_ranks = self.comm.size
+        if n_ranks > 256:
+            raise ParallelError(f"parallel: exchange dfp8-rs sums at most 256 ranks in 16 bits, got {n_ranks}")
+        shifts = []
+        parts = []
+        for lc, p in zip(locs, self._shared_shifts(locs, li), strict=True):
+            s = max(0, int(p) + 2 - 8)
+            shifts.append(s)
+            q = round_shift(lc.acc, s, RoundingMode.NEAREST_EVEN, acc_width(lc.w_op)) if s else lc.acc
+            parts.append(np.clip(np.asarray(q, dtype=np.int64), -127, 127).ravel())
+        flat = np.concatenate(parts)
+        n_pad = -(-flat.size // n_ranks) * n_ranks
+        send = np.zeros(n_pad, dtype=np.int16)
+        send[:flat.size] = flat
+        seg = max(n_ranks, self.pcfg.segment_elems // n_ranks * n_ranks)
+        segments = [(j0, min(n_pad, j0 + seg)) for j0 in range(0, n_pad, seg)]
+        recv = np.empty(n_pad // n_ranks, dtype=np.int16)  # this rank's chunks, segment after segment
+        reqs, off = [], 0
+        for j0, j1 in segments:
+            c = (j1 - j0) // n_ranks
+            reqs.append(self.comm.comm.Ireduce_scatter_block(send[j0:j1], recv[off:off + c], op=self.comm.MPI.SUM))
+            off += c
+        self._count(send.nbytes, "reduce_scatter")
+        self.pending[li] = _Pending(reqs, send, recv, locs, shifts, segments)
+
+    def _finish_rs(self, li: int, pend: _Pending) -> _Pending:
+        """DFP8_RS phase 2: re-round each tensor's sum to 8 bits with a shared shift, all-gather."""
+        n_ranks, rank = self.comm.size, self.comm.rank
+        sizes = [lc.acc.size for lc in pend.locals]
+        bounds = np.cumsum([0, *sizes])
+        # global index of every element of this rank's chunks, and the tensor it belongs to
+        idx = np.concatenate([np.arange(j0 + rank * ((j1 - j0) // n_ranks), j0 + (rank + 1) * ((j1 - j0) // n_ranks))
+                              for j0, j1 in pend.segments])
+        tid = np.searchsorted(bounds, idx, side="right") - 1  # == len(sizes) for padding
+        chunk = pend.recv.astype(np.int64)
+        msb = msb_position(chunk)
+        pm = np.full(len(sizes), -1, dtype=np.int64)
+        for t in range(len(sizes)):
+            sel = (tid == t) & (chunk != 0)
+            if sel.any():
+                pm[t] = int(msb[sel].max())
+        self._count(pm.nbytes, "allreduce")
+        gm = self.comm.allreduce(pm, self.comm.MPI.MAX, f"sum statistics of layer {self.layers[li].name}")
+        q2 = np.zeros_like(chunk)
+        s2 = [max(0, int(p) + 2 - 8) for p in gm]
+        for t, s in enumerate(s2):
+            sel = tid == t
+            v = chunk[sel]
+            q2[sel] = np.clip(round_shift(v, s, RoundingMode.NEAREST_EVEN, 32) if s else v, -127, 127)
+        mine = q2.astype(np.int8)
+        full = np.empty(bounds[-1] + (-bounds[-1]) % n_ranks, dtype=np.int8)
+        reqs, off = [], 0
+        for j0, j1 in pend.segments:
+            c = (j1 - j0) // n_ranks
+            reqs.append(self.comm.comm.Iallgather(mine[off:off + c], full[j0:j1]))
+            off += c
+        self._count(mine.nbytes, "allgather")
+        self.comm.wait(reqs, f"gradient allgather of layer {self.layers[li].name}", gradient=True)
+        shifts = [a + b for a, b in zip(pend.shifts, s2, strict=True)]
+        return _Pending([], pend.send, full[:bounds[-1]], pend.locals, shifts)
+
+    def _count(self, nbytes: int, kind: str) -> None:
+        """Account ``nbytes`` of payload; wire bytes per rank with ring algorithms."""
+        n = self.comm.size
+        self.bytes_step += nbytes
+        self.wire_step += {"allreduce": 2 * (n - 1) / n * nbytes, "reduce_scatter": (n - 1) / n * nbytes,
+                           "allgather": (n - 1) * nbytes}[kind]
 
     def update(self, li: int) -> None:
         layer = self.layers[li]
@@ -539,7 +629,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
     step_times: list[float] = []
     wait_times: list[float] = []
     grad_waits: list[float] = []
-    bytes_step = 0
+    bytes_step, wire_step = 0, 0.0
     for ep in range(cfg.epochs):
         perm = shuffle_rng.permutation(n)
         ex.lr = lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
@@ -549,7 +639,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
                 on_step(ep * steps + s)
             t0 = time.perf_counter()
             w0, g0 = comm.wait_s, comm.grad_wait_s
-            ex.bytes_step = 0
+            ex.bytes_step, ex.wire_step = 0, 0.0
             idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
             mine = idx[rank * shard:(rank + 1) * shard]
             yb = data.y_train[idx]
@@ -572,7 +662,7 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
             if engine is not None:
                 sharded = reduce_sharded_stats(comm, engine, ex.param_tids)
                 _update_formats_of(engine, sharded)
-            bytes_step = ex.bytes_step
+            bytes_step, wire_step = ex.bytes_step, ex.wire_step
             step_times.append(time.perf_counter() - t0)
             wait_times.append(comm.wait_s - w0)
             grad_waits.append(comm.grad_wait_s - g0)
@@ -598,6 +688,9 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
         "epochs": epochs,
         "final": {"test_acc": epochs[-1]["test_acc"], "loss": epochs[-1]["loss"]},
         "gradient_bytes_per_step": bytes_step,
+        # what each rank would send with ring algorithms (allreduce 2(N-1)/N, reduce-scatter
+        # (N-1)/N of the payload, allgather N-1 chunks)
+        "gradient_wire_bytes_per_step_ring": wire_step,
         # The statistics table summed at the end of every dfp step (all tensor ids, int64).
         "statistics_bytes_per_step": 0 if engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
         "step_time_s_median": float(np.median(step_times)),

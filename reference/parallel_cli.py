@@ -48,9 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data-parallel training (MPI)")
     g.add_argument("--workers", type=_positive_int, default=None,
                    help="train on N MPI ranks (launches mpiexec unless already inside an MPI job of N ranks)")
-    g.add_argument("--exchange", choices=("exact", "dfp16", "dfp8"), default="exact",
+    g.add_argument("--exchange", choices=("exact", "dfp16", "dfp8", "dfp8-rs"), default="exact",
                    help="gradient format on the wire: exact accumulators (bit-identical to one process), "
-                        "or 16/8-bit with a shared point position per tensor")
+                        "16/8-bit sums with a shared point position per tensor and log2(N) bits of headroom, "
+                        "or dfp8-rs: 8-bit values summed in 16 bits by reduce-scatter, re-rounded to 8 bits "
+                        "and all-gathered")
     g.add_argument("--no-overlap", action="store_true",
                    help="exchange after back-propagation with blocking waits (the baseline)")
     g.add_argument("--segment-elems", type=_positive_int, default=1 << 16,
@@ -159,7 +161,8 @@ def _rank_main(args: argparse.Namespace) -> int:
         m = result.metrics
         print(f"{name}: {size} ranks, final loss {m['final']['loss']:.4f}, test accuracy {m['final']['test_acc']:.4f}, "
               f"step {1e3 * m['step_time_s_median']:.2f} ms (waiting {1e3 * m['wait_time_s_median']:.2f} ms), "
-              f"gradients {m['gradient_bytes_per_step']} B/step -> {path}", flush=True)
+              f"gradients {m['gradient_bytes_per_step']} B/step ({m['gradient_wire_bytes_per_step_ring']:.0f} B on a "
+              f"ring) -> {path}", flush=True)
     return 0
 
 

@@ -91,20 +91,29 @@ def test_fp32_training_matches_one_process_within_float_rounding(tmp_path):
     assert loss == pytest.approx(ref_metrics["epochs"][0]["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize(("exchange", "wire_bytes"), [("dfp16", 2), ("dfp8", 1)])
-def test_reduced_format_exchange_bytes_and_training(tmp_path, exchange, wire_bytes):
+# MLP 64-64-10: 64*64 + 64 + 64*10 + 10 = 4810 gradient values in 4 tensors; one int64 exponent
+# per tensor and phase. On 2 ranks a ring allreduce sends 2*(1/2) = 1x its payload per rank,
+# a reduce-scatter 1/2 of its buffer, an allgather 1x its chunk.
+@pytest.mark.parametrize(("exchange", "payload", "wire"), [
+    ("dfp16", 4810 * 2 + 4 * 8, 4810 * 2 + 4 * 8),
+    ("dfp8", 4810 + 4 * 8, 4810 + 4 * 8),
+    # int16 buffer of 4810 (reduce-scatter), 2405 int8 chunk (allgather), exponents twice
+    ("dfp8-rs", 4810 * 2 + 2405 + 2 * 4 * 8, 4810 + 2405 + 2 * 4 * 8),
+])
+def test_reduced_format_exchange_bytes_and_training(tmp_path, exchange, payload, wire):
     p = _mpirun(2, ["--model", "mlp", "--precision", "dfp16", "--epochs", "2", "--limit-train", "256", "--seed", "1",
                     "--exchange", exchange, "--out", str(tmp_path), "--name", "run"])
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    # MLP 64-64-10: 64*64 + 64 + 64*10 + 10 = 4810 values; one int64 exponent per tensor (4)
-    assert m["gradient_bytes_per_step"] == 4810 * wire_bytes + 4 * 8
+    assert m["gradient_bytes_per_step"] == payload
+    assert m["gradient_wire_bytes_per_step_ring"] == wire
     losses = [e["loss"] for e in m["epochs"]]
     assert all(np.isfinite(losses)) and losses[1] < losses[0]
     got = dict(np.load(tmp_path / "run" / "params.npz"))
     ref, _ = _single("mlp", "dfp16", 2, 32, 256, 1)
     # not bit-identical (the gradients were rounded to the wire width), but the same shapes
     assert any(not np.array_equal(got[k], ref[k]) for k in ref if k.endswith(".value"))
+    assert all(got[k].shape == ref[k].shape for k in ref)
 
 
 def test_batch_not_divisible_is_an_error_on_every_rank(tmp_path):
