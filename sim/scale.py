@@ -171,16 +171,22 @@ class Links:
     def pcie(self, nbytes: float) -> float:
         return self.pcie_latency + nbytes / self.pcie_bw
 
-    def allreduce(self, nbytes: float, workers: int) -> float:
-        """Seconds of one allreduce of ``nbytes`` over ``workers`` (0 for one worker)."""
+    def allreduce(self, nbytes: float, workers: int, gather_bytes: float | None = None) -> float:
+        """Seconds of one allreduce of ``nbytes`` over ``workers`` (0 for one worker).
+
+        With ``gather_bytes`` the result travels in another width than the partial sums: the
+        reduce phase (ring: reduce-scatter; tree: reduce) moves ``nbytes``, the gather phase
+        (ring: allgather; tree: broadcast) ``gather_bytes``.
+        """
         n = workers
         if n <= 1:
             return 0.0
+        g = nbytes if gather_bytes is None else gather_bytes
         if self.algorithm is Allreduce.RING:
-            return (2 * (n - 1) * (self.net_latency + nbytes / (n * self.net_bw))
+            return ((n - 1) * (2 * self.net_latency + (nbytes + g) / (n * self.net_bw))
                     + (n - 1) / n * nbytes / self.host_reduce_bw)
         d = math.ceil(math.log2(n))
-        return 2 * d * (self.net_latency + nbytes / self.net_bw) + d * nbytes / self.host_reduce_bw
+        return d * (2 * self.net_latency + (nbytes + g) / self.net_bw) + d * nbytes / self.host_reduce_bw
 
     def small_allreduce(self, nbytes: float, workers: int) -> float:
         """Latency-bound recursive doubling (the histograms of reduced-format gradients)."""
@@ -318,11 +324,15 @@ def _segments(nbytes: int, seg: int, pipelined: bool) -> list[int]:
 
 
 def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Methods, grad_bits: int = 32,
-             hist_bins: int = 64, iterations: int = 6) -> StepResult:
+             hist_bins: int = 64, iterations: int = 6, partial_bits: int | None = None) -> StepResult:
     """Schedule ``iterations`` training steps and return the steady-state step.
 
     The step time is the mean interval between the ends of the backward pass of the last
     ``iterations - 2`` steps (the first one fills the pipeline).
+
+    ``partial_bits`` (> ``grad_bits``): gradients cross PCIe and are gathered in ``grad_bits``
+    but summed in ``partial_bits`` (``reference.parallel``'s ``dfp8-rs`` exchange); the second
+    shared-exponent exchange of each tensor (for the sum) is charged to its layer's last segment.
     """
     costs = tuple(costs)
     if not costs:
@@ -333,15 +343,22 @@ def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Me
     if iterations < 3:
         raise ValueError(f"scale: iterations={iterations!r}: must be >= 3")
     L = len(costs)
+    if partial_bits is not None and (partial_bits <= grad_bits or Width.from_bits(partial_bits) is None):
+        raise ValueError(f"scale: partial_bits={partial_bits!r}: must be a width above grad_bits={grad_bits}")
     nbytes = [c.params * grad_bits // 8 for c in costs]
     exchange = workers > 1
     m = methods
     hist_t = [c.tensors * links.small_allreduce(hist_bins * 4, workers) if grad_bits < 32 else 0.0 for c in costs]
+    widen = 1 if partial_bits is None else partial_bits // grad_bits
 
     # Stage durations of one segment. Method 3 off: one resource doing the three in turn.
-    def stage_times(layer: int, b: int, first: bool) -> list[float]:
+    def stage_times(layer: int, b: int, first: bool, last: bool) -> list[float]:
         extra = hist_t[layer] if first else 0.0
-        d2h, net, h2d = links.pcie(b) + extra, links.allreduce(b, workers), links.pcie(b)
+        if partial_bits is None:
+            net = links.allreduce(b, workers)
+        else:
+            net = links.allreduce(b * widen, workers, gather_bytes=b) + (hist_t[layer] if last else 0.0)
+        d2h, h2d = links.pcie(b) + extra, links.pcie(b)
         return [d2h, net, h2d] if m.pipelining else [d2h + net + h2d]
 
     nstages = 3 if m.pipelining else 1
@@ -411,7 +428,7 @@ def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Me
             return
         _, item = heapq.heappop(queues[stage])
         lay, it, j = item
-        dur = stage_times(lay, segs[lay][j], j == 0)[stage]
+        dur = stage_times(lay, segs[lay][j], j == 0, j == len(segs[lay]) - 1)[stage]
         busy[stage] = True
         push(now + dur, "stage", (stage, item))
 
@@ -454,7 +471,9 @@ def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Me
     steady = b1_done[1:]
     step = (steady[-1] - steady[0]) / (len(steady) - 1)
     compute = sum(c.forward + c.backward + c.update for c in costs)
-    xbytes = sum(nbytes) + (sum(c.tensors for c in costs) * hist_bins * 4 if grad_bits < 32 else 0) if exchange else 0
+    hist_bytes = sum(c.tensors for c in costs) * hist_bins * 4 * (1 if partial_bits is None else 2)
+    gather = 0 if partial_bits is None else sum(nbytes) // workers  # the own chunk of the allgather
+    xbytes = sum(nbytes) * widen + gather + (hist_bytes if grad_bits < 32 else 0) if exchange else 0
     return StepResult(step, compute, xbytes, max(0.0, step - compute))
 
 
@@ -462,19 +481,19 @@ def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Me
 # Sweeps
 
 
-#: Configurations of the scaling table: (label, methods, gradient bits).
-def standard_configs() -> list[tuple[str, Methods, int]]:
-    out: list[tuple[str, Methods, int]] = [
-        ("no overlap, 32-bit", Methods.none(), 32),
-        ("method 1, 32-bit", Methods(True, False, False), 32),
-        ("method 2, 32-bit", Methods(False, True, False), 32),
-        ("method 3, 32-bit", Methods(False, False, True), 32),
-        ("methods 1+2+3, 32-bit", Methods.all(), 32),
-        ("methods 1+2+3, 16-bit", Methods.all(), 16),
-        ("methods 1+2+3, 8-bit", Methods.all(), 8),
-        ("no overlap, 8-bit", Methods.none(), 8),
+def standard_configs() -> list[tuple[str, Methods, int, int | None]]:
+    """Configurations of the scaling table: (label, methods, gradient bits, partial-sum bits)."""
+    return [
+        ("no overlap, 32-bit", Methods.none(), 32, None),
+        ("method 1, 32-bit", Methods(True, False, False), 32, None),
+        ("method 2, 32-bit", Methods(False, True, False), 32, None),
+        ("method 3, 32-bit", Methods(False, False, True), 32, None),
+        ("methods 1+2+3, 32-bit", Methods.all(), 32, None),
+        ("methods 1+2+3, 16-bit", Methods.all(), 16, None),
+        ("methods 1+2+3, 8-bit", Methods.all(), 8, None),
+        ("methods 1+2+3, 8-bit in 16-bit sums", Methods.all(), 8, 16),
+        ("no overlap, 8-bit", Methods.none(), 8, None),
     ]
-    return out
 
 
 @dataclass(frozen=True)
@@ -488,7 +507,7 @@ class ScaleRow:
 
 
 def sweep(net: Net, workers: Iterable[int], batch: int, chip: Chip, links: Links,
-          configs: list[tuple[str, Methods, int]] | None = None) -> list[ScaleRow]:
+          configs: list[tuple[str, Methods, int, int | None]] | None = None) -> list[ScaleRow]:
     """Throughput of each configuration at each worker count (weak scaling: ``batch`` per worker).
 
     Efficiency is throughput over ``workers`` times the one-worker throughput of the same chip
@@ -501,9 +520,9 @@ def sweep(net: Net, workers: Iterable[int], batch: int, chip: Chip, links: Links
         raise ValueError(f"scale: workers={ws!r}: need one or more counts >= 1")
     single = simulate(costs, 1, links, Methods.none()).step_time
     rows = []
-    for label, meth, bits in configs:
+    for label, meth, bits, partial in configs:
         for n in ws:
-            r = simulate(costs, n, links, meth, bits, chip.core.hist_bins)
+            r = simulate(costs, n, links, meth, bits, chip.core.hist_bins, partial_bits=partial)
             ips = n * batch / r.step_time
             rows.append(ScaleRow(label, n, r.step_time, ips, ips / (n * batch / single), r.payload_bytes))
     return rows
