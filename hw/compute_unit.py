@@ -21,7 +21,7 @@ from reference.ops import Op
 from .requantizer import Requantizer
 from .rng import XorshiftBank
 from .settings import check_config
-from .simd_mac import ACC_MAX, PRODUCT_BITS, SimdMacLane
+from .simd_mac import ACC_MAX, PRODUCT_BITS, SUB_LANES, SimdMacLane
 from .statistics import StatisticsBlock
 
 
@@ -66,6 +66,22 @@ def _align(m: Module, x, sh, name: str):
     return out
 
 
+def position_sub(width: Width, pos: int) -> int | None:
+    """The sub-lane whose accumulator converts in a lane's requantizer ``pos`` at ``width``.
+
+    Requantizer ``pos`` (0..3) serves sub-lane ``pos`` at 8 bits, ``pos // 2`` at 16 bits when
+    ``pos`` is even, and sub-lane 0 at 32 bits when ``pos`` is 0; None where it is idle.
+    """
+    step = SUB_LANES // width.lanes_per_word
+    return pos // step if pos % step == 0 else None
+
+
+#: Accumulator bits of each of a lane's requantizers: the widest accumulator it converts
+#: (80, 32, 48, 32 bits: the 4 x 32 / 2 x 48 / 1 x 80 split of the lane).
+POSITION_BITS = tuple(max(acc_width(w) for w in Width if position_sub(w, pos) is not None)
+                      for pos in range(SUB_LANES))
+
+
 class ComputeUnit(wiring.Component):
     """The DLU datapath: one command's operand beats in, rounded result beats out.
 
@@ -81,12 +97,15 @@ class ComputeUnit(wiring.Component):
        on the first beat after a ``last``); every other op computes its exact value per slot
        (alignment shifts, sum, ReLU, ...) and loads it into the accumulators. A ``last``
        beat leaves a finished value there.
-    2. The finished values go, per slot, through a :class:`hw.requantizer.Requantizer` (one
-       80-bit path per slot, the simplest sharing-free choice) with the generators'
-       words; the result is registered and offered on ``results`` from the next cycle.
+    2. The finished values go through :class:`hw.requantizer.Requantizer` s, four per lane
+       at the lane's accumulator positions, sized by :data:`POSITION_BITS` (80, 32, 48, 32
+       bits: position 0 converts the one 32-bit, the first 16-bit or the first 8-bit
+       value, position 2 the second 16-bit or third 8-bit one, positions 1 and 3 only 8-bit
+       values; see :func:`position_sub`), each with its slot's generator word; the result
+       is routed to its slot, registered and offered on ``results`` from the next cycle.
        In the same cycle the :class:`hw.statistics.StatisticsBlock` takes the values and
-       the flags; the ``stats_*`` outputs include the beat from the cycle after its result
-       beat is first valid (at the latest). All S generators step in this cycle if
+       the flags (in lane order, with a live mask); the ``stats_*`` outputs include the
+       beat from the cycle after its result beat is first valid (at the latest). All S generators step in this cycle if
        ``rounding`` is STOCHASTIC and ``out_shift > 0`` (:mod:`reference.rng`).
 
     Back-pressure on ``results`` stalls stage 2 and then ``operands``; statistics never stall.
@@ -252,27 +271,42 @@ class ComputeUnit(wiring.Component):
         # ---- stage 2: per-slot conversion, generators, statistics ---------------------------
         stochastic = (self.rounding == RoundingMode.STOCHASTIC) & (self.out_shift > 0)
         m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(take2 & stochastic)]
-        m.d.comb += [stats.valid.eq(take2), stats.count.eq(count1), stats.f_acc.eq(self.f_acc),
+        m.d.comb += [stats.valid.eq(take2), stats.f_acc.eq(self.f_acc),
                      stats.clear.eq(self.stats_clear)]
         for name in ("hist", "zeros", "overflow", "underflow", "total"):
             m.d.comb += getattr(self, f"stats_{name}").eq(getattr(stats, name))
+        # One requantizer per accumulator position of a lane, as wide as its widest use.
+        q_phys = {}
+        for i, lane in enumerate(mac):
+            for pos, bits in enumerate(POSITION_BITS):
+                k = i * len(POSITION_BITS) + pos
+                acc = Signal(signed(bits), name=f"acc{i}_{pos}")
+                u16 = Signal(16, name=f"u16_{i}_{pos}")
+                live = Signal(name=f"live{i}_{pos}")
+                acc_o, u16_o, live_o = {}, {}, {}
+                for w in Width:
+                    sub = position_sub(w, pos)
+                    j = None if sub is None else slot_of(w, i, sub)
+                    acc_o[w] = 0 if j is None else lane.acc[sub]
+                    u16_o[w] = 0 if j is None else gen.words[j]
+                    live_o[w] = 0 if j is None else (j < count1)
+                m.d.comb += [acc.eq(by_width(acc_o)), u16.eq(by_width(u16_o)), live.eq(by_width(live_o))]
+                rq = Requantizer(bits)
+                m.submodules[f"requantizer{i}_{pos}"] = rq
+                m.d.comb += [rq.acc.eq(acc), rq.shift.eq(self.out_shift), rq.rounding.eq(self.rounding),
+                             rq.out_width.eq(self.out_width), rq.u16.eq(u16)]
+                m.d.comb += [stats.values[k].eq(acc), stats.live[k].eq(live),
+                             stats.slot_overflow[k].eq(rq.overflow), stats.slot_underflow[k].eq(rq.underflow)]
+                q_phys[i, pos] = rq.q
         q2 = []
         for j in range(S):
             opts = {}
             for w in Width:
                 n = w.lanes_per_word
-                opts[w] = mac[j // n].acc[j % n] if j < lanes * n else 0
-            acc = Signal(signed(ACC_MAX), name=f"acc{j}")
-            m.d.comb += acc.eq(by_width(opts))
-            rq = Requantizer(ACC_MAX)
-            m.submodules[f"requantizer{j}"] = rq
-            m.d.comb += [rq.acc.eq(acc), rq.shift.eq(self.out_shift), rq.rounding.eq(self.rounding),
-                         rq.out_width.eq(self.out_width), rq.u16.eq(gen.words[j])]
-            m.d.comb += [stats.values[j].eq(acc), stats.slot_overflow[j].eq(rq.overflow),
-                         stats.slot_underflow[j].eq(rq.underflow)]
+                opts[w] = q_phys[j // n, (j % n) * (len(POSITION_BITS) // n)] if j < lanes * n else 0
             q = Signal(signed(32), name=f"q{j}")
             with m.If(take2):
-                m.d.sync += q.eq(Mux(j < count1, rq.q, 0))
+                m.d.sync += q.eq(Mux(j < count1, by_width(opts), 0))
             q2.append(q)
         count2 = Signal.like(count1)
         with m.If(take2):

@@ -40,7 +40,9 @@ def msb_position(m: Module, v, name: str):
 class StatisticsBlock(wiring.Component):
     """Histogram of leading-sign exponents and value counters, updated per beat, never stalling.
 
-    A beat (``valid`` high for one cycle) carries S values; the first ``count`` are counted.
+    A beat (``valid`` high for one cycle) carries S values; those whose ``live`` bit is set are
+    counted (a mask rather than a count, so that the ComputeUnit can present its values in lane
+    order, each straight from its requantizer; the statistics do not depend on the order).
     Per counted value ``v``: zero -> ``zeros``; else bin
     ``clamp(p(v) - f_acc - hist_min_exp, 0, hist_bins - 1)`` of ``hist``; a set
     ``slot_overflow``/``slot_underflow`` flag -> ``overflow``/``underflow``; every value ->
@@ -62,7 +64,8 @@ class StatisticsBlock(wiring.Component):
     valid : In(1)
     values : In(ArrayLayout(signed(80), S))
         Pre-conversion values with ``f_acc`` fraction bits (narrower accumulators sign-extended).
-    count : In(range(S + 1))
+    live : In(S)
+        Which slots hold values of the beat.
     f_acc : In(signed(10))
     slot_overflow, slot_underflow : In(S)
         Per-slot flags from the requantizers.
@@ -83,7 +86,7 @@ class StatisticsBlock(wiring.Component):
         super().__init__({
             "valid": In(1),
             "values": In(data.ArrayLayout(signed(VALUE_BITS), s)),
-            "count": In(range(s + 1)),
+            "live": In(s),
             "f_acc": In(signed(10)),
             "slot_overflow": In(s), "slot_underflow": In(s),
             "clear": In(1),
@@ -111,7 +114,7 @@ class StatisticsBlock(wiring.Component):
         m.d.comb += self.busy.eq(a_valid)
         for j in range(s):
             v = self.values[j]
-            live = j < self.count
+            live = self.live[j]
             p = msb_position(m, v, f"v{j}")
             e = Signal(signed(13), name=f"bin_raw{j}")
             m.d.comb += e.eq(p - self.f_acc - cfg.hist_min_exp)

@@ -33,12 +33,13 @@ def rand_value(rng: np.random.Generator) -> int:
 
 
 def random_beat(rng: np.random.Generator):
-    count = int(rng.integers(1, S + 1))
+    # a prefix of the slots (a partial beat) or, as the ComputeUnit's lane order gives, any subset
+    live = (1 << int(rng.integers(1, S + 1))) - 1 if rng.random() < 0.5 else int(rng.integers(1, 1 << S))
     acc = [rand_value(rng) for _ in range(S)]
     q = [0 if rng.random() < 0.4 else 1 for _ in range(S)]  # conversion results: zero or not
     over = [bool(rng.random() < 0.3) for _ in range(S)]
     under = [a != 0 and x == 0 for a, x in zip(acc, q, strict=True)]
-    return count, acc, q, over, under
+    return live, acc, q, over, under
 
 
 def run(dut: StatisticsBlock, cfg: CoreConfig, beats: list, f_acc: int, gaps: list[int], clear_at: set[int]):
@@ -57,13 +58,13 @@ def run(dut: StatisticsBlock, cfg: CoreConfig, beats: list, f_acc: int, gaps: li
 
     async def tb(ctx):
         ctx.set(dut.f_acc, f_acc)
-        for i, (count, acc, _, over, under) in enumerate(beats):
+        for i, (live, acc, _, over, under) in enumerate(beats):
             if i in clear_at:
                 ctx.set(dut.clear, 1)
                 await tick(ctx)
                 ctx.set(dut.clear, 0)
             ctx.set(dut.valid, 1)
-            ctx.set(dut.count, count)
+            ctx.set(dut.live, live)
             ctx.set(dut.values, acc)
             ctx.set(dut.slot_overflow, sum(int(o) << j for j, o in enumerate(over)))
             ctx.set(dut.slot_underflow, sum(int(u) << j for j, u in enumerate(under)))
@@ -85,11 +86,12 @@ def run(dut: StatisticsBlock, cfg: CoreConfig, beats: list, f_acc: int, gaps: li
 def expected(beats, f_acc, cfg, clear_at):
     t = OpStats.empty(cfg)
     out = []
-    for i, (count, acc, q, over, _) in enumerate(beats):
+    for i, (live, acc, q, over, _) in enumerate(beats):
         if i in clear_at:
             t = OpStats.empty(cfg)
-        a = np.array(acc[:count], dtype=object)
-        t = add_sat(t, analyse(a, f_acc, np.array(q[:count]), np.array(over[:count]), cfg), cfg)
+        sel = [j for j in range(S) if live >> j & 1]
+        a = np.array([acc[j] for j in sel], dtype=object)
+        t = add_sat(t, analyse(a, f_acc, np.array([q[j] for j in sel]), np.array([over[j] for j in sel]), cfg), cfg)
         out.append(t)
     return out
 
@@ -122,7 +124,7 @@ def test_every_bin_and_both_clamps():
         vals += [(1 << p) if p >= 0 else 0, -(1 << p) - 1 if p >= 0 else -1, -(1 << (p + 1)) if p >= 0 else -1]
     vals = [v for v in vals if -(1 << (VALUE_BITS - 1)) <= v < (1 << (VALUE_BITS - 1))]
     vals += [0] * (-len(vals) % S)
-    beats = [(S, vals[i:i + S], [1] * S, [False] * S, [False] * S) for i in range(0, len(vals), S)]
+    beats = [((1 << S) - 1, vals[i:i + S], [1] * S, [False] * S, [False] * S) for i in range(0, len(vals), S)]
     got = run(StatisticsBlock(CFG), CFG, beats, f_acc, [0] * len(beats), set())
     want = expected(beats, f_acc, CFG, set())
     assert got[-1] == want[-1], f"got {got[-1].as_dict()} want {want[-1].as_dict()}"
@@ -134,14 +136,14 @@ def test_counters_saturate():
     """16-bit counters: every value in one bin, so hist, total and overflow pass 2**16 - 1."""
     cfg = dataclasses.replace(CFG, counter_bits=16)
     n_beats = cfg.counter_max // S + 2
-    beat = (S, [3] * S, [1] * S, [True] * S, [False] * S)
+    beat = ((1 << S) - 1, [3] * S, [1] * S, [True] * S, [False] * S)
     dut = StatisticsBlock(cfg)
     seen = {}
 
     async def tb(ctx):
         ctx.set(dut.f_acc, 0)
         ctx.set(dut.valid, 1)
-        ctx.set(dut.count, S)
+        ctx.set(dut.live, (1 << S) - 1)
         ctx.set(dut.values, beat[1])
         ctx.set(dut.slot_overflow, (1 << S) - 1)
         for _ in range(n_beats):
