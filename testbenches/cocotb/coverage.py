@@ -81,16 +81,24 @@ def merge_verilator(files: list[Path]) -> dict[str, int]:
     return counts
 
 
-def _src_map(verilog: Path) -> list[str | None]:
-    """For each Verilog line (1-based index), the nearest preceding Amaranth ``src`` attribute."""
-    out: list[str | None] = [None]
+def _src_map(verilog: Path) -> list[tuple[str | None, str]]:
+    """For each Verilog line (1-based index): the nearest preceding Amaranth ``src`` attribute, and
+    the line's text (with the enclosing ``case`` header for a case arm)."""
+    out: list[tuple[str | None, str]] = [(None, "")]
     cur = None
+    case_hdr = ""
     rx = re.compile(r'\(\* src = "([^"]+)" \*\)')
     for line in verilog.read_text().splitlines():
         m = rx.search(line)
         if m:
             cur = m[1].split("|")[0]
-        out.append(cur)
+        text = line.strip()
+        hm = re.match(r"(casez|case)\s*\((.*)\)", text)
+        if hm:
+            case_hdr = f"{hm[1]} ({hm[2]})"
+        elif re.match(r"(default|[0-9]+'[hbd][0-9a-fA-F?_]+(,\s*[0-9]+'[hbd][0-9a-fA-F?_]+)*)\s*:", text):
+            text = f"{case_hdr}: {text}"
+        out.append((cur, text[:100]))
     return out
 
 
@@ -142,8 +150,8 @@ def code_coverage(block: str, counts: dict[str, int], verilog_dir: Path) -> Code
             srcs[str(vfile)] = _src_map(vfile)
         lines = srcs.get(str(vfile), [])
         ln = int(f.get("l", "0"))
-        src = lines[ln] if 0 < ln < len(lines) else None
-        where = f"{src or '?'} (verilog {vfile.name}:{ln}, {f.get('h', '')}, {f.get('o', '')})"
+        src, text = lines[ln] if 0 < ln < len(lines) else (None, "")
+        where = f"{src or '?'} (verilog {vfile.name}:{ln}, {f.get('h', '')}, {f.get('o', '')}: `{text}`)"
         if any(re.search(w["match"], where) for w in waivers):
             cc.line_waived += 1
             where += " [waived]"
