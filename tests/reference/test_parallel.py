@@ -208,3 +208,83 @@ def test_config_digest_changes_with_every_input():
     assert base != config_digest(TrainConfig(), ParallelConfig(overlap=False), d, 2)
     assert base != config_digest(TrainConfig(), ParallelConfig(), d, 4)
     assert base != config_digest(TrainConfig(), ParallelConfig(), _slice(63), 2)
+
+
+# -- the exchange on one rank, in process (MPI singleton) ---------------------------------
+
+
+def _one_rank_exchanger(exchange: Exchange, seed: int):
+    """An MLP's exchanger on COMM_SELF with random 8-bit gradient operands for layer fc2."""
+    from mpi4py import MPI
+
+    from reference.config import PRESETS
+    from reference.engine import Engine
+    from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+    from reference.models import build_model
+    from reference.parallel import Comm, GradExchanger, ShardDfpBackend
+
+    core = PRESETS["default"]
+    model = build_model(ModelKind.MLP, (8, 8, 1), 10, core.tensor_ids)
+    engine = Engine(core, seed)
+    for info in model.ids.infos:
+        engine.set_setting(info.tid, TensorSetting(DfpFormat(Width.W8, 4), RoundingMode.NEAREST_EVEN, True))
+    cfg = TrainConfig(model=ModelKind.MLP, precision=Precision.DFP8, seed=seed)
+    ex = GradExchanger(Comm(MPI.COMM_SELF, 10.0), model, cfg, ParallelConfig(exchange=exchange), engine)
+    be = ShardDfpBackend(engine, model.ids, ex)
+    ex.be = be
+    ex.update = lambda li: None  # keep the exchanged gradients for inspection (no SGD)
+    rng = np.random.default_rng(seed)
+    fc2 = model.layers[2]
+    w8 = DfpFormat(Width.W8, 4)
+    x = DfpTensor(rng.integers(-128, 128, size=(64, 32)), w8)  # X^T: [in_features, batch]
+    dy = DfpTensor(rng.integers(-128, 128, size=(32, 10)), w8)
+    ones = DfpTensor(np.ones((1, 32), dtype=np.int64), DfpFormat(Width.W8, 0))
+    return ex, engine, fc2, [(fc2.weight, x, dy), (fc2.bias, ones, dy)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_rank_exact_exchange_is_the_engine_matmul(seed):
+    from reference import ops
+
+    ex, engine, fc2, items = _one_rank_exchanger(Exchange.EXACT, seed)
+    expected = []
+    for p, a, b in items:
+        s = engine.setting(p.g_tid)
+        expected.append(ops.matmul(a, b, s.fmt, s.rounding, engine.cfg, engine.rng))
+        ex.hold_dfp(p.g_tid, a, b, ex.be)
+    ex.start(2)
+    ex.finish(2)
+    for (p, _, _), res in zip(items, expected, strict=True):
+        assert np.array_equal(p.grad.t.data, res.out.data) and p.grad.t.fmt == res.out.fmt
+        assert engine.db.entries[p.g_tid] == res.stats
+
+
+@pytest.mark.parametrize("exchange", [Exchange.DFP8, Exchange.DFP8_RS, Exchange.DFP16])
+def test_one_rank_reduced_exchange_rounds_each_tensor_to_the_wire_width(exchange):
+    # Oracle (Python integers and Fractions, seed 7): the exact accumulator acc = a @ b with
+    # F_acc = 4 + 4 (bias: 0 + 4); the shared shift s = max(0, p_max + 2 - W) with p_max the
+    # largest bit_length(|v| or ~v) - 1; every value round-half-even(acc / 2**s), clamped to
+    # +-(2**(W-1) - 1). The gradient tensor is given F = F_acc - s, so its conversion is exact.
+    from fractions import Fraction
+
+    from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
+
+    ex, engine, fc2, items = _one_rank_exchanger(exchange, 7)
+    wbits = exchange.width.bits
+    oracle = []
+    for p, a, b in items:
+        acc = [[sum(int(a.data[i, k]) * int(b.data[k, j]) for k in range(a.shape[1])) for j in range(b.shape[1])]
+               for i in range(a.shape[0])]
+        pmax = max((v if v >= 0 else ~v).bit_length() - 1 for row in acc for v in row)
+        s = max(0, pmax + 2 - wbits)
+        lim = (1 << (wbits - 1)) - 1
+        q = [[max(-lim, min(lim, round(Fraction(v, 1 << s)))) for v in row] for row in acc]
+        f = a.fmt.frac + b.fmt.frac - s
+        engine.set_setting(p.g_tid, TensorSetting(DfpFormat(Width.W16, f), RoundingMode.NEAREST_EVEN, True))
+        oracle.append((np.array(q, dtype=np.int64), f))
+        ex.hold_dfp(p.g_tid, a, b, ex.be)
+    ex.start(2)
+    ex.finish(2)
+    for (p, _, _), (q, f) in zip(items, oracle, strict=True):
+        assert p.grad.t.fmt.frac == f
+        assert np.array_equal(p.grad.t.data, q)
