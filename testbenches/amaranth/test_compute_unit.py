@@ -61,6 +61,7 @@ def operand_beats(c: Cmd, cfg: CoreConfig) -> list[tuple[list[int], list[int], i
     """(a slots, b slots, count, last) per beat, in the sequencer's order."""
     w = controls(c, cfg)["width"]
     v = cfg.values_per_beat(w)
+    S = cfg.rng_slots  # noqa: N806 (the slot count, as in the contract)
     a = c.a.data
     out = []
     if c.op == Op.MATMUL:
@@ -159,6 +160,7 @@ def run_commands(cmds: list[Cmd], cfg: CoreConfig, seed: int, p_idle: float, p_s
     """Drive every command through the DUT; return per command (result beats, OpStats, rng states),
     plus the cycle trace of (accepted, result-valid, busy) for timing checks."""
     dut = ComputeUnit(cfg)
+    S = cfg.rng_slots  # noqa: N806
     rnd = np.random.default_rng(tb_seed)
     got = []
     timing = []
@@ -304,3 +306,37 @@ def test_latency_and_drain_without_stalls():
         assert res_cycles == [t + ComputeUnit.LATENCY for t in last_cycles]
         idle = next(t for t, (_, _, busy) in enumerate(trace) if t > acc_cycles[-1] and not busy)
         assert idle == acc_cycles[-1] + ComputeUnit.LATENCY + ComputeUnit.STATS_LATENCY
+
+
+def random_sweep(cfg: CoreConfig, seed: int, n_cmds: int) -> None:
+    rng = np.random.default_rng(seed)
+    cmds = []
+    for _ in range(n_cmds):
+        op = Op(int(rng.integers(0, len(Op))))
+        w = Width(int(rng.integers(0, 3)))
+        mode = RoundingMode(int(rng.integers(0, 3)))
+        v = cfg.values_per_beat(w)
+        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 2 * v + 4)))
+        w_in = Width(int(rng.integers(0, w + 1))) if op == Op.CONVERT else None
+        c = make_cmd(rng, op, w, mode, cfg, w_in=w_in, shape=shape, k=int(rng.integers(1, 80)))
+        if op == Op.CONVERT and rng.random() < 0.5:  # narrowing conversion instead
+            c = Cmd(c.op, DfpTensor(c.a.data, DfpFormat(w, c.a.fmt.frac)), None,
+                    DfpFormat(w_in, c.out_fmt.frac), mode)
+        cmds.append(c)
+    p_idle, p_stall = float(rng.choice([0.0, 0.3])), float(rng.choice([0.0, 0.3]))
+    got, _ = run_commands(cmds, cfg, seed=seed, p_idle=p_idle, p_stall=p_stall, tb_seed=seed)
+    check(cmds, cfg, seed, got, f"seed {seed}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5000, 5008))
+def test_random_command_sweep(seed):
+    """Random ops, widths, modes, shapes (K up to 79), stalls and idle cycles on the tiny preset."""
+    random_sweep(CFG, seed, 30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [6000])
+def test_random_commands_default_preset(seed):
+    """The default preset's 8 lanes (32 slots, 8 generators per lane row)."""
+    random_sweep(PRESETS["default"], seed, 12)
