@@ -288,3 +288,56 @@ def test_one_rank_reduced_exchange_rounds_each_tensor_to_the_wire_width(exchange
     for (p, _, _), (q, f) in zip(items, oracle, strict=True):
         assert p.grad.t.fmt.frac == f
         assert np.array_equal(p.grad.t.data, q)
+
+
+def _rne_shift(v: int, s: int) -> int:
+    from fractions import Fraction
+
+    return round(Fraction(v, 1 << s))  # Python rounds halves to even
+
+
+def _msb(v: int) -> int:
+    return (v if v >= 0 else ~v).bit_length() - 1
+
+
+@pytest.mark.parametrize(("ranks", "exchange"), [(2, "dfp8"), (3, "dfp8"), (3, "dfp8-rs"), (2, "dfp16")])
+def test_reduced_exchange_on_several_ranks_matches_a_python_oracle(tmp_path, ranks, exchange):
+    # Oracle, per tensor (Python ints): acc_r = a_r @ b_r exactly; W the wire width; N ranks.
+    # dfp8/dfp16: s = max(0, max_r p(acc_r) + 2 + ceil(log2 N) - W); sum_r clamp(rne(acc_r / 2**s),
+    #   +-((2**(W-1)-1) // N)); value at F_acc - s.
+    # dfp8-rs: s1 = max(0, max p(acc_r) + 2 - 8); S = sum_r clamp(rne(acc_r / 2**s1), +-127);
+    #   s2 = max(0, max p(S, non-zero) + 2 - 8); clamp(rne(S / 2**s2), +-127) at F_acc - s1 - s2.
+    # The gradient formats are 32-bit at F = F_acc, so the result read back is value * 2**F_acc.
+    import math
+
+    seed = 11
+    worker = Path(__file__).with_name("parallel_exchange_worker.py")
+    p = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(worker), str(tmp_path), exchange, str(seed)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    outs = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(ranks)]
+    w = 16 if exchange == "dfp16" else 8
+    head = math.ceil(math.log2(ranks))
+    for key, f_acc in (("w", 8), ("b", 4)):
+        accs = []
+        for o in outs:
+            a = o["x"] if key == "w" else np.ones((1, 8), dtype=np.int64)
+            accs.append([[sum(int(a[i, k]) * int(o["dy"][k, j]) for k in range(a.shape[1])) for j in range(10)]
+                         for i in range(a.shape[0])])
+        pmax = max(_msb(v) for acc in accs for row in acc for v in row)
+        rows, cols = len(accs[0]), 10
+        if exchange == "dfp8-rs":
+            s1 = max(0, pmax + 2 - 8)
+            total = [[sum(max(-127, min(127, _rne_shift(acc[i][j], s1))) for acc in accs) for j in range(cols)]
+                     for i in range(rows)]
+            p2 = max((_msb(v) for row in total for v in row if v), default=-1)
+            s2 = max(0, p2 + 2 - 8)
+            val = [[max(-127, min(127, _rne_shift(v, s2))) << (s1 + s2) for v in row] for row in total]
+        else:
+            s = max(0, pmax + 2 + head - w)
+            lim = ((1 << (w - 1)) - 1) // ranks
+            val = [[sum(max(-lim, min(lim, _rne_shift(acc[i][j], s))) for acc in accs) << s for j in range(cols)]
+                   for i in range(rows)]
+        for r, o in enumerate(outs):
+            assert int(o[key + "f"]) == f_acc
+            assert np.array_equal(o[key], np.array(val, dtype=np.int64)), (key, r)
