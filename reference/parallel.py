@@ -50,6 +50,12 @@ bit-identical to one process; accuracy and bytes are reported. The headroom cost
 ``ceil(log2 N)`` bits: at 8 bits this is workable for a few ranks only (see
 ``docs/parallel.md``).
 
+``Exchange.DFP8_RS`` keeps 8 bits per value at any N <= 256: values rounded to 8 bits at
+``shift = max(0, p_max + 2 - 8)`` (clamped to +-127) are summed in 16-bit partial sums by a
+reduce-scatter; each tensor's sum is re-rounded to 8 bits with a second shared shift (from the
+MAX of the reduced chunks' MSB positions) and all-gathered as ``int8``. Its second half runs
+when the layer is finished (before its forward pass), not in the background.
+
 Every wait is bounded (``timeout_s``): a rank that dies or disagrees produces an error on the
 others instead of a hang. Ranks first compare a hash of their whole configuration.
 """
