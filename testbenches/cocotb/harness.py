@@ -147,6 +147,8 @@ def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> 
         if stamp.exists() and stamp.read_text() == digest:
             return
         stamp.unlink(missing_ok=True)
+        # runs of an older netlist: their coverage would not match the new Verilog's lines
+        shutil.rmtree(bdir / "runs", ignore_errors=True)
         env_backup = dict(os.environ)
         os.environ.update(_env_path(sim))
         try:

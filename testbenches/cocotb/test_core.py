@@ -151,6 +151,7 @@ class CoreTB(tbutil.Clocked):
         for bus_model in (self.axil.write_if, self.axil.read_if, self.src, self.sink):
             bus_model.log.setLevel(logging.WARNING)
         self.beats_in = self.beats_out = 0
+        self.irq_enable = 0
         cocotb.start_soon(self._count_beats())
 
     async def _count_beats(self):
@@ -324,6 +325,18 @@ class Checker:
         took = (busy1 - busy0) - (stall1 - stall0)
         assert took == exp.cycles, (f"{ctx}: took {took} cycles (busy {busy1 - busy0}, stalled {stall1 - stall0}), "
                                     f"reference.isa.cycles says {exp.cycles}")
+        if cmd.irq and exp.error == 0:  # a completed command with the interrupt flag
+            assert st["irq_pending"] == 1, f"{ctx}: STATUS.irq_pending not set by a command with irq=1"
+            assert int(tb.dut.irq.value) == tb.irq_enable, (
+                f"{ctx}: irq output {tb.dut.irq.value}, irq_enable {tb.irq_enable}")
+            tb.irq_enable = int(tb.rng.random() < 0.5)
+            await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "irq_ack") | tb.fmask("CONTROL", "irq_enable",
+                                                                                        tb.irq_enable))
+            st = await tb.status()
+            assert st["irq_pending"] == 0 and int(tb.dut.irq.value) == 0, f"{ctx}: irq_ack left {st}"
+            fcov.sample_ctl("irq")
+        elif exp.error == 0:
+            assert st["irq_pending"] == 0, f"{ctx}: STATUS.irq_pending set by a command with irq=0"
         if got_frame is not None:
             got = list(got_frame.tdata)
             assert len(got) == cmd.k, f"{ctx}: STORE sent {len(got)} words, expected {cmd.k}"
@@ -394,6 +407,33 @@ async def run_compute(chk: Checker, stim: Stimulus, op, width, rounding, target_
                     exp.out_fmt.frac, exp.shift, exp.acc_bits)
     fcov.sample_stall(tb.idle, tb.backpressure)
     return exp
+
+
+async def soft_reset(tb, model):
+    """CONTROL.soft_reset with an error pending; afterwards (regmap): no settings are valid, the
+    performance counters and STATUS.error are 0, the scratchpad and database keep their contents.
+    The generators' state after it is not specified, so SEED is rewritten before anything else."""
+    from reference.isa import Command
+
+    await tb.push(Command(opcode=15))  # an illegal command, so an error is pending
+    await tb.wait_done()
+    await tb.wr(tb.addr("CONTROL"), tb.fmask("CONTROL", "soft_reset"))
+    model.settings.clear()
+    model.clear_error()
+    model.perf_busy = model.perf_macs = model.perf_values = 0
+    st = await tb.wait_done()
+    assert st["error"] == 0 and st["fifo_level"] == 0, f"after soft_reset STATUS is {st}"
+    for name, want in (("PERF_BUSY", 0), ("PERF_MACS", 0), ("PERF_VALUES", 0)):
+        got = await tb.read_counter(name)
+        # the STATUS polls above ran no command, so the counters stay at 0
+        assert got == want, f"{name} = {got} after soft_reset"
+    for tid in range(tb.cfg.tensor_ids):
+        v = await tb.rd(tb.addr("SETTINGS", tid))
+        assert tb.field("SETTINGS", "valid", v) == 0, f"SETTINGS[{tid}] still valid after soft_reset"
+    seed = tb.rng.getrandbits(32)
+    await tb.wr(tb.addr("SEED"), seed)
+    model.reseed(seed)
+    fcov.sample_ctl("soft_reset")
 
 
 def illegal_command(cfg, rng, model):
@@ -501,6 +541,9 @@ async def random_command_stream(dut):
                           what="CLEAR_STATS")
             fcov.sample_ctl("CLEAR_STATS")
             continue
+        if r < 0.16:
+            await soft_reset(tb, model)
+            continue
         if r < 0.17:
             seed = rng.getrandbits(32)
             await tb.wr(tb.addr("SEED"), seed)
@@ -591,9 +634,11 @@ async def control_and_data_movement(dut):
             await chk.run(Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids),
                                   broadcast_b=rng.random() < 0.5), what="CLEAR_STATS")
             fcov.sample_ctl("CLEAR_STATS")
-        else:
+        elif r < 0.95:
             await chk.run(Command(int(Ctl.POLICY_UPDATE)), what="POLICY_UPDATE")
             fcov.sample_ctl("POLICY_UPDATE")
+        else:
+            await soft_reset(tb, model)
         # several commands queued back to back: total busy cycles add up
         if rng.random() < 0.1:
             cmds = [Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids)) for _ in range(5)]
