@@ -293,3 +293,43 @@ def test_matmul_k64_reaches_90_percent_of_peak(with_cu):
     assert dur == outcomes[j].cycles == cycles(mm, model_settings, CFG)
     assert macs(mm) / dur >= 0.9 * CFG.peak_macs_per_cycle(Width.W8), f"{macs(mm)} MACs in {dur} cycles"
     assert obs["store"][0] & outcomes[3].store_masks[0] == outcomes[3].store_words[0] & outcomes[3].store_masks[0]
+
+
+@pytest.mark.skipif(not _cu_functional(), reason="hw/compute_unit.py is not functional yet")
+def test_odd_configuration_with_compute_unit():
+    """The real ComputeUnit in a core with one lane, 3 banks, 6 tensor ids, 8 bins, 16-bit counters."""
+    from .test_sequencer import ODD
+
+    rng = np.random.default_rng(77)
+    prog = Program({})
+    random_compute(rng, ODD, prog, 0)
+    random_compute(rng, ODD, prog, 3, Op.MATMUL)
+    model = CoreModel(ODD)
+    for tid, w in prog.settings.items():
+        model.write_setting(tid, w)
+    loads = deque(prog.loads)
+    outcomes = [model.execute(c, list(loads.popleft()) if c.opcode == Ctl.LOAD else None) for c in prog.commands]
+    dut = DLUCore(ODD)
+    obs = {"starts": [], "store": [], "irq_cycles": 0, "durations": {}}
+    regs = regmap.by_name(ODD)
+
+    async def tb(ctx):
+        bus = AxiLiteMaster(dut)
+        for tid, w in prog.settings.items():
+            await bus.write(ctx, regs["SETTINGS"].offset + 4 * tid, w)
+        for c in [Command(Ctl.CLEAR_STATS, broadcast_b=True)] + prog.commands:
+            for w in c.encode():
+                await bus.write(ctx, regs["CMD_PUSH"].offset, w)
+        for _ in range(2000):
+            if (await bus.read(ctx, regs["STATUS"].offset)) & regs["STATUS"].field("done").mask:
+                break
+        win = regs["DATABASE"]
+        for tid in range(ODD.tensor_ids):
+            r = model.db.read(tid)
+            got = [await bus.read(ctx, win.offset + tid * win.stride + 4 * c) for c in range(ODD.hist_bins + 4)]
+            assert got == r.hist.tolist() + [r.zeros, r.overflow, r.underflow, r.total], f"tid {tid}"
+
+    simulate(dut, tb, [w for ws in prog.loads for w in ws], obs)  # real ComputeUnit: no model needed
+    want = [(w, mk) for o in outcomes if o.store_words is not None
+            for w, mk in zip(o.store_words, o.store_masks, strict=True)]
+    assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want]

@@ -263,3 +263,18 @@ def test_illegal_commands_set_first_error_skip_and_recover():
         obs, model, outcomes, _ = run_program(prog)
         assert outcomes[0].error != ErrorCode.NONE
         check(prog, obs, model, outcomes, f"illegal {bad}")
+
+
+ODD = CoreConfig(lanes=1, hist_bins=8, hist_min_exp=-4, tensor_ids=6, spad_words=32, spad_banks=3, counter_bits=16)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_odd_configuration(seed):
+    """One lane, 3 banks, 6 tensor ids, 8 bins, 16-bit counters (saturating quickly)."""
+    rng = np.random.default_rng(500 + seed)
+    prog = Program({})
+    random_compute(rng, ODD, prog, 0)
+    random_compute(rng, ODD, prog, 3)
+    prog.commands.append(Command(Ctl.POLICY_UPDATE))
+    obs, model, outcomes, _ = run_program(prog, cfg=ODD)
+    check(prog, obs, model, outcomes, f"odd seed {seed}")
