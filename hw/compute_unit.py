@@ -49,8 +49,8 @@ ALIGN_LEFT_MAX = acc_width(Width.W32) - 1 - Width.W32.bits
 ALIGN_RIGHT_MAX = PRODUCT_BITS
 
 
-def _align(m: Module, x, sh, name: str):
-    """``x << sh`` if ``sh >= 0`` else ``x >> -sh`` (floor), as an 80-bit value.
+def _align(m: Module, x, sh, name: str, bits: int = ACC_MAX):
+    """``x << sh`` if ``sh >= 0`` else ``x >> -sh`` (floor), as a ``bits``-bit value.
 
     Twin of the shift in :func:`reference.ops.align_terms`; left shifts are clamped at
     :data:`ALIGN_LEFT_MAX`, right shifts at :data:`ALIGN_RIGHT_MAX` (no change in range).
@@ -61,7 +61,7 @@ def _align(m: Module, x, sh, name: str):
         left.eq(Mux(sh > ALIGN_LEFT_MAX, ALIGN_LEFT_MAX, Mux(sh < 0, 0, sh[:len(left)]))),
         right.eq(Mux(-sh > ALIGN_RIGHT_MAX, ALIGN_RIGHT_MAX, Mux(sh > 0, 0, (-sh)[:len(right)]))),
     ]
-    out = Signal(signed(ACC_MAX), name=name)
+    out = Signal(signed(bits), name=name)
     m.d.comb += out.eq(Mux(sh >= 0, x << left, x >> right))
     return out
 
@@ -94,8 +94,9 @@ class ComputeUnit(wiring.Component):
 
     1. Accept cycle: the lane words are packed from the slots; each lane multiplies (a * b;
        for AXPY a * alpha). MATMUL accumulates into the lane accumulators (starting from 0
-       on the first beat after a ``last``); every other op computes its exact value per slot
-       (alignment shifts, sum, ReLU, ...) and loads it into the accumulators. A ``last``
+       on the first beat after a ``last``); every other op computes its exact value
+       (alignment shifts, sum, ReLU, ...) at each accumulator position of the lane, in
+       :data:`POSITION_BITS` bits, and loads it into the accumulators. A ``last``
        beat leaves a finished value there.
     2. The finished values go through :class:`hw.requantizer.Requantizer` s, four per lane
        at the lane's accumulator positions, sized by :data:`POSITION_BITS` (80, 32, 48, 32
@@ -237,35 +238,46 @@ class ComputeUnit(wiring.Component):
                 lane.en.eq(accept), lane.clear.eq(fresh), lane.load.eq(self.op != Op.MATMUL),
             ]
 
-        values = []
-        for j in range(S):
-            prod = {}
-            for w in Width:
-                n = w.lanes_per_word
-                prod[w] = mac[j // n].product[j % n] if j < lanes * n else 0
-            p = Signal(signed(PRODUCT_BITS), name=f"prod{j}")
-            m.d.comb += p.eq(by_width(prod))
-            a, b = pa[j], pb[j]
-            ta = _align(m, Mux(is_axpy, p, a), self.a_shift, f"term_a{j}")
-            tb = _align(m, b, self.b_shift, f"term_b{j}")
-            v = Signal(signed(ACC_MAX), name=f"value{j}")
-            with m.Switch(self.op):
-                with m.Case(Op.ADD, Op.AXPY):
-                    m.d.comb += v.eq(ta + tb)
-                with m.Case(Op.SUB):
-                    m.d.comb += v.eq(ta - tb)
-                with m.Case(Op.MUL):
-                    m.d.comb += v.eq(p)
-                with m.Case(Op.RELU):
-                    m.d.comb += v.eq(Mux(a < 0, 0, a))
-                with m.Case(Op.RELU_BACKWARD):
-                    m.d.comb += v.eq(Mux(b > 0, a, 0))
-                with m.Default():  # CONVERT (MATMUL accumulates in the lanes instead)
-                    m.d.comb += v.eq(a)
-            values.append(v)
+        # The exact elementwise values, computed at the lane's accumulator positions (like the
+        # requantizers below), each only as wide as the widest value it can hold.
         for i, lane in enumerate(mac):
-            for sub in range(len(lane.load_value)):
-                opts = {w: (values[slot_of(w, i, sub)] if slot_of(w, i, sub) is not None else 0) for w in Width}
+            values = {}
+            for pos, bits in enumerate(POSITION_BITS):
+                wmax = max(w.bits for w in Width if position_sub(w, pos) is not None)
+                a_o, b_o, p_o = {}, {}, {}
+                for w in Width:
+                    sub = position_sub(w, pos)
+                    j = None if sub is None else slot_of(w, i, sub)
+                    # operands fit W_op bits (the contract), so wmax bits hold every one here
+                    a_o[w] = 0 if j is None else pa[j][:wmax].as_signed()
+                    b_o[w] = 0 if j is None else pb[j][:wmax].as_signed()
+                    p_o[w] = 0 if j is None else lane.product[sub]
+                a = Signal(signed(wmax), name=f"a{i}_{pos}")
+                b = Signal(signed(wmax), name=f"b{i}_{pos}")
+                p = Signal(signed(2 * wmax), name=f"prod{i}_{pos}")
+                m.d.comb += [a.eq(by_width(a_o)), b.eq(by_width(b_o)), p.eq(by_width(p_o))]
+                ta = _align(m, Mux(is_axpy, p, a), self.a_shift, f"term_a{i}_{pos}", bits)
+                tb = _align(m, b, self.b_shift, f"term_b{i}_{pos}", bits)
+                v = Signal(signed(bits), name=f"value{i}_{pos}")
+                with m.Switch(self.op):
+                    with m.Case(Op.ADD, Op.AXPY):
+                        m.d.comb += v.eq(ta + tb)
+                    with m.Case(Op.SUB):
+                        m.d.comb += v.eq(ta - tb)
+                    with m.Case(Op.MUL):
+                        m.d.comb += v.eq(p)
+                    with m.Case(Op.RELU):
+                        m.d.comb += v.eq(Mux(a < 0, 0, a))
+                    with m.Case(Op.RELU_BACKWARD):
+                        m.d.comb += v.eq(Mux(b > 0, a, 0))
+                    with m.Default():  # CONVERT (MATMUL accumulates in the lanes instead)
+                        m.d.comb += v.eq(a)
+                values[pos] = v
+            for sub in range(SUB_LANES):
+                opts = {}
+                for w in Width:
+                    n = w.lanes_per_word
+                    opts[w] = values[sub * (SUB_LANES // n)] if sub < n else 0
                 m.d.comb += lane.load_value[sub].eq(by_width(opts))
 
         # ---- stage 2: per-slot conversion, generators, statistics ---------------------------
