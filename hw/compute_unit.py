@@ -52,8 +52,10 @@ ALIGN_RIGHT_MAX = PRODUCT_BITS
 def _align(m: Module, x, sh, name: str, bits: int = ACC_MAX):
     """``x << sh`` if ``sh >= 0`` else ``x >> -sh`` (floor), as a ``bits``-bit value.
 
-    Twin of the shift in :func:`reference.ops.align_terms`; left shifts are clamped at
-    :data:`ALIGN_LEFT_MAX`, right shifts at :data:`ALIGN_RIGHT_MAX` (no change in range).
+    Twin of the shift in :func:`reference.ops.align_terms`. Left shifts are clamped at
+    :data:`ALIGN_LEFT_MAX` (no legal command shifts further) and right shifts at
+    :data:`ALIGN_RIGHT_MAX` (any longer shift of a term of at most 64 bits gives the same sign
+    word), so every shift ``align_terms`` produces is exact.
     """
     left = Signal(range(ALIGN_LEFT_MAX + 1), name=f"{name}_l")
     right = Signal(range(ALIGN_RIGHT_MAX + 1), name=f"{name}_r")
@@ -224,7 +226,7 @@ class ComputeUnit(wiring.Component):
         m.d.sync += v1.eq((accept & ops.payload.last) | (v1 & ~take2))
         m.d.sync += v2.eq(take2 | (v2 & ~self.results.ready))
 
-        # ---- stage 1: lane words, products, exact per-slot values ---------------------------
+        # ---- stage 1: lane words, products, exact values --------------------------------------
         is_axpy = self.op == Op.AXPY
         for i, lane in enumerate(mac):
             words_a, words_b = {}, {}
@@ -280,7 +282,7 @@ class ComputeUnit(wiring.Component):
                     opts[w] = values[sub * (SUB_LANES // n)] if sub < n else 0
                 m.d.comb += lane.load_value[sub].eq(by_width(opts))
 
-        # ---- stage 2: per-slot conversion, generators, statistics ---------------------------
+        # ---- stage 2: conversion, generators, statistics ------------------------------------
         stochastic = (self.rounding == RoundingMode.STOCHASTIC) & (self.out_shift > 0)
         m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(take2 & stochastic)]
         m.d.comb += [stats.valid.eq(take2), stats.f_acc.eq(self.f_acc),
