@@ -9,9 +9,10 @@ import pytest
 from amaranth.sim import Simulator
 
 from hw.rng import XorshiftBank
+from reference.config import PRESETS
 from reference.rng import GOLDEN, draw_beats, seed_states
 
-N = 8  # generators of the "tiny" preset (rng_slots)
+N = PRESETS["tiny"].rng_slots  # generators of the "tiny" preset
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
