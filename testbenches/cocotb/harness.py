@@ -127,6 +127,24 @@ def _build_args(sim: str) -> list[str]:
     return args
 
 
+_DUMP_REG = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+)\s+= 0;$", re.M)
+
+
+def icarus_source(src: Path, out_dir: Path) -> Path:
+    """A copy of ``src`` whose Amaranth time-0 trigger registers Icarus 11 actually fires.
+
+    Amaranth opens every combinational process with a read of a ``reg ... = 0`` so that the
+    process runs at time 0. Icarus 11 applies such declaration initializers without an event,
+    so a process whose real inputs never change (e.g. ``s_axis_tready`` while the sequencer stays
+    idle) keeps its outputs X. Turning the initializer into ``initial`` assignment makes the X->0
+    change an event. The logic is untouched; only Icarus builds use the copy."""
+    text = _DUMP_REG.sub(lambda m: f"{m[1]}reg {m[2]} ;\n{m[1]}initial {m[2]}  = 0;", src.read_text())
+    out = out_dir / f"{src.stem}.icarus{src.suffix}"
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out
+
+
 def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> None:
     """Build ``sources`` into ``bdir`` unless a build of identical inputs is already there."""
     from cocotb_tools.runner import get_runner
@@ -136,6 +154,9 @@ def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> 
         import pytest
 
         pytest.skip("iverilog is not installed (apt-get install iverilog; .ci/run does)")
+    if sim == "icarus":
+        bdir.mkdir(parents=True, exist_ok=True)
+        sources = [icarus_source(p, bdir) for p in sources]
     args = _build_args(sim)
     h = hashlib.sha256()
     for p in sources:
