@@ -87,12 +87,22 @@ def _src_map(verilog: Path) -> list[tuple[str | None, str]]:
     out: list[tuple[str | None, str]] = [(None, "")]
     cur = None
     case_hdr = ""
+    target = ""  # first variable assigned in the current always block
+    want_target = False
     rx = re.compile(r'\(\* src = "([^"]+)" \*\)')
     for line in verilog.read_text().splitlines():
         m = rx.search(line)
         if m:
             cur = m[1].split("|")[0]
         text = line.strip()
+        if text.startswith("always"):
+            want_target, target = True, ""
+        elif want_target:
+            am = re.match(r"(\\?\S+)\s*<?=", text)
+            if am and not text.startswith("if"):
+                target, want_target = am[1], False
+        if target and text.startswith("if ("):
+            text = f"always({target}): {text}"
         hm = re.match(r"(casez|case)\s*\((.*)\)", text)
         if hm:
             case_hdr = f"{hm[1]} ({hm[2]})"
