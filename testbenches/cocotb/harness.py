@@ -157,6 +157,9 @@ def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> 
     if sim == "icarus":
         bdir.mkdir(parents=True, exist_ok=True)
         sources = [icarus_source(p, bdir) for p in sources]
+    if sim == "verilator" and waves() and not Path("/usr/include/lz4.h").exists():
+        raise RuntimeError("WAVES=1 with Verilator 5.052 writes FST, whose writer needs lz4.h: "
+                           "apt-get install liblz4-dev")
     args = _build_args(sim)
     h = hashlib.sha256()
     for p in sources:
