@@ -574,6 +574,10 @@ async def random_command_stream(dut):
             await tb.wr(tb.addr("SEED"), seed)
             model.reseed(seed)
             continue
+        if i % 25 == 24:  # a whole bank back: no command may have written outside its tensor
+            bank = rng.randrange(cfg.spad_banks)
+            await chk.run(Command(int(Ctl.STORE), addr_a=bank * cfg.spad_words, k=cfg.spad_words),
+                          what=f"STORE bank {bank}")
         # a compute command aimed at the least-hit bin of the cross
         least = min(hits.values())
         op, w, rnd, flow = rng.choice([b for b in bins if hits[b] == least])
