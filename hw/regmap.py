@@ -111,7 +111,8 @@ def register_map(cfg: CoreConfig) -> tuple[Register, ...]:
         )),
         Register("CONFIG_DIGEST", 0x004, Access.RO,
                  "first 8 hex digits of CoreConfig.digest() (must equal the manifest's)"),
-        Register("CONTROL", 0x010, Access.RW, "control; bits 0, 1, 3 and 4 are strobes and read as 0", (
+        Register("CONTROL", 0x010, Access.RW, "control; bits 0, 1, 3 and 4 are strobes and read as 0; "
+                                                  "every write also sets irq_enable from bit 2", (
             Field("clear_error", 0, 1, "write 1: clear STATUS.error"),
             Field("soft_reset", 1, 1, "write 1: reset sequencer, FIFO, settings valid bits, "
                                       "perf counters (not memories)"),
