@@ -20,18 +20,10 @@ import os
 import sys
 from pathlib import Path
 
+from reference.cli import _positive_int
+
 #: Variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm with PMI); read at run time.
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
 
 
 def _positive_float(s: str) -> float:
