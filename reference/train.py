@@ -36,6 +36,7 @@ from .layers import (
     DfpBackend,
     FloatBackend,
     Layer,
+    Ref,
     TensorClass,
     sgd_step,
     softmax_cross_entropy,
@@ -351,8 +352,79 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
 
 def _train(cfg: TrainConfig, data: Dataset, progress: bool,
            on_grads_ready: Callable[[Layer], None] | None) -> TrainResult:
-    from tqdm import tqdm
+    s = open_session(cfg, data)
+    if s.engine is not None and not cfg.trace_iters.empty:
+        s.recorder = TraceRecorder()
+        s.engine.recorder = s.recorder
+    log = TensorLog() if s.engine is not None else None
+    epochs = run_epochs(s, Hooks(on_grads_ready), log, progress)
+    core = PRESETS[cfg.core]
+    epoch_times = [e.time_s for e in epochs]
+    epoch_cpu = [e.cpu_s for e in epochs]
+    metrics: dict[str, Any] = {
+        "train_config": cfg.to_dict(),
+        "data": {"name": data.name, "train": int(s.n), "test": int(len(data.x_test)),
+                 "image_hwc": list(data.image_hwc)},
+        "core": core.to_dict(), "core_digest": core.digest(),
+        "iterations_per_epoch": s.steps,
+        "epochs": [e.to_dict() for e in epochs],
+        "final": {"test_acc": epochs[-1].test_acc, "loss": epochs[-1].loss,
+                  "mean_epoch_time_s": float(np.mean(epoch_times)),
+                  "mean_epoch_cpu_s": float(np.mean(epoch_cpu))},
+        "tensors": log.to_dict(s.model, s.engine) if log is not None else {},
+    }
+    trace = None
+    if s.recorder is not None:
+        trace = s.recorder.trace(s.engine, {"train_config": cfg.to_dict(), "data": data.name,
+                                            "tensor_names": {str(i.tid): i.name for i in s.model.ids.infos}})
+    return TrainResult(metrics, trace, s.model, s.engine, epoch_times, epoch_cpu)
 
+
+# ---------------------------------------------------------------------------------------
+# The training loop in pieces: reference.parallel runs the same loop with its own Hooks
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One run's state: the model bound to its training backend, the engine (dfp modes), the data.
+
+    Members
+    -------
+    threshold
+        The policy threshold the host applies to the data it loads (input, loss gradient).
+    steps
+        Training iterations per epoch (the last partial batch is dropped).
+    recorder
+        Trace recorder of the engine, when iterations are traced.
+    """
+
+    cfg: TrainConfig
+    data: Dataset
+    model: Model
+    be: Backend
+    engine: Engine | None
+    threshold: int
+    steps: int
+    recorder: TraceRecorder | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.data.x_train)
+
+
+def open_session(cfg: TrainConfig, data: Dataset,
+                 backend: Callable[[Model, Engine | None], Backend] | None = None) -> Session:
+    """Build and initialise ``cfg.model``, calibrate it (dfp modes) and bind it to its training backend.
+
+    ``backend(model, engine)`` makes that backend (after calibration); by default a float32
+    :class:`FloatBackend` (fp32) or a :class:`DfpBackend` on the engine.
+
+    Raises
+    ------
+    ValueError
+        The batch exceeds the training set.
+    """
     core = PRESETS[cfg.core]
     spec = cfg.precision_spec()
     model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
@@ -362,103 +434,196 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
     n = len(data.x_train)
     if n < cfg.batch:
         raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
-    steps = n // cfg.batch  # the last partial batch is dropped
     engine: Engine | None = None
-    recorder: TraceRecorder | None = None
-    if spec is None:
-        be: Backend = FloatBackend(np.float32)
-        model.bind(be, values)
-    else:
+    if spec is not None:
         engine = Engine(core, cfg.seed, spec.threshold)
         first = shuffle_rng.permutation(n)[: cfg.batch]  # calibration batch (does not advance shuffling)
         calibrate(model, values, data.x_train[first], data.y_train[first], cfg, engine, spec)
-        be = DfpBackend(engine, model.ids)
-        model.bind(be, values)
-        if not cfg.trace_iters.empty:
-            recorder = TraceRecorder()
-            engine.recorder = recorder
+    if backend is not None:
+        be = backend(model, engine)
+    else:
+        be = FloatBackend(np.float32) if engine is None else DfpBackend(engine, model.ids)
+    model.bind(be, values)
+    return Session(cfg, data, model, be, engine, spec.threshold if spec else DEFAULT_THRESHOLD, n // cfg.batch)
+
+
+class Hooks:
+    """The points where data-parallel training departs from one process; these defaults are one process.
+
+    :mod:`reference.parallel` overrides them: a shard of each batch, a forward pass that waits
+    per layer for that layer's exchange, gathered logits, per-layer updates after the exchange,
+    statistics summed across ranks, step timings, evaluation on one rank.
+
+    Parameters
+    ----------
+    on_grads_ready
+        Passed to :meth:`Model.backward`: called with each parameter layer once its gradients are set.
+    """
+
+    #: This worker's sample positions in each mini-batch (None: all of them).
+    shard: slice | None = None
+
+    def __init__(self, on_grads_ready: Callable[[Layer], None] | None = None) -> None:
+        self.on_grads_ready = on_grads_ready
+
+    def begin_epoch(self, lr: float) -> None:
+        """Called before the epoch's first step with its learning rate."""
+
+    def begin_step(self, it: int) -> None:
+        """Called before iteration ``it`` (counted over all epochs)."""
+
+    def forward(self, s: Session, x: Ref) -> Ref:
+        return s.model.forward(s.be, x)
+
+    def gather_logits(self, local: np.ndarray) -> np.ndarray:
+        """The whole batch's logits (float) from this worker's rows."""
+        return local
+
+    def update(self, s: Session, lr: float) -> None:
+        """After back-propagation: the SGD update of every parameter."""
+        sgd_step(s.be, s.model.params(), lr, s.cfg.momentum, s.cfg.weight_decay)
+
+    def update_formats(self, engine: Engine) -> None:
+        """At the end of a dfp step: POLICY_UPDATE (point positions from the step's statistics)."""
+        engine.update_formats()
+
+    def end_step(self) -> None:
+        """Called after each step, before its loss is checked."""
+
+    def end_epoch(self) -> None:
+        """Called after the epoch's last step, before its time is taken and the evaluation."""
+
+    def evaluate(self, s: Session) -> float | None:
+        """Test accuracy after an epoch (None: not measured here)."""
+        return evaluate_session(s)
+
+
+class TensorLog:
+    """Point position and overflow/underflow rates of every tensor id per iteration; histograms at epoch ends."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[int, dict[str, list]] = {}
+        self.hists: dict[int, list[list[int]]] = {}
+
+    def record(self, engine: Engine, it: int, epoch_end: bool) -> None:
+        """Read the step's statistics database and settings (before POLICY_UPDATE)."""
+        for tid, st in engine.db.entries.items():
+            rec = self.tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [], "underflow_rate": []})
+            rec["iteration"].append(it)
+            rec["frac"].append(engine.settings[tid].fmt.frac)
+            rec["overflow_rate"].append(st.overflow / max(st.total, 1))
+            rec["underflow_rate"].append(st.underflow / max(st.total, 1))
+            if epoch_end:
+                self.hists.setdefault(tid, []).append(st.hist.tolist())
+
+    def to_dict(self, model: Model, engine: Engine) -> dict[str, Any]:
+        names = {i.tid: i for i in model.ids.infos}
+        return {names[t].name: {"tid": t, "class": names[t].cls.value, "width": engine.settings[t].fmt.bits,
+                                **self.tensors[t], "hist_at_epoch_end": self.hists.get(t, [])}
+                for t in sorted(self.tensors)}
+
+
+def train_step(s: Session, idx: np.ndarray, lr: float, it: int, hooks: Hooks, log: TensorLog | None = None,
+               epoch_end: bool = False) -> tuple[float, int]:
+    """Iteration ``it`` on the mini-batch ``s.data.x_train[idx]``; returns its loss and correct predictions.
+
+    The host picks the point positions of the input and of the loss gradient from the whole
+    batch; the worker loads its ``hooks.shard`` of both.
+    """
+    cfg, model, be, engine = s.cfg, s.model, s.be, s.engine
+    xm, yb = model.input_matrix(s.data.x_train[idx]), s.data.y_train[idx]
+    tracing = s.recorder is not None and it in cfg.trace_iters
+    if tracing:
+        s.recorder.begin_iteration(it, engine)
+    if engine is not None:
+        _host_setting(engine, model.input_tid, xm, s.threshold)
+    if hooks.shard is not None:
+        xm = model.input_matrix(s.data.x_train[idx[hooks.shard]])
+    logits = hooks.forward(s, be.load(model.input_tid, xm))
+    loss, g, c = softmax_cross_entropy(hooks.gather_logits(be.to_float(logits)), yb)
+    if engine is not None:
+        _host_setting(engine, model.logits_err_tid, g, s.threshold)
+    dy = be.load(model.logits_err_tid, g if hooks.shard is None else g[hooks.shard])
+    model.backward(be, dy, cfg.grad_order, hooks.on_grads_ready)
+    hooks.update(s, lr)
+    if engine is not None:
+        if log is not None:
+            log.record(engine, it, epoch_end)
+        hooks.update_formats(engine)
+    if tracing:
+        s.recorder.end_iteration()
+    return loss, c
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch: mean training loss, running training accuracy, test accuracy, wall and CPU time of its steps."""
+
+    epoch: int  # from 1
+    lr: float
+    loss: float
+    train_acc: float
+    test_acc: float | None
+    time_s: float
+    cpu_s: float
+
+    def to_dict(self, times: bool = True) -> dict[str, Any]:
+        d = {"epoch": self.epoch, "lr": self.lr, "loss": self.loss, "train_acc": self.train_acc,
+             "test_acc": self.test_acc}
+        return {**d, "time_s": self.time_s, "cpu_s": self.cpu_s} if times else d
+
+
+def run_epochs(s: Session, hooks: Hooks, log: TensorLog | None = None, progress: bool = False) -> list[EpochStats]:
+    """The training loop: ``cfg.epochs`` shuffled passes of :func:`train_step`, each followed by an evaluation.
+
+    Raises
+    ------
+    ValueError
+        The loss became infinite or NaN.
+    """
+    from tqdm import tqdm
+
+    cfg = s.cfg
     shuffle_rng = np.random.default_rng([cfg.seed, 3])
-    tensors: dict[int, dict[str, list]] = {}
-    hists: dict[int, list[list[int]]] = {}
-    epochs: list[dict[str, Any]] = []
-    epoch_times: list[float] = []
-    epoch_cpu: list[float] = []
+    out: list[EpochStats] = []
     it = 0
-    threshold = spec.threshold if spec else DEFAULT_THRESHOLD
     for ep in range(cfg.epochs):
-        perm = shuffle_rng.permutation(n)
+        perm = shuffle_rng.permutation(s.n)
         lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
+        hooks.begin_epoch(lr)
         loss_sum, correct = 0.0, 0
         t0, c0 = time.perf_counter(), time.process_time()
-        bar = tqdm(range(steps), desc=f"epoch {ep + 1}/{cfg.epochs} {cfg.precision.value}", disable=not progress,
+        bar = tqdm(range(s.steps), desc=f"epoch {ep + 1}/{cfg.epochs} {cfg.precision.value}", disable=not progress,
                    leave=False)
-        for s in bar:
-            idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
-            xm, yb = model.input_matrix(data.x_train[idx]), data.y_train[idx]
-            tracing = recorder is not None and it in cfg.trace_iters
-            if tracing:
-                recorder.begin_iteration(it, engine)
-            if engine is not None:
-                _host_setting(engine, model.input_tid, xm, threshold)
-            logits = model.forward(be, be.load(model.input_tid, xm))
-            loss, g, c = softmax_cross_entropy(be.to_float(logits), yb)
-            if engine is not None:
-                _host_setting(engine, model.logits_err_tid, g, threshold)
-            model.backward(be, be.load(model.logits_err_tid, g), cfg.grad_order, on_grads_ready)
-            sgd_step(be, model.params(), lr, cfg.momentum, cfg.weight_decay)
-            if engine is not None:
-                for tid, st in engine.db.entries.items():
-                    rec = tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [],
-                                                   "underflow_rate": []})
-                    rec["iteration"].append(it)
-                    rec["frac"].append(engine.settings[tid].fmt.frac)
-                    rec["overflow_rate"].append(st.overflow / max(st.total, 1))
-                    rec["underflow_rate"].append(st.underflow / max(st.total, 1))
-                    if s == steps - 1:
-                        hists.setdefault(tid, []).append(st.hist.tolist())
-                engine.update_formats()
-            if tracing:
-                recorder.end_iteration()
+        for st in bar:
+            hooks.begin_step(it)
+            loss, c = train_step(s, perm[st * cfg.batch:(st + 1) * cfg.batch], lr, it, hooks, log,
+                                 st == s.steps - 1)
+            hooks.end_step()
             loss_sum += loss
             correct += c
             it += 1
             if not np.isfinite(loss):
                 raise ValueError(f"train: loss became {loss} at iteration {it - 1}")
+        hooks.end_epoch()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        epoch_times.append(elapsed)
-        epoch_cpu.append(cpu)
-        if engine is not None:
-            ev_engine = engine.fork()
-            ev_be: Backend = be.with_engine(ev_engine)
-        else:
-            ev_engine, ev_be = None, be
-        test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
-        epochs.append({"epoch": ep + 1, "lr": lr, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
-                       "test_acc": test_acc, "time_s": elapsed, "cpu_s": cpu})
+        test_acc = hooks.evaluate(s)
+        e = EpochStats(ep + 1, lr, loss_sum / s.steps, correct / (s.steps * cfg.batch), test_acc, elapsed, cpu)
+        out.append(e)
         if progress:
-            tqdm.write(f"epoch {ep + 1}: loss {loss_sum / steps:.4f}  train {correct / (steps * cfg.batch):.4f}  "
-                       f"test {test_acc:.4f}  ({elapsed:.2f} s)")
-    names = {i.tid: i for i in model.ids.infos}
-    metrics: dict[str, Any] = {
-        "train_config": cfg.to_dict(),
-        "data": {"name": data.name, "train": int(n), "test": int(len(data.x_test)),
-                 "image_hwc": list(data.image_hwc)},
-        "core": core.to_dict(), "core_digest": core.digest(),
-        "iterations_per_epoch": steps,
-        "epochs": epochs,
-        "final": {"test_acc": epochs[-1]["test_acc"], "loss": epochs[-1]["loss"],
-                  "mean_epoch_time_s": float(np.mean(epoch_times)),
-                  "mean_epoch_cpu_s": float(np.mean(epoch_cpu))},
-        "tensors": {names[t].name: {"tid": t, "class": names[t].cls.value,
-                                    "width": engine.settings[t].fmt.bits, **tensors[t],
-                                    "hist_at_epoch_end": hists.get(t, [])}
-                    for t in sorted(tensors)} if engine is not None else {},
-    }
-    trace = None
-    if recorder is not None:
-        trace = recorder.trace(engine, {"train_config": cfg.to_dict(), "data": data.name,
-                                        "tensor_names": {str(i.tid): i.name for i in model.ids.infos}})
-    return TrainResult(metrics, trace, model, engine, epoch_times, epoch_cpu)
+            tqdm.write(f"epoch {e.epoch}: loss {e.loss:.4f}  train {e.train_acc:.4f}  test {test_acc:.4f}  "
+                       f"({elapsed:.2f} s)")
+    return out
+
+
+def evaluate_session(s: Session) -> float:
+    """Test accuracy of the current parameters (dfp: on a fork of the engine, leaving the run's state alone)."""
+    if s.engine is not None:
+        ev_engine: Engine | None = s.engine.fork()
+        ev_be: Backend = s.be.with_engine(ev_engine)
+    else:
+        ev_engine, ev_be = None, s.be
+    return _evaluate(s.model, ev_be, ev_engine, s.data.x_test, s.data.y_test, s.threshold)
 
 
 # ---------------------------------------------------------------------------------------
