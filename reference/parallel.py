@@ -8,6 +8,10 @@ pass waits per layer only: before layer l runs, its exchange is completed, its S
 applied and its parameters' point positions updated. Buffers larger than
 ``segment_elems`` values are exchanged in segments (one ``Iallreduce`` each).
 
+The loop is single-process training's own (:func:`reference.train.run_epochs` and
+:func:`reference.train.train_step`); :class:`ParallelHooks` supplies where a rank departs from
+it (shard, per-layer waits, gathered logits, exchanges, summed statistics, step timings).
+
 Why it is bit-identical (dfp modes, ``Exchange.EXACT``)
 -------------------------------------------------------
 - Every forward and backward operation other than the weight-gradient multiply works row
@@ -78,10 +82,10 @@ from .config import PRESETS
 from .data import Dataset
 from .engine import Engine
 from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shift
-from .layers import Backend, DfpBackend, FloatBackend, Layer, Param, Ref, TensorClass, sgd_step, softmax_cross_entropy
-from .models import Model, build_model
-from .stats import DEFAULT_THRESHOLD, msb_position
-from .train import TrainConfig, _evaluate, _host_setting, calibrate
+from .layers import Backend, DfpBackend, FloatBackend, Layer, Param, Ref, TensorClass, sgd_step
+from .models import Model
+from .stats import msb_position
+from .train import Hooks, Session, TrainConfig, evaluate_session, open_session, run_epochs
 
 #: Bits of the low limb when 32-bit accumulators (up to 80 bits) travel as two int64 values.
 LIMB_BITS = 40
@@ -580,10 +584,75 @@ def check_supported(cfg: TrainConfig, pcfg: ParallelConfig, size: int) -> None:
                              "the sharding; use nearest-even or floor")
 
 
+class ParallelHooks(Hooks):
+    """The single-process loop's hooks (:class:`reference.train.Hooks`) for one rank.
+
+    The rank takes its shard of each batch, waits per layer for that layer's exchange before
+    its forward pass (:meth:`GradExchanger.ready`), computes the loss on the all-gathered
+    logits, starts exchanges from the gradient-ready hook (overlap) or exchanges everything
+    after back-propagation (no overlap), sums the sharded tensors' statistics before
+    POLICY_UPDATE, and times every step.
+    """
+
+    def __init__(self, comm: Comm, ex: GradExchanger, cfg: TrainConfig, pcfg: ParallelConfig, evaluate: bool,
+                 on_step: Callable[[int], None] | None) -> None:
+        super().__init__(ex.on_grads_ready)
+        shard = cfg.batch // comm.size
+        self.shard = slice(comm.rank * shard, (comm.rank + 1) * shard)
+        self.comm, self.ex, self.batch, self.overlap = comm, ex, cfg.batch, pcfg.overlap
+        self.evaluate_here = evaluate and comm.rank == 0
+        self.on_step = on_step
+        self.step_times: list[float] = []
+        self.wait_times: list[float] = []
+        self.grad_waits: list[float] = []
+        self.bytes_step, self.wire_step = 0, 0.0
+        self._t0, self._w0, self._g0 = 0.0, 0.0, 0.0
+
+    def begin_epoch(self, lr: float) -> None:
+        self.ex.lr = lr
+
+    def begin_step(self, it: int) -> None:
+        if self.on_step is not None:
+            self.on_step(it)
+        self._t0 = time.perf_counter()
+        self._w0, self._g0 = self.comm.wait_s, self.comm.grad_wait_s
+        self.ex.bytes_step, self.ex.wire_step = 0, 0.0
+
+    def forward(self, s: Session, x: Ref) -> Ref:
+        for li, layer in enumerate(s.model.layers):
+            self.ex.ready(li)
+            x = layer.forward(s.be, x)
+        return x
+
+    def gather_logits(self, local: np.ndarray) -> np.ndarray:
+        return self.comm.allgather(local, "logits gather").reshape(self.batch, -1)
+
+    def update(self, s: Session, lr: float) -> None:
+        # with overlap, each layer is updated when its exchange completes (GradExchanger.update)
+        if not self.overlap:
+            self.ex.exchange_all()
+
+    def update_formats(self, engine: Engine) -> None:
+        _update_formats_of(engine, reduce_sharded_stats(self.comm, engine, self.ex.param_tids))
+
+    def end_step(self) -> None:
+        self.bytes_step, self.wire_step = self.ex.bytes_step, self.ex.wire_step
+        self.step_times.append(time.perf_counter() - self._t0)
+        self.wait_times.append(self.comm.wait_s - self._w0)
+        self.grad_waits.append(self.comm.grad_wait_s - self._g0)
+
+    def end_epoch(self) -> None:
+        self.ex.flush()
+
+    def evaluate(self, s: Session) -> float | None:
+        return evaluate_session(s) if self.evaluate_here else None
+
+
 def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_comm: Any = None,
                    evaluate: bool = True, on_step: Callable[[int], None] | None = None) -> ParallelResult:
     """Train ``cfg`` on ``data`` over the ranks of ``mpi_comm`` (default: COMM_WORLD).
 
+    The loop is :func:`reference.train.run_epochs`, run with :class:`ParallelHooks`.
     ``on_step(iteration)`` is called at the start of every training step (fault injection in
     tests, progress reports).
 
@@ -605,103 +674,32 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
     comm = Comm(mpi_comm, pcfg.timeout_s)
     check_agreement(comm, config_digest(cfg, pcfg, data, comm.size))
     check_supported(cfg, pcfg, comm.size)
-    rank, size = comm.rank, comm.size
-    core = PRESETS[cfg.core]
-    spec = cfg.precision_spec()
-    model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
-    init_rng = np.random.default_rng([cfg.seed, 1])
-    shuffle_rng = np.random.default_rng([cfg.seed, 2])
-    values = model.init_params(init_rng)
-    n = len(data.x_train)
-    if n < cfg.batch:
-        raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
-    steps = n // cfg.batch
-    engine: Engine | None = None
-    if spec is None:
-        ex = GradExchanger(comm, model, cfg, pcfg, None)
-        be: Backend = ShardFloatBackend(ex)
-    else:
-        engine = Engine(core, cfg.seed, spec.threshold)
-        first = shuffle_rng.permutation(n)[: cfg.batch]
-        calibrate(model, values, data.x_train[first], data.y_train[first], cfg, engine, spec)
+    exchangers: list[GradExchanger] = []
+
+    def backend(model: Model, engine: Engine | None) -> Backend:
         ex = GradExchanger(comm, model, cfg, pcfg, engine)
-        be = ShardDfpBackend(engine, model.ids, ex)
-    ex.be = be
-    model.bind(be, values)
-    threshold = spec.threshold if spec else DEFAULT_THRESHOLD
-    shuffle_rng = np.random.default_rng([cfg.seed, 3])
-    shard = cfg.batch // size
-    epochs: list[dict[str, Any]] = []
-    step_times: list[float] = []
-    wait_times: list[float] = []
-    grad_waits: list[float] = []
-    bytes_step, wire_step = 0, 0.0
-    for ep in range(cfg.epochs):
-        perm = shuffle_rng.permutation(n)
-        ex.lr = lr = cfg.lr_schedule.at(cfg.lr, ep, cfg.epochs)
-        loss_sum, correct = 0.0, 0
-        for s in range(steps):
-            if on_step is not None:
-                on_step(ep * steps + s)
-            t0 = time.perf_counter()
-            w0, g0 = comm.wait_s, comm.grad_wait_s
-            ex.bytes_step, ex.wire_step = 0, 0.0
-            idx = perm[s * cfg.batch:(s + 1) * cfg.batch]
-            mine = idx[rank * shard:(rank + 1) * shard]
-            yb = data.y_train[idx]
-            xm = model.input_matrix(data.x_train[mine])
-            if engine is not None:
-                _host_setting(engine, model.input_tid, model.input_matrix(data.x_train[idx]), threshold)
-            x = be.load(model.input_tid, xm)
-            for li, layer in enumerate(model.layers):
-                ex.ready(li)
-                x = layer.forward(be, x)
-            local_logits = be.to_float(x)
-            logits = comm.allgather(local_logits, "logits gather").reshape(cfg.batch, -1)
-            loss, g, c = softmax_cross_entropy(logits, yb)
-            if engine is not None:
-                _host_setting(engine, model.logits_err_tid, g, threshold)
-            dy = be.load(model.logits_err_tid, g[rank * shard:(rank + 1) * shard])
-            model.backward(be, dy, cfg.grad_order, ex.on_grads_ready)
-            if not pcfg.overlap:
-                ex.exchange_all()
-            if engine is not None:
-                sharded = reduce_sharded_stats(comm, engine, ex.param_tids)
-                _update_formats_of(engine, sharded)
-            bytes_step, wire_step = ex.bytes_step, ex.wire_step
-            step_times.append(time.perf_counter() - t0)
-            wait_times.append(comm.wait_s - w0)
-            grad_waits.append(comm.grad_wait_s - g0)
-            loss_sum += loss
-            correct += c
-            if not np.isfinite(loss):
-                raise ValueError(f"train: loss became {loss} at iteration {ep * steps + s}")
-        ex.flush()
-        test_acc = None
-        if evaluate and rank == 0:
-            if engine is not None:
-                ev_engine = engine.fork()
-                ev_be: Backend = DfpBackend(ev_engine, model.ids)
-                ev_be._shadows, ev_be._ones = be._shadows, be._ones
-            else:
-                ev_engine, ev_be = None, FloatBackend(np.float32)
-            test_acc = _evaluate(model, ev_be, ev_engine, data.x_test, data.y_test, threshold)
-        epochs.append({"epoch": ep + 1, "lr": lr, "loss": loss_sum / steps, "train_acc": correct / (steps * cfg.batch),
-                       "test_acc": test_acc})
+        exchangers.append(ex)
+        ex.be = ShardFloatBackend(ex) if engine is None else ShardDfpBackend(engine, model.ids, ex)
+        return ex.be
+
+    s = open_session(cfg, data, backend)
+    hooks = ParallelHooks(comm, exchangers[0], cfg, pcfg, evaluate, on_step)
+    epochs = run_epochs(s, hooks)
+    core = PRESETS[cfg.core]
     metrics = {
-        "train_config": cfg.to_dict(), "parallel": pcfg.to_dict(), "ranks": size,
-        "data": {"name": data.name, "train": int(n), "test": int(len(data.x_test))},
-        "epochs": epochs,
-        "final": {"test_acc": epochs[-1]["test_acc"], "loss": epochs[-1]["loss"]},
-        "gradient_bytes_per_step": bytes_step,
+        "train_config": cfg.to_dict(), "parallel": pcfg.to_dict(), "ranks": comm.size,
+        "data": {"name": data.name, "train": int(s.n), "test": int(len(data.x_test))},
+        "epochs": [e.to_dict(times=False) for e in epochs],
+        "final": {"test_acc": epochs[-1].test_acc, "loss": epochs[-1].loss},
+        "gradient_bytes_per_step": hooks.bytes_step,
         # what each rank would send with ring algorithms (allreduce 2(N-1)/N, reduce-scatter
         # (N-1)/N of the payload, allgather N-1 chunks)
-        "gradient_wire_bytes_per_step_ring": wire_step,
+        "gradient_wire_bytes_per_step_ring": hooks.wire_step,
         # The statistics table summed at the end of every dfp step (all tensor ids, int64).
-        "statistics_bytes_per_step": 0 if engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
-        "step_time_s_median": float(np.median(step_times)),
-        "wait_time_s_median": float(np.median(wait_times)),
-        "gradient_wait_time_s_median": float(np.median(grad_waits)),
-        "gradient_wait_times_s": grad_waits,
+        "statistics_bytes_per_step": 0 if s.engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
+        "step_time_s_median": float(np.median(hooks.step_times)),
+        "wait_time_s_median": float(np.median(hooks.wait_times)),
+        "gradient_wait_time_s_median": float(np.median(hooks.grad_waits)),
+        "gradient_wait_times_s": hooks.grad_waits,
     }
-    return ParallelResult(metrics, model, engine, step_times, wait_times, bytes_step)
+    return ParallelResult(metrics, s.model, s.engine, hooks.step_times, hooks.wait_times, hooks.bytes_step)

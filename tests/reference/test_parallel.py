@@ -210,6 +210,33 @@ def test_config_digest_changes_with_every_input():
     assert base != config_digest(TrainConfig(), ParallelConfig(), _slice(63), 2)
 
 
+# -- one rank, in process (MPI singleton) --------------------------------------------------
+
+
+@pytest.mark.parametrize(("precision", "overlap"), [("dfp8", True), ("dfp16", False), ("fp32", True)])
+def test_one_rank_runs_the_single_process_loop_bit_for_bit(precision, overlap):
+    # train_parallel is reference.train.run_epochs with ParallelHooks: on one rank the sharding,
+    # the gathered logits, the per-layer exchanges and updates and the reduced statistics must
+    # leave every result unchanged, fp32 included (a sum over one rank is exact).
+    from mpi4py import MPI
+
+    from reference.parallel import train_parallel
+
+    cfg = TrainConfig(model=ModelKind.MLP, precision=Precision(precision), epochs=2, batch=32, seed=7)
+    data = _slice(96)
+    ref = train(cfg, data)
+    got = train_parallel(cfg, data, ParallelConfig(overlap=overlap), MPI.COMM_SELF)
+    want = params_arrays(ParallelResult(ref.metrics, ref.model, ref.engine, [], [], 0))
+    have = params_arrays(got)
+    assert want.keys() == have.keys()
+    for k in want:
+        assert np.array_equal(have[k], want[k]), k
+    keys = ("epoch", "lr", "loss", "train_acc", "test_acc")
+    assert [{k: e[k] for k in keys} for e in got.metrics["epochs"]] == \
+        [{k: e[k] for k in keys} for e in ref.metrics["epochs"]]
+    assert len(got.step_times) == cfg.epochs * ref.metrics["iterations_per_epoch"]
+
+
 # -- the exchange on one rank, in process (MPI singleton) ---------------------------------
 
 

@@ -63,6 +63,42 @@ def test_grads_ready_hook_runs_once_per_parameter_layer_from_the_top(small):
     assert seen == [(n, True) for n in ["fc2", "fc1", "conv2", "conv1"]] * 2
 
 
+def test_hooks_are_called_in_loop_order_and_decide_the_evaluation(small):
+    from reference.train import Hooks, open_session, run_epochs
+
+    class Recorder(Hooks):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list = []
+
+        def begin_epoch(self, lr):
+            self.calls.append(("epoch", lr))
+
+        def begin_step(self, it):
+            self.calls.append(("step", it))
+
+        def end_step(self):
+            self.calls.append("end step")
+
+        def end_epoch(self):
+            self.calls.append("end epoch")
+
+        def evaluate(self, s):
+            self.calls.append("evaluate")
+            return None
+
+    cfg = TrainConfig(model=ModelKind.MLP, precision=Precision.DFP8, epochs=2, batch=100, seed=0)
+    s = open_session(cfg, small)
+    assert s.steps == 2
+    h = Recorder()
+    epochs = run_epochs(s, h)
+    lr0, lr1 = (cfg.lr_schedule.at(cfg.lr, e, 2) for e in range(2))
+    assert h.calls == [("epoch", lr0), ("step", 0), "end step", ("step", 1), "end step", "end epoch", "evaluate",
+                       ("epoch", lr1), ("step", 2), "end step", ("step", 3), "end step", "end epoch", "evaluate"]
+    assert [e.test_acc for e in epochs] == [None, None]
+    assert "time_s" not in epochs[0].to_dict(times=False) and "time_s" in epochs[0].to_dict()
+
+
 def test_calibration_sets_every_tensor_and_weights_round_stochastically(small):
     res = train(TrainConfig(model=ModelKind.MLP, precision=Precision.DFP16, epochs=1), small)
     eng, ids = res.engine, res.model.ids
