@@ -558,7 +558,7 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
          align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False,
-         inplace: bool | None = None) -> Plan:
+         inplace: bool | None = None, fused: bool = True) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -582,6 +582,10 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
     inplace
         Override whether ReLU/dropout work in place (default: ``strategy >= INPLACE``), to
         measure e.g. the paper's REORDER on a network whose ReLUs are in place, as in Caffe.
+    fused
+        Whether WEIGHT_AREA and later may choose FUSED. A float trainer computing dW one row at
+        a time sums in another order than one matrix multiply (results differ in the last bits),
+        so :mod:`reference.pooled` plans with ``fused=False`` to stay bit-identical.
 
     Raises
     ------
@@ -596,7 +600,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
     chosen: dict[str, BackwardOrder] = {}
     if strategy is not Strategy.CONVENTIONAL:
         options = [BackwardOrder.DX_FIRST, BackwardOrder.DW_FIRST]
-        if strategy >= Strategy.WEIGHT_AREA:
+        if strategy >= Strategy.WEIGHT_AREA and fused:
             options.append(BackwardOrder.FUSED)
         step0 = _build_step(net, batch, width, strategy, {}, momentum)
         for layer in step0.windows:  # backward order: top layer first
