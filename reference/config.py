@@ -41,6 +41,11 @@ class CoreConfig:
         Scratchpad banks (>= 3: two operands and a result can be accessed in one cycle).
     counter_bits
         Width of every statistics and performance counter (saturating).
+    widths
+        Data widths (in bits, from 8, 16, 32) the datapath supports; the default supports all
+        three. A core without a width has no hardware for it (multipliers, accumulator bits,
+        conversion and statistics slots), and a settings write or a command that would use it
+        is illegal (:func:`reference.isa.check_setting`). Normalized to an ascending tuple.
     """
 
     lanes: int = 8
@@ -50,13 +55,17 @@ class CoreConfig:
     spad_words: int = 1024
     spad_banks: int = 4
     counter_bits: int = 32
+    widths: tuple[int, ...] = tuple(w.bits for w in Width)
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, why: str) -> None:
             if not cond:
                 raise ValueError(f"config: {field}={getattr(self, field)!r}: {why}")
 
+        object.__setattr__(self, "widths", _check_widths(self.widths))
         for f in dataclasses.fields(self):
+            if f.name == "widths":
+                continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"config: {f.name}={v!r}: must be an integer")
@@ -70,12 +79,30 @@ class CoreConfig:
         need(16 <= self.counter_bits <= 48, "counter_bits", "must be in [16, 48]")
 
     # Derived quantities: computed here once, never retyped elsewhere.
+    @property
+    def supported_widths(self) -> tuple[Width, ...]:
+        """The supported widths as :class:`Width` members, narrowest first."""
+        return tuple(Width.from_bits(b) for b in self.widths)
+
+    def supports(self, width: Width) -> bool:
+        return Width(width).bits in self.widths
+
+    @property
+    def narrowest(self) -> Width:
+        return self.supported_widths[0]
+
+    @property
+    def widest(self) -> Width:
+        return self.supported_widths[-1]
+
     def values_per_beat(self, width: Width) -> int:
+        """Values of ``width`` in one scratchpad word (the word geometry, defined for every width)."""
         return self.lanes * width.lanes_per_word
 
     @property
     def rng_slots(self) -> int:
-        return self.values_per_beat(Width.W8)
+        """Slots of a beat and stochastic-rounding generators: the values per beat at the narrowest width."""
+        return self.values_per_beat(self.narrowest)
 
     @property
     def word_bits(self) -> int:
@@ -86,15 +113,35 @@ class CoreConfig:
         return (1 << self.counter_bits) - 1
 
     def peak_macs_per_cycle(self, width: Width) -> int:
+        """Multiply-accumulates per cycle at ``width``; ValueError if the core does not support it."""
+        if not self.supports(width):
+            raise ValueError(f"config: widths={list(self.widths)}: {Width(width).bits}-bit data is not supported")
         return self.values_per_beat(width)
 
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, int | list[int]]:
+        """The fields as JSON/TOML values (``widths`` as a list)."""
+        return dataclasses.asdict(self) | {"widths": list(self.widths)}
 
     def digest(self) -> str:
         """Hash of the parameters, written into the manifest and traces."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_widths(value: object) -> tuple[int, ...]:
+    """``widths`` as an ascending tuple of bits; TypeError/ValueError naming the bad value."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f"config: widths={value!r}: must be a list of widths in bits (8, 16, 32)")
+    for b in value:
+        if isinstance(b, bool) or not isinstance(b, int):
+            raise TypeError(f"config: widths={value!r}: {b!r} is not an integer number of bits")
+        if b not in {w.bits for w in Width}:
+            raise ValueError(f"config: widths={value!r}: {b} is not one of 8, 16, 32")
+    if not value:
+        raise ValueError(f"config: widths={value!r}: must name at least one width")
+    if len(set(value)) != len(value):
+        raise ValueError(f"config: widths={value!r}: names a width twice")
+    return tuple(sorted(value))
 
 
 PRESETS: dict[str, CoreConfig] = {

@@ -40,6 +40,15 @@ tensor id ``tid_d`` (or all, when the broadcast flag is set).
 
 All compute operands and the result must have the same width: a width change is a
 CONVERT, whose ``W_op`` is the wider of its two formats.
+
+Supported widths
+----------------
+A core supports the widths of ``CoreConfig.widths`` only. A host write of a settings word whose
+width the core does not support is illegal like one with width code 3: the entry keeps its old
+contents and the status register records ``BAD_SETTING`` (:func:`decode_setting`). A compute
+command naming a tensor id whose setting has an unsupported width is rejected with
+``BAD_SETTING`` too, at the point where a missing setting would be (:func:`check_command`):
+the hardware never holds such a setting, so to it the id simply has no (legal) setting.
 """
 
 from __future__ import annotations
@@ -159,6 +168,27 @@ def operand_shapes(cmd: Command) -> dict[str, tuple[int, int]]:
     return {}
 
 
+def check_setting(setting: TensorSetting, cfg: CoreConfig) -> None:
+    """Raise :class:`IllegalCommand` (``BAD_SETTING``) if ``cfg`` does not support ``setting``'s width."""
+    if not cfg.supports(setting.fmt.width):
+        raise IllegalCommand(ErrorCode.BAD_SETTING,
+                             f"{setting.fmt.bits}-bit data is not supported (widths {list(cfg.widths)})")
+
+
+def decode_setting(word: int, cfg: CoreConfig) -> TensorSetting:
+    """A host write of settings-register ``word`` to a core of ``cfg``: the entry it stores.
+
+    Raises :class:`IllegalCommand` (``BAD_SETTING``) for a word :meth:`TensorSetting.decode`
+    rejects or whose width ``cfg`` does not support; the core then changes no entry.
+    """
+    try:
+        setting = TensorSetting.decode(word)
+    except ValueError as exc:
+        raise IllegalCommand(ErrorCode.BAD_SETTING, str(exc)) from exc
+    check_setting(setting, cfg)
+    return setting
+
+
 def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreConfig) -> None:
     """Raise :class:`IllegalCommand` for a command the core must reject; checks in this order."""
     op = cmd.opcode
@@ -183,6 +213,9 @@ def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreCon
             raise IllegalCommand(ErrorCode.BAD_TENSOR_ID, f"tid_{role}={tid} >= {cfg.tensor_ids}")
         if tid not in settings:
             raise IllegalCommand(ErrorCode.BAD_SETTING, f"tid_{role}={tid} has no setting")
+        if not cfg.supports(settings[tid].fmt.width):
+            raise IllegalCommand(ErrorCode.BAD_SETTING, f"tid_{role}={tid}: {settings[tid].fmt.bits}-bit data "
+                                 f"is not supported (widths {list(cfg.widths)})")
     if cmd.m < 1 or cmd.n < 1 or (op == Op.MATMUL and not 1 <= cmd.k <= MAX_K):
         raise IllegalCommand(ErrorCode.BAD_SHAPE, f"M={cmd.m} N={cmd.n} K={cmd.k}")
     fmts = {role: settings[tid].fmt for role, tid in used.items()}

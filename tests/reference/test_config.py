@@ -106,3 +106,42 @@ def test_presets_are_not_mutated_by_loading(tmp_path):
     p.write_text('[core]\npreset = "tiny"\nlanes = 8\n')
     load_config(p)
     assert PRESETS["tiny"].lanes == 2
+
+
+def test_widths_default_to_all_and_normalize():
+    assert CoreConfig().widths == (8, 16, 32)
+    assert CoreConfig(widths=[32, 8]).widths == (8, 32)
+    assert CoreConfig(widths={16}).supported_widths == (Width.W16,)
+    c = CoreConfig(lanes=4, widths=[16, 32])
+    assert (c.narrowest, c.widest) == (Width.W16, Width.W32)
+    assert c.supports(Width.W32) and not c.supports(Width.W8)
+    assert c.rng_slots == c.values_per_beat(Width.W16) == 8  # slots and generators of the narrowest width
+    assert CoreConfig(lanes=4, widths=[32]).rng_slots == 4
+    assert c.peak_macs_per_cycle(Width.W16) == 8
+    with pytest.raises(ValueError, match=r"config: widths=\[16, 32\]: 8-bit data is not supported"):
+        c.peak_macs_per_cycle(Width.W8)
+    assert c.to_dict()["widths"] == [16, 32]
+
+
+@pytest.mark.parametrize(("value", "exc", "pattern"), [
+    ([], ValueError, r"config: widths=\[\]: must name at least one width"),
+    ([8, 8], ValueError, r"config: widths=\[8, 8\]: names a width twice"),
+    ([8, 12], ValueError, r"config: widths=\[8, 12\]: 12 is not one of 8, 16, 32"),
+    ([8.0], TypeError, r"config: widths=\[8.0\]: 8.0 is not an integer number of bits"),
+    ([True], TypeError, r"config: widths=\[True\]: True is not an integer"),
+    ("8", TypeError, r"config: widths='8': must be a list of widths in bits"),
+    (8, TypeError, r"config: widths=8: must be a list of widths in bits"),
+])
+def test_bad_widths(value, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        CoreConfig(widths=value)
+
+
+def test_widths_are_in_the_digest_and_toml(tmp_path):
+    assert len({CoreConfig(widths=ws).digest() for ws in ([8], [16], [32], [8, 16, 32])}) == 4
+    p = tmp_path / "w.toml"
+    p.write_text('[core]\npreset = "tiny"\nwidths = [16]\n')
+    assert load_config(p) == dataclasses.replace(PRESETS["tiny"], widths=(16,))
+    p.write_text("[core]\nwidths = [64]\n")
+    with pytest.raises(ValueError, match=r"config: widths=\[64\]: 64 is not one of 8, 16, 32"):
+        load_config(p)
