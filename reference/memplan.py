@@ -28,7 +28,9 @@ Tensors of one step (``L`` is a layer name, ``B`` the batch)
 ``L.dWtile``           scratch of the fused weight update: one output row (filter) of dW;
 ``L.vW``, ``L.vb``     momentum velocities (only with ``momentum=True``), kept across steps.
 A flatten layer is a view: it creates no tensor. Data tensors take ``width.bits // 8`` bytes
-per element. Convolution workspaces (im2col) are not modelled: they depend on the implementation.
+per element. Convolution workspaces (im2col) are not modelled unless ``plan(workspace=True)``:
+then ``L.cols``, ``L.dcols``, ``L.colsT`` are the im2col matrices of the forward, input-error
+and weight-gradient ops, each live during its op only (their size depends on the implementation).
 
 Backward data dependencies: conv/linear ``dx <- (W, dy)``, ``dW, db <- (x, dy)``;
 ReLU ``dx <- (y, dy)``; max pool ``dx <- (mask, dy)``; LRN ``dx <- (x, y, scale, dy)``;
@@ -71,7 +73,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .formats import Width
-from .nets import LayerKind, Net, infer_shapes
+from .nets import LayerKind, LayerShape, Net, infer_shapes
 
 LABEL_BYTES = 4
 MASK_BYTES = 1
@@ -121,6 +123,7 @@ class BufferKind(enum.Enum):
     ERROR = "error"
     PARAM = "param"
     PARAM_GRAD = "param_grad"
+    WORKSPACE = "workspace"
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,21 @@ class _Step:
     elementwise: frozenset[str]  # ReLU and dropout layers: candidates for in-place
 
 
+def _workspaces(s: LayerShape, batch: int, eb: int) -> dict[str, int]:
+    """Bytes of the im2col matrices of a convolution's three ops, as :mod:`reference.pooled` builds them.
+
+    ``cols`` (forward) and ``colsT`` (weight gradient): ``N*Ho*Wo`` rows of ``k*k*C``;
+    ``dcols`` (input error): stride 1, the padded error's ``N*H*W`` rows of ``k*k*O`` (a full
+    correlation with the flipped kernel); stride > 1, a col2im buffer the size of ``cols``.
+    """
+    k, (c, h, w), (o, ho, wo) = s.layer.kernel, s.in_shape, s.out_shape
+    cols = batch * ho * wo * k * k * c * eb
+    dcols = batch * h * w * k * k * o * eb if s.layer.stride == 1 else cols
+    return {"cols": cols, "colsT": cols, "dcols": dcols}
+
+
 def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
-                orders: dict[str, BackwardOrder], momentum: bool = False) -> _Step:
+                orders: dict[str, BackwardOrder], momentum: bool = False, workspace: bool = False) -> _Step:
     eb = _elem_bytes(width)
     shapes = infer_shapes(net)
     tensors: dict[str, tuple[int, BufferKind]] = {
@@ -199,6 +215,10 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                 rows = s.layer.out_channels if k is LayerKind.CONV else s.layer.out_features
                 tensors[f"{L}.dWtile"] = (s.weights // rows * eb, BufferKind.PARAM_GRAD)
                 reads = (cur, f"{L}.W", f"{L}.b")
+                if workspace and k is LayerKind.CONV:
+                    for t, nbytes in _workspaces(s, batch, eb).items():
+                        tensors[f"{L}.{t}"] = (nbytes, BufferKind.WORKSPACE)
+                    writes = (y, f"{L}.cols")
                 if momentum:
                     tensors[f"{L}.vW"] = (s.weights * eb, BufferKind.PARAM)
                     tensors[f"{L}.vb"] = (s.biases * eb, BufferKind.PARAM)
@@ -233,8 +253,10 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
             start = base + len(bwd)
             W, b, dW, db = f"{L}.W", f"{L}.b", f"{L}.dW", f"{L}.db"
             state = (f"{L}.vW", f"{L}.vb") if momentum else ()
-            op_dx = Op(f"bwd_dx:{L}", L, Phase.BACKWARD, (W, dy), (dx,)) if dx else None
-            op_dw = Op(f"bwd_dW:{L}", L, Phase.BACKWARD, (x, dy), (dW, db))
+            ws = workspace and k is LayerKind.CONV
+            dcols, colsT = ((f"{L}.dcols",), (f"{L}.colsT",)) if ws else ((), ())
+            op_dx = Op(f"bwd_dx:{L}", L, Phase.BACKWARD, (W, dy), (dx, *dcols)) if dx else None
+            op_dw = Op(f"bwd_dW:{L}", L, Phase.BACKWARD, (x, dy), (dW, db, *colsT))
             op_up = Op(f"update:{L}", L, Phase.UPDATE, (W, b, *state, dW, db), (*state, W, b))
             order = orders.get(L, BackwardOrder.DX_FIRST)
             if strategy is Strategy.CONVENTIONAL:
@@ -242,7 +264,7 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                 late_updates.append(op_up)
             elif order is BackwardOrder.FUSED:
                 fused = Op(f"bwd_dW+update:{L}", L, Phase.UPDATE, (x, dy, W, b, *state),
-                           (f"{L}.dWtile", db, *state, W, b))
+                           (f"{L}.dWtile", db, *colsT, *state, W, b))
                 seq = [op_dx, fused]
             elif order is BackwardOrder.DW_FIRST:
                 seq = [op_dw, op_dx, op_up]
@@ -465,7 +487,9 @@ def _lifetimes(step: _Step, strategy: Strategy, storage: dict[str, str]) -> dict
     out: dict[str, tuple[int, int]] = {}
     for b in first:
         kind = step.tensors[b][1]
-        if strategy is Strategy.CONVENTIONAL or kind is BufferKind.PARAM:
+        if kind is BufferKind.WORKSPACE:  # scratch of one op in every schedule
+            out[b] = (first[b], last[b])
+        elif strategy is Strategy.CONVENTIONAL or kind is BufferKind.PARAM:
             out[b] = (0, n - 1)
         elif kind in (BufferKind.INPUT, BufferKind.ACTIVATION, BufferKind.AUX) \
                 and strategy < Strategy.EARLY_FREE:
@@ -537,8 +561,8 @@ _Evaluated = tuple[_Step, dict[str, str], dict[str, tuple[int, int]], dict[str, 
 
 
 def _evaluate(net: Net, batch: int, width: Width, strategy: Strategy,
-              orders: dict[str, BackwardOrder], momentum: bool, inplace: bool) -> _Evaluated:
-    step = _build_step(net, batch, width, strategy, orders, momentum)
+              orders: dict[str, BackwardOrder], momentum: bool, inplace: bool, workspace: bool) -> _Evaluated:
+    step = _build_step(net, batch, width, strategy, orders, momentum, workspace)
     storage = _storage_map(step, inplace)
     lifetimes = _lifetimes(step, strategy, storage)
     sizes = {b: step.tensors[b][0] for b in lifetimes}
@@ -558,7 +582,7 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
          align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False,
-         inplace: bool | None = None, fused: bool = True) -> Plan:
+         inplace: bool | None = None, fused: bool = True, workspace: bool = False) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -586,6 +610,10 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         Whether WEIGHT_AREA and later may choose FUSED. A float trainer computing dW one row at
         a time sums in another order than one matrix multiply (results differ in the last bits),
         so :mod:`reference.pooled` plans with ``fused=False`` to stay bit-identical.
+    workspace
+        Give each convolution op its im2col matrix as a buffer of that op alone (kind
+        WORKSPACE, same in every schedule; sizes as :mod:`reference.pooled` builds them, see
+        ``_workspaces``). Off for the paper's comparisons, which leave workspaces out.
 
     Raises
     ------
@@ -602,7 +630,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         options = [BackwardOrder.DX_FIRST, BackwardOrder.DW_FIRST]
         if strategy >= Strategy.WEIGHT_AREA and fused:
             options.append(BackwardOrder.FUSED)
-        step0 = _build_step(net, batch, width, strategy, {}, momentum)
+        step0 = _build_step(net, batch, width, strategy, {}, momentum, workspace)
         for layer in step0.windows:  # backward order: top layer first
             if layer in forced:
                 chosen[layer] = forced[layer]
@@ -610,14 +638,15 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             best: tuple[int, BackwardOrder] | None = None
             for opt in options:
                 trial = {**chosen, layer: opt}
-                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace)
+                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace, workspace)
                 a, b = step.windows[layer]
                 local = max(live[a:b + 1])
                 if best is None or local < best[0]:
                     best = (local, opt)
             assert best is not None
             chosen[layer] = best[1]
-    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum, inplace)
+    step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum, inplace,
+                                                      workspace)
     _, bestfit = _place(step, storage, lifetimes, sizes, align)
     offsets, arena = _place_offline(lifetimes, sizes, align)
     buffers = {b: Buffer(b, sizes[b], step.tensors[b][1]) for b in lifetimes}

@@ -86,9 +86,15 @@ def net_of_model(model: Model, name: str | None = None) -> Net:
     return Net(name or f"{model.kind.value}_{h}x{w}x{c}", shape, tuple(layers))
 
 
-def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = False) -> Plan:
-    """The checked fp32 plan the pooled trainer runs (arena granule :data:`POOL_ALIGN`)."""
-    p = plan(net_of_model(model), batch, Width.W32, strategy, align=POOL_ALIGN, momentum=momentum, fused=fused)
+def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = False,
+                   workspace: bool = True) -> Plan:
+    """The checked fp32 plan the pooled trainer runs (arena granule :data:`POOL_ALIGN`).
+
+    With ``workspace`` (default) every convolution op's im2col matrix is a planned buffer of
+    that op, so the pool holds it too (see ``plan(workspace=True)``).
+    """
+    p = plan(net_of_model(model), batch, Width.W32, strategy, align=POOL_ALIGN, momentum=momentum, fused=fused,
+             workspace=workspace)
     check_plan(p)
     return p
 
@@ -109,6 +115,11 @@ def _layouts(model: Model, batch: int) -> dict[str, tuple[tuple[int, ...], np.dt
                 for prefix in ("", "d", "v"):
                     out[f"{la.name}.{prefix}{t}"] = (p.shape, _F32)
             out[f"{la.name}.dWtile"] = ((la.in_features,), _F32)
+            if isinstance(la, Conv2d):
+                kk = la.k * la.k
+                out[f"{la.name}.cols"] = ((n * la.ho * la.wo, kk * la.c), _F32)
+                out[f"{la.name}.colsT"] = ((kk * la.c, n * la.ho * la.wo), _F32)
+                out[f"{la.name}.dcols"] = ((n * la.h * la.w, kk * la.out_features), _F32)
         elif isinstance(la, MaxPool2d):
             shape = (n * la.out_hwc[0] * la.out_hwc[1], la.c)
             out[f"{la.name}.mask"] = ((n, *la.out_hwc), u8)
@@ -116,6 +127,23 @@ def _layouts(model: Model, batch: int) -> dict[str, tuple[tuple[int, ...], np.dt
     classes = model.layers[-1].out_features
     out["loss.y"] = ((n, classes), _F32)
     return out
+
+
+def _im2col_into(dst6: np.ndarray, x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int) -> None:
+    """``dst6[n, oy, ox, ky, kx, c] = x[n, oy+ky-pad, ox+kx-pad, c]``, zero outside: im2col with no temporary.
+
+    ``dst6`` is any 6-D view in that axis order (the ``[N*Ho*Wo, k*k*C]`` matrix or its
+    transpose, reshaped); same values as :func:`reference.layers.im2col` (exact data movement).
+    """
+    x4 = x.reshape(n, h, w, c)
+    ho, wo = dst6.shape[1], dst6.shape[2]
+    dst6[...] = 0
+    for ky in range(k):
+        y0, y1 = max(0, pad - ky), min(ho, h + pad - ky)
+        for kx in range(k):
+            x0, x1 = max(0, pad - kx), min(wo, w + pad - kx)
+            if y0 < y1 and x0 < x1:
+                dst6[:, y0:y1, x0:x1, ky, kx, :] = x4[:, y0 + ky - pad:y1 + ky - pad, x0 + kx - pad:x1 + kx - pad, :]
 
 
 def _im2col_t(x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int) -> np.ndarray:
@@ -279,9 +307,14 @@ class PooledStep:
                   hyper: tuple[np.float32, np.float32, np.float32]) -> None:
         L, n = la.name, self.plan.batch
         conv = isinstance(la, Conv2d)
+        ws = f"{L}.cols" in self.plan.storage  # im2col matrices planned as workspace buffers
         if kind == "fwd":
             xin = self._in(la, op.reads[0])
-            cols = im2col(xin, n, la.h, la.w, la.c, la.k, la.pad) if conv else xin
+            if conv and ws:
+                cols = self.view(f"{L}.cols")
+                _im2col_into(cols.reshape(n, la.ho, la.wo, la.k, la.k, la.c), xin, n, la.h, la.w, la.c, la.k, la.pad)
+            else:
+                cols = im2col(xin, n, la.h, la.w, la.c, la.k, la.pad) if conv else xin
             out = self.view(f"{L}.y")
             np.matmul(cols, self.view(f"{L}.W"), out=out)
             np.add(out, self.view(f"{L}.b"), out=out)
@@ -290,14 +323,25 @@ class PooledStep:
             dx = self._in(la, op.writes[0])
             if conv:
                 k, c, o = la.k, la.c, la.out_features
-                cols = im2col(dy, n, la.ho, la.wo, o, k, k - 1 - la.pad)
+                if ws:
+                    cols = self.view(f"{L}.dcols")
+                    _im2col_into(cols.reshape(n, la.h, la.w, k, k, o), dy, n, la.ho, la.wo, o, k, k - 1 - la.pad)
+                else:
+                    cols = im2col(dy, n, la.ho, la.wo, o, k, k - 1 - la.pad)
                 wf = wm.reshape(k, k, c, o)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * o, c)
                 np.matmul(cols, np.ascontiguousarray(wf), out=dx)
             else:
                 np.matmul(dy, np.ascontiguousarray(wm.T), out=dx)
         elif kind in ("bwd_dW", "bwd_dW+update"):
             xin, dy = self._in(la, op.reads[0]), self.view(f"{L}.dy")
-            ct = _im2col_t(xin, n, la.h, la.w, la.c, la.k, la.pad) if conv else np.ascontiguousarray(xin.T)
+            if conv and ws:
+                ct = self.view(f"{L}.colsT")
+                dst = ct.reshape(la.k, la.k, la.c, n, la.ho, la.wo).transpose(3, 4, 5, 0, 1, 2)
+                _im2col_into(dst, xin, n, la.h, la.w, la.c, la.k, la.pad)
+            elif conv:
+                ct = _im2col_t(xin, n, la.h, la.w, la.c, la.k, la.pad)
+            else:
+                ct = np.ascontiguousarray(xin.T)
             np.matmul(np.ones((1, dy.shape[0]), dtype=_F32), dy, out=self.view(f"{L}.db"))
             if kind == "bwd_dW":
                 np.matmul(ct, dy, out=self.view(f"{L}.dW"))

@@ -408,3 +408,21 @@ def test_every_schedule_trains_bit_identically_to_the_conventional_one():
             for name, value in ref.items():
                 assert np.array_equal(got[name], value), (s.name, inplace, name)
     assert seen_orders == set(BackwardOrder)  # every backward order was exercised
+
+
+def test_workspaces_are_im2col_matrices_live_during_their_op_only():
+    # digits CNN conv2: input 8x4x4, 16 filters 3x3 pad 1; batch 2, 32-bit.
+    p = plan(digits_cnn(), 2, Width.W32, Strategy.CONVENTIONAL, workspace=True)
+    check_plan(p)
+    assert p.buffers["conv2.cols"].nbytes == p.buffers["conv2.colsT"].nbytes == 2 * 4 * 4 * 9 * 8 * 4
+    assert p.buffers["conv2.dcols"].nbytes == 2 * 4 * 4 * 9 * 16 * 4  # error im2col: k*k*O per input pixel
+    assert "conv1.dcols" not in p.buffers  # the input gets no error
+    names = [o.name for o in p.ops]
+    for t, op in (("cols", "fwd"), ("dcols", "bwd_dx"), ("colsT", "bwd_dW")):
+        i = names.index(f"{op}:conv2")
+        assert p.lifetimes[f"conv2.{t}"] == (i, i)  # even in the conventional schedule
+        assert p.buffers[f"conv2.{t}"].kind is BufferKind.WORKSPACE
+    # off by default: the paper's comparisons leave workspaces out
+    assert not any(b.kind is BufferKind.WORKSPACE for b in plan(digits_cnn(), 2).buffers.values())
+    for s in Strategy:
+        check_plan(plan(lenet5(), 3, Width.W16, s, workspace=True))
