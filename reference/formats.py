@@ -41,7 +41,7 @@ class Width(enum.IntEnum):
 
     @property
     def bits(self) -> int:
-        return 8 << self.value
+        return _WIDTH_BITS[self]  # 8 << self.value; a tuple lookup skips the enum's slow .value
 
     @property
     def lanes_per_word(self) -> int:
@@ -54,6 +54,9 @@ class Width(enum.IntEnum):
             if w.bits == bits:
                 return w
         raise ValueError(f"width: {bits!r} bits is not one of 8, 16, 32")
+
+
+_WIDTH_BITS = tuple(8 << int(w) for w in Width)
 
 
 class RoundingMode(enum.IntEnum):
@@ -111,15 +114,15 @@ class DfpFormat:
 
     @property
     def bits(self) -> int:
-        return self.width.bits
+        return _WIDTH_BITS[self.width]
 
     @property
     def min_int(self) -> int:
-        return -(1 << (self.bits - 1))
+        return -(1 << (_WIDTH_BITS[self.width] - 1))
 
     @property
     def max_int(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return (1 << (_WIDTH_BITS[self.width] - 1)) - 1
 
     @property
     def lsb(self) -> float:
@@ -213,6 +216,15 @@ class DfpTensor:
             raise ValueError(f"tensor: DLU tensors are 2-D [rows, cols], got shape {d.shape}")
         _check_int_array(d, self.fmt, "tensor")
         object.__setattr__(self, "data", d.astype(np.int64, copy=False))
+
+    @classmethod
+    def _trusted(cls, data: np.ndarray, fmt: DfpFormat) -> DfpTensor:
+        """A tensor of values already known to be 2-D int64 within ``fmt`` (op results, data
+        movement of such values); skips the range check, which costs two passes over the data."""
+        t = object.__new__(cls)
+        object.__setattr__(t, "data", data)
+        object.__setattr__(t, "fmt", fmt)
+        return t
 
     @property
     def shape(self) -> tuple[int, int]:

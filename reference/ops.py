@@ -42,6 +42,7 @@ import numpy as np
 from .config import CoreConfig
 from .formats import (
     MAX_K,
+    STOCHASTIC_BITS,
     DfpFormat,
     DfpTensor,
     RoundingMode,
@@ -52,7 +53,7 @@ from .formats import (
     saturate,
 )
 from .rng import draw_beats
-from .stats import OpStats, analyse
+from .stats import F64_BIAS, OpStats, analyse, exponent_histogram
 
 
 class Op(enum.IntEnum):
@@ -119,6 +120,31 @@ def convert_acc(
     ``shift = f_acc - out_fmt.frac``: for shift > 0, :func:`round_shift` then saturation (in
     stochastic mode, ``rows * ceil(cols / V)`` beats of random words are drawn, V from
     ``op_width``); for shift <= 0, an exact left shift with saturation and no draw.
+
+    int64 accumulators take the fused kernels of :func:`_convert_int64`; Python-int object
+    arrays that do not fit int64 take :func:`convert_acc_reference`. Both give the same result.
+    """
+    acc = _as_int64_if_fits(acc)
+    if acc.dtype == object:
+        return convert_acc_reference(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+    return _convert_int64(np.asarray(acc, dtype=np.int64), f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+
+
+def convert_acc_reference(
+    acc: np.ndarray,
+    f_acc: int,
+    acc_bits: int,
+    out_fmt: DfpFormat,
+    rounding: RoundingMode,
+    cfg: CoreConfig,
+    rng: np.ndarray,
+    op_width: Width,
+) -> OpResult:
+    """:func:`convert_acc` written straight from its definition: :func:`round_shift`,
+    :func:`saturate` or :func:`requantize_left`, and :func:`reference.stats.analyse`.
+
+    The fast kernels are tested against this function; it also serves accumulators held as
+    Python ints beyond int64.
     """
     rows, cols = acc.shape
     acc = _as_int64_if_fits(acc)
@@ -127,15 +153,198 @@ def convert_acc(
     if shift > 0:
         u16 = None
         if rounding == RoundingMode.STOCHASTIC:
-            v = cfg.values_per_beat(op_width)
-            cpr = -(-cols // v)
-            words, new_rng = draw_beats(rng, rows * cpr, v)
-            u16 = words.reshape(rows, cpr * v)[:, :cols]
+            u16, new_rng = _stochastic_words(rng, rows, cols, cfg, op_width)
         q, over = saturate(round_shift(acc, shift, rounding, acc_bits, u16), out_fmt)
     else:
         q, over = requantize_left(acc, -shift, out_fmt)
     stats = analyse(acc, f_acc, q, over, cfg)
     return OpResult(DfpTensor(q, out_fmt), stats, new_rng)
+
+
+def _stochastic_words(rng: np.ndarray, rows: int, cols: int, cfg: CoreConfig, op_width: Width):
+    """The [rows, cols] random words of a stochastic conversion and the generator states after it."""
+    v = cfg.values_per_beat(op_width)
+    cpr = -(-cols // v)
+    words, new_rng = draw_beats(rng, rows * cpr, v)
+    return words.reshape(rows, cpr * v)[:, :cols], new_rng
+
+
+# -- fused conversion kernels ----------------------------------------------------------------
+#
+# An accumulator array reaches the kernels either as int64 or, when it may be wider than 52 bits
+# (32-bit operations: 80-bit accumulators), as a pair (hi, lo) of int64 arrays with
+# value = hi * 2**32 + lo and 0 <= lo < 2**32. The statistics come from float64 exponents, which
+# are exact for magnitudes below 2**53 (checked: the exponent counts give the largest bit length).
+# Rounding is done in int64 on values proven to stay below 2**62:
+#
+# - a value whose rounded result cannot fit 32 bits is first clamped to a value that saturates
+#   the same way (|v| >= 2**(shift + 32) rounds beyond every output range);
+# - a right shift s > 17 is reduced to 17 by dropping d = s - 17 bits into a sticky bit 0 (OR of
+#   the dropped bits). floor, the half-LSB comparison and the 16 stochastic bits only look at
+#   bits >= d + 1 and at whether any bit below is set, so the result of every mode is unchanged
+#   (the same argument as :func:`round_shift`'s pre-shift).
+
+_M32 = (1 << 32) - 1
+_BIAS = F64_BIAS
+
+
+def _exponents(m: np.ndarray) -> np.ndarray:
+    """Biased float64 exponents of non-negative int64 values (bit length + 1022; 0 for 0)."""
+    e = m.astype(np.float64).view(np.int64)
+    e >>= 52
+    return e
+
+
+def _round_small(x: np.ndarray, s: int, rounding: RoundingMode, u16: np.ndarray | None) -> np.ndarray:
+    """round_shift of int64 values with |x| <= 2**62 by 0 < s <= 62 (no sum below reaches 2**63); a fresh array."""
+    if rounding == RoundingMode.FLOOR:
+        return x >> s
+    if rounding == RoundingMode.NEAREST_EVEN:
+        # floor((x + half - 1 + (fq & 1)) / 2**s): rem + (fq & 1) > half rounds up.
+        r = x >> s
+        r &= 1
+        r += x
+        r += (1 << (s - 1)) - 1
+        r >>= s
+        return r
+    if rounding == RoundingMode.STOCHASTIC:
+        # fq + 1 iff r16 + u16 >= 2**16, i.e. rem + u16 * 2**(s-16) >= 2**s (for s < 16 the
+        # condition rem * 2**(16-s) + u16 >= 2**16 reads rem + floor(u16 / 2**(16-s)) >= 2**s).
+        if u16 is None:
+            raise ValueError("round_shift: stochastic rounding needs random words (u16)")
+        if s >= STOCHASTIC_BITS:
+            r = u16 << (s - STOCHASTIC_BITS)
+        else:
+            r = u16 >> (STOCHASTIC_BITS - s)
+        r = r + x
+        r >>= s
+        return r
+    raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
+
+
+def _reduce_sticky(x: np.ndarray, d: int) -> np.ndarray:
+    """floor(x / 2**d) with bit 0 ORed with (x mod 2**d != 0), for int64 x and d >= 1."""
+    if d >= 63:
+        return (x >> 63) | (x != 0)
+    return (x >> d) | ((x & ((1 << d) - 1)) != 0)
+
+
+def _shift_left(x: np.ndarray, k: int, out_fmt: DfpFormat, small: bool) -> np.ndarray:
+    """x * 2**k for k >= 0, or a value that saturates the same way (int64, |x| < 2**63 - 2**62).
+
+    ``small``: |x| < 2**53, so a shift by k <= 9 cannot overflow. Otherwise x is first clamped
+    to the output range (a clamped value, shifted by k >= 1, still saturates with its sign) and
+    shifted by at most the output width (a non-zero value then leaves the range): |result| <= 2**63.
+    """
+    if k == 0:
+        return x
+    if small and k <= 9:
+        return x << k
+    bits = out_fmt.bits
+    r = np.maximum(x, -(1 << (bits - 1)))
+    np.minimum(r, (1 << (bits - 1)) - 1, out=r)
+    r <<= min(k, bits)
+    return r
+
+
+def _finish(r: np.ndarray, n: int, nonzero: int, he: np.ndarray, zero_bucket: int, f_acc: int,
+            out_fmt: DfpFormat, cfg: CoreConfig, new_rng: np.ndarray) -> OpResult:
+    """Saturate the rounded values ``r`` (a fresh int64 array) and assemble the result."""
+    bits = out_fmt.bits
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = np.maximum(r, lo)
+    np.minimum(q, hi, out=q)
+    overflow = int(np.count_nonzero(q != r))
+    zeros = n - nonzero
+    underflow = n - int(np.count_nonzero(q)) - zeros  # v == 0 always converts to 0
+    hist = exponent_histogram(he, zero_bucket, zeros, f_acc, cfg)
+    cmax = cfg.counter_max
+    if n > cmax:
+        np.minimum(hist, cmax, out=hist)
+        zeros, overflow, underflow, n = min(zeros, cmax), min(overflow, cmax), min(underflow, cmax), cmax
+    return OpResult(DfpTensor._trusted(q, out_fmt), OpStats(hist, zeros, overflow, underflow, n), new_rng)
+
+
+def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
+                   cfg: CoreConfig, rng: np.ndarray, op_width: Width) -> OpResult:
+    """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits)."""
+    m = acc >> 63
+    m ^= acc
+    e = _exponents(m)
+    he = np.bincount(e.ravel(), minlength=1)
+    if he.size > _BIAS + 52:  # some |v| >= 2**52: float64 exponents may be inexact
+        return _convert_pair(acc >> 32, acc & _M32, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+    n = acc.size
+    nonzero = int(np.count_nonzero(acc))
+    shift = f_acc - out_fmt.frac
+    new_rng = rng
+    if shift > 0:
+        u16 = None
+        if rounding == RoundingMode.STOCHASTIC:
+            u16, new_rng = _stochastic_words(rng, acc.shape[0], acc.shape[1], cfg, op_width)
+        x = acc
+        if shift > 62:
+            x, shift = _reduce_sticky(acc, shift - 17), 17
+        r = _round_small(x, shift, rounding, u16)
+    else:
+        r = _shift_left(acc, -shift, out_fmt, small=True)
+    return _finish(r, n, nonzero, he, 0, f_acc, out_fmt, cfg, new_rng)
+
+
+def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat,
+                  rounding: RoundingMode, cfg: CoreConfig, rng: np.ndarray, op_width: Width) -> OpResult:
+    """:func:`convert_acc` of an accumulator held as (hi, lo): value = hi * 2**32 + lo."""
+    sgn = hi >> 63
+    mhi = hi ^ sgn  # ~v = (~hi) * 2**32 + (2**32 - 1 - lo) for negative v
+    mlo = sgn & _M32
+    mlo ^= lo
+    e = _exponents(mhi)
+    e += 32
+    np.maximum(e, _exponents(mlo), out=e)  # e == 32: m == 0 (a real exponent is >= _BIAS)
+    he = np.bincount(e.ravel(), minlength=33)
+    if he.size > _BIAS + 32 + 52:  # |hi| >= 2**52: beyond every accumulator; exact fallback
+        acc = hi.astype(object) * (1 << 32) + lo.astype(object)
+        return convert_acc_reference(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+    max_bits = he.size - _BIAS  # every |v| < 2**max_bits (v in [-2**max_bits, 2**max_bits))
+    n = hi.size
+    nonzero = int(np.count_nonzero(hi | lo))
+    shift = f_acc - out_fmt.frac
+    new_rng = rng
+    rows, cols = hi.shape
+    if shift > 0:
+        u16 = None
+        if rounding == RoundingMode.STOCHASTIC:
+            u16, new_rng = _stochastic_words(rng, rows, cols, cfg, op_width)
+        if max_bits > shift + 32:
+            # |v| >= 2**(shift + 32) rounds beyond 2**32 in every mode: clamp hi to [-2**s - 1, 2**s]
+            # (the clamped value keeps its sign and still saturates), so that it fits below.
+            b = 1 << min(shift, 62)
+            hi = np.maximum(hi, -b - 1)
+            np.minimum(hi, b, out=hi)
+        if shift <= 29:  # |v| < 2**(shift + 33) <= 2**62
+            x = hi << 32
+            x |= lo
+        else:
+            d = shift - 17
+            if d >= 32:
+                x = _reduce_sticky(hi, d - 32) if d > 32 else hi.copy()
+                x |= lo != 0
+            else:
+                x = hi << (32 - d)
+                x |= lo >> d
+                x |= (lo & ((1 << d) - 1)) != 0
+            shift = 17
+        r = _round_small(x, shift, rounding, u16)
+    else:
+        # Only |v| < 2**31 can convert without saturating: clamp hi to [-2**30, 2**30] (the value
+        # keeps its sign, and saturates when clamped), then the int64 left shift.
+        if max_bits > 61:
+            hi = np.maximum(hi, -(1 << 30))
+            np.minimum(hi, 1 << 30, out=hi)
+        x = hi << 32
+        x |= lo
+        r = _shift_left(x, -shift, out_fmt, small=False)
+    return _finish(r, n, nonzero, he, 32, f_acc, out_fmt, cfg, new_rng)
 
 
 def align_terms(terms: list[tuple[np.ndarray, DfpFormat | tuple[int, int]]], acc_bits: int):

@@ -93,6 +93,39 @@ def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cf
     )
 
 
+#: float64's exponent bias: a positive integer m < 2**53 converts exactly, and the biased exponent
+#: field of float64(m) is ``bit_length(m) + F64_BIAS - 1`` (0 for m = 0).
+F64_BIAS = 1023
+
+
+def exponent_histogram(he: np.ndarray, zero_bucket: int, zeros: int, f_acc: int, cfg: CoreConfig) -> np.ndarray:
+    """The (unsaturated) histogram of :func:`analyse` from counts of biased float64 exponents.
+
+    ``he[x]`` counts the values whose ``m = v if v >= 0 else ~v`` has float64 biased exponent
+    ``x`` (so ``p(v) = x - F64_BIAS``), except ``he[zero_bucket]``, which counts the values with
+    ``m = 0`` (v = 0 or v = -1; ``zero_bucket`` lies below every real exponent, ``zeros`` of those
+    values are 0 and are not binned). ``he`` is modified. Bin ``i`` holds the exponents
+    ``p - F_acc = hist_min_exp + i`` (clamped at both ends), exactly as :func:`analyse`.
+    """
+    nb = cfg.hist_bins
+    minus_one = int(he[zero_bucket]) - zeros  # values -1: p = -1
+    he[zero_bucket] = 0
+    base = F64_BIAS + f_acc + cfg.hist_min_exp  # biased exponent of bin 0
+    c = np.cumsum(he)
+    size = he.size
+    hist = np.zeros(nb, dtype=np.int64)
+    lo, hi = base + 1, base + nb - 1  # bins 1 .. nb-2 are the exponents [lo, hi)
+    a, b = max(lo, 0), min(hi, size)
+    if a < b:
+        hist[1 + a - lo:1 + b - lo] = he[a:b]
+    if lo > 0:
+        hist[0] = c[min(lo, size) - 1]
+    hist[nb - 1] = c[-1] - (c[hi - 1] if 0 < hi <= size else (c[-1] if hi > size else 0))
+    if minus_one:
+        hist[min(max(-1 - f_acc - cfg.hist_min_exp, 0), nb - 1)] += minus_one
+    return hist
+
+
 def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:
     """The same histogram of float values (used to calibrate before the first iteration).
 
