@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=_float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grad-order", choices=("input-first", "weights-first"), default="input-first")
+    p.add_argument("--memplan", choices=("conventional", "reorder", "early-free", "inplace"),
+                   help="fp32 only: run every step on this memory schedule, all tensors in one planned arena "
+                        "(reference.pooled; same results as without; see docs/memplan.md)")
     p.add_argument("--name", help="run directory name (default: MODEL-PRECISION-sSEED)")
     p.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or 'mnist:DIR'")
     p.add_argument("--trace-iters", default="", metavar="SPEC",
@@ -85,7 +88,16 @@ def _train(args: argparse.Namespace) -> int:
     if (Path(args.out) / name).exists() and not args.force:  # fail before training, not after
         raise ValueError(f"train: run directory {Path(args.out) / name} exists (choose another --name or --force)")
     data = load_dataset(args.data)
-    result = train(cfg, data, progress=not args.quiet)
+    if args.memplan:
+        from .memplan import Strategy
+        from .pooled import train_pooled
+
+        result = train_pooled(cfg, data, Strategy[args.memplan.upper().replace("-", "_")], progress=not args.quiet)
+        mp = result.metrics["memplan"]
+        print(f"memplan {args.memplan}: arena {mp['peak_arena_bytes']} bytes, peak live {mp['peak_live_bytes']} "
+              f"bytes (orders: {', '.join(f'{k} {v}' for k, v in mp['orders'].items()) or 'conventional'})")
+    else:
+        result = train(cfg, data, progress=not args.quiet)
     path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
     fin = result.metrics["final"]
     print(f"{name}: test accuracy {fin['test_acc']:.4f}, final loss {fin['loss']:.4f}, "
