@@ -401,6 +401,34 @@ def _int_matmul(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
     return mm(ah, bh) * (1 << 32) + (mm(ah, bl) + mm(al, bh)) * (1 << 16) + mm(al, bl)
 
 
+def _matmul_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact product of operands of at most 32 bits as an (hi, lo) accumulator pair.
+
+    Each operand is split into a signed high and an unsigned low 16-bit half. The partial
+    products ``ah @ bh`` (terms below 2**30), ``ah @ bl + al @ bh`` (one product of the
+    concatenated halves, 2K terms below 2**31) and ``al @ bl`` (terms below 2**32) have every
+    partial sum below 2**48 (K <= 2**16), so float64 BLAS forms them exactly in any order; they
+    are recombined into ``hi * 2**32 + lo`` in int64.
+    """
+    f8 = np.float64
+    ah, al = (a >> 16).astype(f8), (a & 0xFFFF).astype(f8)
+    bh, bl = (b >> 16).astype(f8), (b & 0xFFFF).astype(f8)
+    p_hh = (ah @ bh).astype(np.int64)
+    p_mid = (np.concatenate([ah, al], axis=1) @ np.concatenate([bl, bh], axis=0)).astype(np.int64)
+    t = (al @ bl).astype(np.int64)
+    t += (p_mid & 0xFFFF) << 16
+    p_mid >>= 16
+    p_hh += p_mid
+    p_hh += t >> 32
+    t &= _M32
+    return p_hh, t
+
+
+#: 8-bit operands: every partial sum of a product with K <= 2**10 is an integer of magnitude at
+#: most K * 2**14 <= 2**24, which float32 holds exactly in any summation order.
+_F32_MAX_K = 1 << 10
+
+
 def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMode,
            cfg: CoreConfig, rng: np.ndarray) -> OpResult:
     k, k2 = a.shape[1], b.shape[0]
@@ -409,17 +437,70 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
     if k > MAX_K:
         raise ValueError(f"matmul: K={k} exceeds {MAX_K}: the accumulator could overflow")
     w = _op_width(a.fmt, b.fmt, out_fmt)
-    acc = _int_matmul(a.data, b.data, _op_width(a.fmt, b.fmt).bits)
-    return convert_acc(acc, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    in_bits = max(a.fmt.bits, b.fmt.bits)
+    args = (a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    if in_bits > 16:
+        return _convert_pair(*_matmul_pair(a.data, b.data), *args)
+    ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
+    acc = (a.data.astype(ft) @ b.data.astype(ft)).astype(np.int64)
+    return _convert_int64(acc, *args)
+
+
+def _align_frac(fw: list[tuple[int, int]], acc_bits: int) -> int:
+    """F_acc of :func:`align_terms` for terms with (F_i, w_i)."""
+    return min(max(f for f, _ in fw), min(f + acc_bits - 1 - w for f, w in fw))
+
+
+def _shift_int64(x: np.ndarray, d: int) -> np.ndarray:
+    """x * 2**d, or floor(x / 2**-d) for d < 0, in int64 (the caller bounds the result)."""
+    if d > 0:
+        return x << d
+    if d < 0:
+        return x >> min(-d, 63)
+    return x
+
+
+def _pair_shifted(x: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """x * 2**d (d >= 0, the result below 2**79) or floor(x / 2**-d) as an (hi, lo) pair."""
+    if d < 0:
+        x = x >> min(-d, 63)
+        return x >> 32, x & _M32
+    if d >= 32:
+        return x << (d - 32), np.zeros(x.shape, dtype=np.int64)
+    lo = x << d  # only its low 32 bits are kept: a wrap above them does not matter
+    lo &= _M32
+    return x >> (32 - d), lo
+
+
+def _pair_addsub(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], sign: int):
+    lo = a[1] + b[1] if sign > 0 else a[1] - b[1]  # in (-2**32, 2**33): carry or borrow into hi
+    hi = a[0] + b[0] if sign > 0 else a[0] - b[0]
+    hi += lo >> 32
+    lo &= _M32
+    return hi, lo
+
+
+def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_bits: int, args_tail) -> OpResult:
+    """Convert ``x +/- y`` (int64 arrays, y possibly one broadcast row) aligned as :func:`align_terms`."""
+    f_acc = _align_frac([fx, fy], acc_bits)
+    dx, dy = f_acc - fx[0], f_acc - fy[0]
+    if acc_bits <= 48:  # the aligned terms and their sum stay below 2**47
+        tx, ty = _shift_int64(x, dx), _shift_int64(y, dy)
+        acc = tx + ty if sign > 0 else tx - ty
+        if acc.shape != x.shape:
+            acc = np.broadcast_to(acc, x.shape)
+        return _convert_int64(acc, f_acc, acc_bits, *args_tail)
+    hi, lo = _pair_addsub(_pair_shifted(x, dx), _pair_shifted(y, dy), sign)
+    if hi.shape != x.shape:
+        hi, lo = np.broadcast_to(hi, x.shape), np.broadcast_to(lo, x.shape)
+    return _convert_pair(hi, lo, f_acc, acc_bits, *args_tail)
 
 
 def _addsub(a: DfpTensor, b: DfpTensor, sign: int, out_fmt, rounding, cfg, rng, name) -> OpResult:
     _check_broadcast(a, b, name)
     w = _op_width(a.fmt, b.fmt, out_fmt)
-    abits = acc_width(w)
-    (ta, tb), f_acc = align_terms([(a.data, a.fmt), (b.data, b.fmt)], abits)
-    acc = ta + tb if sign > 0 else ta - tb
-    return convert_acc(np.broadcast_to(acc, a.shape), f_acc, abits, out_fmt, rounding, cfg, rng, w)
+    return _aligned_sum(a.data, (a.fmt.frac, a.fmt.bits), b.data, (b.fmt.frac, b.fmt.bits), sign, acc_width(w),
+                        (out_fmt, rounding, cfg, rng, w))
 
 
 def add(a, b, out_fmt, rounding, cfg, rng) -> OpResult:
@@ -433,11 +514,13 @@ def sub(a, b, out_fmt, rounding, cfg, rng) -> OpResult:
 def mul(a: DfpTensor, b: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     _check_broadcast(a, b, "mul")
     w = _op_width(a.fmt, b.fmt, out_fmt)
-    if _maxabs(a.data) * _maxabs(b.data) < _INT64_SAFE:
-        acc = a.data * b.data
-    else:
-        acc = a.data.astype(object) * b.data.astype(object)
-    return convert_acc(acc, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    acc = a.data * b.data  # |a * b| <= 2**62: exact in int64
+    if acc.shape != a.shape:
+        acc = np.broadcast_to(acc, a.shape)
+    args = (a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    if max(a.fmt.bits, b.fmt.bits) <= 16:
+        return _convert_int64(acc, *args)
+    return _convert_pair(acc >> 32, acc & _M32, *args)
 
 
 def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
@@ -448,16 +531,14 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
     afmt = DfpFormat(w, alpha_frac)
     if not afmt.min_int <= int(alpha) <= afmt.max_int:
         raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
-    abits = acc_width(w)
-    xd = x.data if _maxabs(x.data) * abs(int(alpha)) < _INT64_SAFE else x.data.astype(object)
-    prod = xd * int(alpha)
-    (tp, ty), f_acc = align_terms([(prod, (alpha_frac + x.fmt.frac, 2 * w.bits)), (y.data, y.fmt)], abits)
-    return convert_acc(tp + ty, f_acc, abits, out_fmt, rounding, cfg, rng, w)
+    prod = x.data * int(alpha)  # |alpha * x| <= 2**62: exact in int64
+    return _aligned_sum(prod, (alpha_frac + x.fmt.frac, 2 * w.bits), y.data, (y.fmt.frac, y.fmt.bits), +1,
+                        acc_width(w), (out_fmt, rounding, cfg, rng, w))
 
 
 def relu(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     w = _op_width(x.fmt, out_fmt)
-    return convert_acc(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    return _convert_int64(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
 
 
 def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
@@ -465,12 +546,12 @@ def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> O
         raise ValueError(f"relu_backward: dy is {dy.shape} but x is {x.shape}")
     w = _op_width(dy.fmt, x.fmt, out_fmt)
     acc = np.where(x.data > 0, dy.data, 0)
-    return convert_acc(acc, dy.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    return _convert_int64(acc, dy.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
 
 
 def convert(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     w = _op_width(x.fmt, out_fmt)
-    return convert_acc(x.data, x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    return _convert_int64(x.data, x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
 
 
 def scalar_to_dfp(value: float, width: Width) -> tuple[int, int]:
