@@ -24,10 +24,15 @@ The three methods (paper, section 3)
 2. *Forward pass during exchange*: ``U_l`` waits only for layer l's exchange, and ``F_l``
    only for ``U_l`` (off: the updates wait for every layer's exchange). With method 2 the
    exchange queue serves the layer the next forward pass needs first (lowest layer index;
-   at segment granularity when method 3 is on); without it, first come first served.
+   at segment granularity when method 3 is on); without it, first come first served. (Fujitsu's
+   announcement of the work, 9 August 2016: the scheduling "automatically controls the priority
+   order for data transmission so that data needed at the start of the next learning process
+   is shared" first.)
 3. *Pipelining*: buffers are cut into segments of ``segment_bytes`` that flow through
-   ``d2h``, ``net`` and ``h2d`` concurrently (off: one host thread does the three stages of a
-   whole buffer one after the other, so the three stages are one resource).
+   ``d2h``, ``net`` and ``h2d`` concurrently, and the host sums with threads and SIMD
+   (``host_reduce_bw``), which the paper describes as part of this method (off: one host
+   thread does the three stages of a whole buffer one after the other, so the three stages are
+   one resource, and sums at ``serial_reduce_bw``).
 
 Costs
 -----
@@ -43,6 +48,18 @@ ReLU backward are elementwise commands; the update is three AXPY commands per pa
 tensor (weight decay, momentum, step). Not modelled: data movement into the scratchpads
 (LOAD/STORE), pooling, LRN and dropout (host data movement in the golden model). So the
 compute time is a lower bound, which makes communication look relatively *more* expensive.
+
+The paper's own setting was GPUs running Caffe in fp32 (2016). :data:`GPUS` holds published
+AlexNet training times of GPUs of that era; :func:`gpu_layer_costs` spreads such a time over
+the layers in proportion to their multiply-accumulates (forward; backward: weight gradient
+plus input error) and charges the SGD update at the GPU's memory bandwidth (20 bytes per
+parameter: read weight, gradient and velocity, write weight and velocity).
+
+Scaling: weak (``batch`` images per worker, :func:`sweep`'s default) or strong
+(``global_batch=True``: one mini-batch of ``batch`` images split over the workers). The paper
+describes the latter: "Processing methods that distribute data in a mini-batch to multiple
+computers are called data-parallel methods [...] achieve speed increases by reducing
+processing time per computer."
 
 Links (alpha-beta model), for a buffer of ``n`` bytes on ``N`` workers:
 
@@ -71,7 +88,7 @@ from dataclasses import dataclass, field
 from reference.config import CoreConfig
 from reference.formats import MAX_K, DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import MAX_DIM, Command, cycles
-from reference.nets import LayerKind, Net, infer_shapes
+from reference.nets import LayerKind, Net, alexnet, infer_shapes
 from reference.ops import Op
 
 
@@ -141,7 +158,14 @@ class Links:
     pcie_bw, pcie_latency
         Device-host bandwidth each way (bytes/s, ~12 GB/s achievable on PCIe 3.0 x16) and latency.
     host_reduce_bw
-        Bytes of incoming gradients the host sums per second (threads + SIMD; memory bound).
+        Bytes of incoming gradients the host sums per second with threads and SIMD (method 3;
+        memory bound).
+    serial_reduce_bw
+        The same for one host thread (method 3 off). The sum ``acc += in`` moves three bytes of
+        memory per incoming byte (read both, write one), so it is a third of a core's memory
+        bandwidth: 20 GB/s STREAM triad on one Haswell-EP core (Xeon E5-2697 v3, Puget Systems'
+        measurement) gives 6.7 GB/s. ``host_reduce_bw`` stays below a third of a whole socket's
+        (about 51 GB/s, so 17 GB/s), leaving room for the NIC's and the GPU's DMA.
     algorithm
         Ring or tree allreduce.
     segment_bytes
@@ -153,11 +177,12 @@ class Links:
     pcie_bw: float = 12e9
     pcie_latency: float = 5e-6
     host_reduce_bw: float = 10e9
+    serial_reduce_bw: float = 20e9 / 3
     algorithm: Allreduce = Allreduce.RING
     segment_bytes: int = 4 << 20
 
     def __post_init__(self) -> None:
-        for name in ("net_bw", "pcie_bw", "host_reduce_bw"):
+        for name in ("net_bw", "pcie_bw", "host_reduce_bw", "serial_reduce_bw"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"links: {name}={getattr(self, name)!r}: must be > 0")
         for name in ("net_latency", "pcie_latency"):
@@ -171,22 +196,25 @@ class Links:
     def pcie(self, nbytes: float) -> float:
         return self.pcie_latency + nbytes / self.pcie_bw
 
-    def allreduce(self, nbytes: float, workers: int, gather_bytes: float | None = None) -> float:
+    def allreduce(self, nbytes: float, workers: int, gather_bytes: float | None = None,
+                  threaded: bool = True) -> float:
         """Seconds of one allreduce of ``nbytes`` over ``workers`` (0 for one worker).
 
         With ``gather_bytes`` the result travels in another width than the partial sums: the
         reduce phase (ring: reduce-scatter; tree: reduce) moves ``nbytes``, the gather phase
-        (ring: allgather; tree: broadcast) ``gather_bytes``.
+        (ring: allgather; tree: broadcast) ``gather_bytes``. The host sums at
+        ``host_reduce_bw`` (``threaded``) or ``serial_reduce_bw``.
         """
         n = workers
         if n <= 1:
             return 0.0
         g = nbytes if gather_bytes is None else gather_bytes
+        gamma = self.host_reduce_bw if threaded else self.serial_reduce_bw
         if self.algorithm is Allreduce.RING:
             return ((n - 1) * (2 * self.net_latency + (nbytes + g) / (n * self.net_bw))
-                    + (n - 1) / n * nbytes / self.host_reduce_bw)
+                    + (n - 1) / n * nbytes / gamma)
         d = math.ceil(math.log2(n))
-        return d * (2 * self.net_latency + (nbytes + g) / self.net_bw) + d * nbytes / self.host_reduce_bw
+        return d * (2 * self.net_latency + (nbytes + g) / self.net_bw) + d * nbytes / gamma
 
     def small_allreduce(self, nbytes: float, workers: int) -> float:
         """Latency-bound recursive doubling (the histograms of reduced-format gradients)."""
@@ -302,6 +330,81 @@ def layer_costs(net: Net, batch: int, chip: Chip) -> tuple[LayerCost, ...]:
     return tuple(LayerCost(n, f / hz, b / hz, u / hz, p) for n, f, b, u, p in out)
 
 
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU of the paper's era, described by a published AlexNet fp32 training measurement.
+
+    ``forward_s``/``backward_s`` are seconds per image of AlexNet (forward; backward with
+    weight gradients and input errors); ``mem_bw`` is the memory bandwidth (bytes/s) that the
+    SGD update is charged at. Other networks are timed at the same multiply-accumulate rates.
+    """
+
+    name: str
+    forward_s: float
+    backward_s: float
+    mem_bw: float
+    source: str
+
+    def __post_init__(self) -> None:
+        for f in ("forward_s", "backward_s", "mem_bw"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"gpu: {f}={getattr(self, f)!r}: must be > 0")
+
+
+#: Published AlexNet training times of GPUs of the paper's era (fp32), per image.
+GPUS: dict[str, Gpu] = {
+    "k40-caffe": Gpu(
+        "NVIDIA Tesla K40, Caffe", 5.18e-3 / 3, 2 * 5.18e-3 / 3, 288e9,
+        "BVLC Caffe docs/performance_hardware.md: 26.5 s per 20 iterations of 256 images (CaffeNet, "
+        "ECC off, boost clock), update and data layer included; split 1:2 as the multiply-accumulates"),
+    "titanx-caffe": Gpu(
+        "NVIDIA GeForce GTX Titan X (Maxwell), Caffe", 121e-3 / 128, 203e-3 / 128, 336.5e9,
+        "soumith/convnet-benchmarks README: AlexNet (One Weird Trick), batch 128, Caffe native "
+        "ConvolutionLayer: forward 121 ms, backward 203 ms"),
+    "titanx-cudnn": Gpu(
+        "NVIDIA GeForce GTX Titan X (Maxwell), cuDNN R4", 27e-3 / 128, 53e-3 / 128, 336.5e9,
+        "soumith/convnet-benchmarks README: AlexNet (One Weird Trick), batch 128, cuDNN R4 fp32: "
+        "forward 27 ms, backward 53 ms"),
+}
+
+
+def layer_macs(net: Net) -> tuple[tuple[str, int, int, int], ...]:
+    """Per image and parameter layer: (name, forward MACs, backward MACs, parameters).
+
+    Backward is the weight gradient (as many MACs as the forward pass) plus the input error
+    (as many again), except in the first parameter layer, which computes no input error.
+    """
+    out = []
+    for s in infer_shapes(net):
+        lay = s.layer
+        if lay.kind is LayerKind.CONV:
+            c = s.in_shape[0]
+            o, ho, wo = s.out_shape
+            f = ho * wo * lay.kernel * lay.kernel * (c // lay.groups) * o
+        elif lay.kind is LayerKind.LINEAR:
+            f = s.in_count * lay.out_features
+        else:
+            continue
+        out.append((lay.name, f, f if not out else 2 * f, s.weights + s.biases))
+    return tuple(out)
+
+
+def gpu_layer_costs(net: Net, batch: int, gpu: Gpu) -> tuple[LayerCost, ...]:
+    """Costs of the parameter layers of ``net`` at per-worker ``batch`` on ``gpu``.
+
+    The forward and backward multiply-accumulate rates are those of ``gpu``'s AlexNet
+    measurement (its seconds per image over AlexNet's MACs per image); each layer takes its
+    share of MACs at that rate. The update moves 20 bytes per parameter at ``gpu.mem_bw``.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"scale: batch={batch!r}: must be an integer >= 1")
+    ref = layer_macs(alexnet())
+    fwd_rate = sum(r[1] for r in ref) / gpu.forward_s
+    bwd_rate = sum(r[2] for r in ref) / gpu.backward_s
+    return tuple(LayerCost(name, batch * f / fwd_rate, batch * b / bwd_rate, 20 * p / gpu.mem_bw, p)
+                 for name, f, b, p in layer_macs(net))
+
+
 # ---------------------------------------------------------------------------------------
 # Event-level schedule
 
@@ -355,9 +458,10 @@ def simulate(costs: Iterable[LayerCost], workers: int, links: Links, methods: Me
     def stage_times(layer: int, b: int, first: bool, last: bool) -> list[float]:
         extra = hist_t[layer] if first else 0.0
         if partial_bits is None:
-            net = links.allreduce(b, workers)
+            net = links.allreduce(b, workers, threaded=m.pipelining)
         else:
-            net = links.allreduce(b * widen, workers, gather_bytes=b) + (hist_t[layer] if last else 0.0)
+            net = (links.allreduce(b * widen, workers, gather_bytes=b, threaded=m.pipelining)
+                   + (hist_t[layer] if last else 0.0))
         d2h, h2d = links.pcie(b) + extra, links.pcie(b)
         return [d2h, net, h2d] if m.pipelining else [d2h + net + h2d]
 
@@ -506,23 +610,44 @@ class ScaleRow:
     payload_bytes: int
 
 
-def sweep(net: Net, workers: Iterable[int], batch: int, chip: Chip, links: Links,
-          configs: list[tuple[str, Methods, int, int | None]] | None = None) -> list[ScaleRow]:
-    """Throughput of each configuration at each worker count (weak scaling: ``batch`` per worker).
+def compute_costs(net: Net, batch: int, chip: Chip, gpu: Gpu | None = None) -> tuple[LayerCost, ...]:
+    """Per-layer costs on ``gpu`` if given (:func:`gpu_layer_costs`), else on ``chip`` (:func:`layer_costs`)."""
+    return layer_costs(net, batch, chip) if gpu is None else gpu_layer_costs(net, batch, gpu)
 
-    Efficiency is throughput over ``workers`` times the one-worker throughput of the same chip
-    (one worker exchanges nothing, so it is the same for every configuration).
+
+def sweep(net: Net, workers: Iterable[int], batch: int, chip: Chip, links: Links,
+          configs: list[tuple[str, Methods, int, int | None]] | None = None, gpu: Gpu | None = None,
+          global_batch: bool = False) -> list[ScaleRow]:
+    """Throughput of each configuration at each worker count.
+
+    Weak scaling (default): ``batch`` images per worker. Strong scaling (``global_batch``): one
+    mini-batch of ``batch`` images split evenly over the workers (each count must divide it).
+    Compute on ``gpu`` if given, else on ``chip``. Efficiency is throughput over ``workers``
+    times the one-worker throughput (one worker exchanges nothing, so it is the same for every
+    configuration).
+
+    Raises
+    ------
+    ValueError
+        A worker count below 1, or (strong scaling) one that does not divide ``batch``.
     """
-    costs = layer_costs(net, batch, chip)
     configs = configs or standard_configs()
     ws = sorted(set(workers))
     if not ws or ws[0] < 1:
         raise ValueError(f"scale: workers={ws!r}: need one or more counts >= 1")
-    single = simulate(costs, 1, links, Methods.none()).step_time
+    if global_batch and any(batch % n for n in ws):
+        raise ValueError(f"scale: global batch={batch} is not divisible by the worker counts "
+                         f"{[n for n in ws if batch % n]}")
+
+    def per_worker(n: int) -> int:
+        return batch // n if global_batch else batch
+
+    costs = {n: compute_costs(net, per_worker(n), chip, gpu) for n in {1, *ws}}
+    single = simulate(costs[1], 1, links, Methods.none()).step_time
     rows = []
     for label, meth, bits, partial in configs:
         for n in ws:
-            r = simulate(costs, n, links, meth, bits, chip.core.hist_bins, partial_bits=partial)
-            ips = n * batch / r.step_time
-            rows.append(ScaleRow(label, n, r.step_time, ips, ips / (n * batch / single), r.payload_bytes))
+            r = simulate(costs[n], n, links, meth, bits, chip.core.hist_bins, partial_bits=partial)
+            ips = n * per_worker(n) / r.step_time
+            rows.append(ScaleRow(label, n, r.step_time, ips, ips / (n * per_worker(1) / single), r.payload_bytes))
     return rows

@@ -18,12 +18,16 @@ from reference.models import ModelKind
 from reference.nets import alexnet, lenet5
 from reference.train import Precision
 from sim.scale import (
+    GPUS,
     Allreduce,
     Chip,
+    Gpu,
     LayerCost,
     Links,
     Methods,
+    gpu_layer_costs,
     layer_costs,
+    layer_macs,
     matmul_cycles,
     simulate,
     standard_configs,
@@ -33,7 +37,7 @@ from sim.scale import (
 MS = 1e-3
 INF = 1e30
 # PCIe 4 GB/s, network 2 GB/s, no latencies, free host reduction.
-LINKS = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF,
+LINKS = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF, serial_reduce_bw=INF,
               segment_bytes=1 << 40)
 
 
@@ -53,7 +57,7 @@ def test_one_layer_no_overlap_is_the_sum_of_all_stages():
 def test_one_layer_pipelined_segments():
     # 4 segments of 1e6 bytes: D2H 0.25, net 0.5, H2D 0.25 each; net is the bottleneck:
     # 0.25 + 4 * 0.5 + 0.25 = 2.5 ms of exchange, so 1 + 2 + 2.5 + 0.5 = 6 ms.
-    links = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF,
+    links = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF, serial_reduce_bw=INF,
                   segment_bytes=1_000_000)
     r = simulate(one_layer(), 2, links, Methods(False, False, True), 32)
     assert r.step_time == pytest.approx(6.0 * MS)
@@ -75,7 +79,7 @@ def two_layers() -> list[LayerCost]:
     return [LayerCost("a", 1 * MS, 1 * MS, 0.0, 1_000_000), LayerCost("b", 1 * MS, 1 * MS, 0.0, 1_000_000)]
 
 
-LINKS2 = Links(net_bw=4e9, net_latency=0.0, pcie_bw=INF, pcie_latency=0.0, host_reduce_bw=INF,
+LINKS2 = Links(net_bw=4e9, net_latency=0.0, pcie_bw=INF, pcie_latency=0.0, host_reduce_bw=INF, serial_reduce_bw=INF,
                segment_bytes=1 << 40)
 
 
@@ -101,7 +105,7 @@ def test_forward_overlap_and_segments_hide_the_exchange_of_a_late_layer():
 
     def step(methods: Methods, seg: int = 1 << 40) -> float:
         links = Links(net_bw=4e9, net_latency=0.0, pcie_bw=INF, pcie_latency=0.0, host_reduce_bw=INF,
-                      segment_bytes=seg)
+                      serial_reduce_bw=INF, segment_bytes=seg)
         return simulate(costs, 2, links, methods, 32).step_time
 
     # none: B_a ends at 4; exchanges b 4-7, a 7-7; F_a at 7: period 7.
@@ -291,3 +295,75 @@ def test_eight_bit_values_in_sixteen_bit_sums():
     assert links.allreduce(8e6, 4, gather_bytes=4e6) == pytest.approx(3 * (2e-6 + 3e-3) + 3e-3)
     with pytest.raises(ValueError, match="partial_bits=8"):
         simulate(one_layer(), 2, LINKS, Methods.none(), 8, partial_bits=8)
+
+
+def test_one_host_thread_sums_at_the_serial_rate_without_method_3():
+    # one_layer() on 2 workers: ring reduction term (N-1)/N * 4e6 B = 2e6 B. One thread at
+    # 4 GB/s: +0.5 ms on the 7.5 ms of no overlap; method 3 (one segment, threads at INF): 7.5 ms.
+    links = Links(net_bw=2e9, net_latency=0.0, pcie_bw=4e9, pcie_latency=0.0, host_reduce_bw=INF,
+                  serial_reduce_bw=4e9, segment_bytes=1 << 40)
+    assert simulate(one_layer(), 2, links, Methods.none(), 32).step_time == pytest.approx(8.0 * MS)
+    assert simulate(one_layer(), 2, links, Methods(True, True, False), 32).step_time == pytest.approx(8.0 * MS)
+    assert simulate(one_layer(), 2, links, Methods(False, False, True), 32).step_time == pytest.approx(7.5 * MS)
+    assert links.allreduce(4e6, 2, threaded=False) == pytest.approx((4e6 + 4e6) / (2 * 2e9) + 2e6 / 4e9)
+    with pytest.raises(ValueError, match="serial_reduce_bw"):
+        Links(serial_reduce_bw=0)
+
+
+def test_alexnet_macs_per_layer():
+    macs = {name: (f, b, p) for name, f, b, p in layer_macs(alexnet())}
+    assert macs["conv1"] == (55 * 55 * 11 * 11 * 3 * 96, 55 * 55 * 11 * 11 * 3 * 96, 34_944)  # no input error
+    assert macs["conv2"][0] == 27 * 27 * 5 * 5 * 48 * 256  # two groups of 48 input channels
+    assert macs["conv2"][1] == 2 * macs["conv2"][0]
+    assert macs["fc6"] == (9216 * 4096, 2 * 9216 * 4096, 9216 * 4096 + 4096)
+
+
+@pytest.mark.parametrize("name", sorted(GPUS))
+def test_gpu_costs_reproduce_the_published_alexnet_time(name):
+    gpu = GPUS[name]
+    costs = gpu_layer_costs(alexnet(), 128, gpu)
+    assert sum(c.forward for c in costs) == pytest.approx(128 * gpu.forward_s)
+    assert sum(c.backward for c in costs) == pytest.approx(128 * gpu.backward_s)
+    # update: read weight, gradient, velocity, write weight and velocity, 4 bytes each
+    assert sum(c.update for c in costs) == pytest.approx(20 * 60_965_224 / gpu.mem_bw)
+    # the compute splits as the MACs: conv1 forward share
+    f = {n: m for n, m, _, _ in layer_macs(alexnet())}
+    assert costs[0].forward == pytest.approx(128 * gpu.forward_s * f["conv1"] / sum(f.values()))
+    with pytest.raises(ValueError, match="mem_bw=0"):
+        Gpu("x", 1.0, 1.0, 0, "")
+
+
+def test_strong_scaling_splits_one_mini_batch():
+    gpu = GPUS["k40-caffe"]
+    links = Links()
+    rows = sweep(alexnet(), [1, 4], 256, Chip(), links, [("none", Methods.none(), 32, None)], gpu=gpu,
+                 global_batch=True)
+    one, four = rows
+    assert one.efficiency == pytest.approx(1.0)
+    # four workers of 64 images each: the step is simulated on the 64-image costs
+    t4 = simulate(gpu_layer_costs(alexnet(), 64, gpu), 4, links, Methods.none()).step_time
+    assert four.step_time == pytest.approx(t4)
+    assert four.images_per_s == pytest.approx(256 / t4)
+    assert four.efficiency == pytest.approx(one.step_time / (4 * t4))
+    with pytest.raises(ValueError, match=r"global batch=256 is not divisible by the worker counts \[3\]"):
+        sweep(alexnet(), [1, 3], 256, Chip(), links, gpu=gpu, global_batch=True)
+
+
+def test_cli_gpu_strong_scaling_and_sensitivity(tmp_path, capsys):
+    from sim import scale_cli
+
+    p = argparse.ArgumentParser()
+    scale_cli.register(p.add_subparsers())
+    args = p.parse_args(["scale", "--gpu", "titanx-caffe", "--global-batch", "--batch", "1024", "--workers", "1,16,64"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "global batch 1024" in out and "Titan X" in out
+    assert "| no overlap, 32-bit | 1.0x (100%)" in out
+    args = p.parse_args(["scale", "--gpu", "k40-caffe", "--global-batch", "--workers", "1,64", "--sensitivity"])
+    assert args.func(args) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and " ms |" in ln]
+    assert len(rows) == 2 * 5  # algorithms x global batches, no cores column to sweep
+    with pytest.raises(SystemExit):
+        p.parse_args(["scale", "--gpu", "p100"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["scale", "--batch", "0"])
