@@ -20,7 +20,7 @@ from reference.ops import Op
 
 from .requantizer import Requantizer
 from .rng import XorshiftBank
-from .settings import check_config
+from .settings import check_config, width_mux
 from .simd_mac import ACC_MAX, PRODUCT_BITS, SUB_LANES, SimdMacLane
 from .statistics import StatisticsBlock
 
@@ -42,26 +42,37 @@ def result_layout(cfg: CoreConfig) -> data.StructLayout:
     return data.StructLayout({"q": data.ArrayLayout(signed(32), cfg.rng_slots), "count": count_shape(cfg)})
 
 
-#: Largest alignment left shift :func:`reference.ops.align_terms` can ask for:
-#: ``F_acc - F_i <= acc_width(W) - 1 - w_i``, at most 80 - 1 - 32 at 32 bits.
-ALIGN_LEFT_MAX = acc_width(Width.W32) - 1 - Width.W32.bits
-#: Right alignment shifts from this on leave only the sign of any term (a 64-bit product).
-ALIGN_RIGHT_MAX = PRODUCT_BITS
+def align_left_max(widths) -> int:
+    """Largest alignment left shift :func:`reference.ops.align_terms` can ask for at ``widths``:
+    ``F_acc - F_i <= acc_width(W) - 1 - w_i`` (at most 80 - 1 - 32 at 32 bits)."""
+    return max(acc_width(w) - 1 - w.bits for w in widths)
 
 
-def _align(m: Module, x, sh, name: str, bits: int = ACC_MAX):
+def align_right_max(widths) -> int:
+    """Right alignment shifts from this on leave only the sign of any term (a product of the widest width)."""
+    return 2 * max(w.bits for w in widths)
+
+
+#: :func:`align_left_max` and :func:`align_right_max` with every width supported.
+ALIGN_LEFT_MAX = align_left_max(Width)
+ALIGN_RIGHT_MAX = align_right_max(Width)
+assert ALIGN_RIGHT_MAX == PRODUCT_BITS
+
+
+def _align(m: Module, x, sh, name: str, bits: int = ACC_MAX, widths=tuple(Width)):
     """``x << sh`` if ``sh >= 0`` else ``x >> -sh`` (floor), as a ``bits``-bit value.
 
     Twin of the shift in :func:`reference.ops.align_terms`. Left shifts are clamped at
-    :data:`ALIGN_LEFT_MAX` (no legal command shifts further) and right shifts at
-    :data:`ALIGN_RIGHT_MAX` (any longer shift of a term of at most 64 bits gives the same sign
-    word), so every shift ``align_terms`` produces is exact.
+    :func:`align_left_max` (no legal command shifts further) and right shifts at
+    :func:`align_right_max` (any longer shift of a term of at most twice the widest width gives
+    the same sign word), so every shift ``align_terms`` produces is exact.
     """
-    left = Signal(range(ALIGN_LEFT_MAX + 1), name=f"{name}_l")
-    right = Signal(range(ALIGN_RIGHT_MAX + 1), name=f"{name}_r")
+    lmax, rmax = align_left_max(widths), align_right_max(widths)
+    left = Signal(range(lmax + 1), name=f"{name}_l")
+    right = Signal(range(rmax + 1), name=f"{name}_r")
     m.d.comb += [
-        left.eq(Mux(sh > ALIGN_LEFT_MAX, ALIGN_LEFT_MAX, Mux(sh < 0, 0, sh[:len(left)]))),
-        right.eq(Mux(-sh > ALIGN_RIGHT_MAX, ALIGN_RIGHT_MAX, Mux(sh > 0, 0, (-sh)[:len(right)]))),
+        left.eq(Mux(sh > lmax, lmax, Mux(sh < 0, 0, sh[:len(left)]))),
+        right.eq(Mux(-sh > rmax, rmax, Mux(sh > 0, 0, (-sh)[:len(right)]))),
     ]
     out = Signal(signed(bits), name=name)
     m.d.comb += out.eq(Mux(sh >= 0, x << left, x >> right))
@@ -78,10 +89,20 @@ def position_sub(width: Width, pos: int) -> int | None:
     return pos // step if pos % step == 0 else None
 
 
-#: Accumulator bits of each of a lane's requantizers: the widest accumulator it converts
-#: (80, 32, 48, 32 bits: the 4 x 32 / 2 x 48 / 1 x 80 split of the lane).
-POSITION_BITS = tuple(max(acc_width(w) for w in Width if position_sub(w, pos) is not None)
-                      for pos in range(SUB_LANES))
+def position_bits(widths) -> dict[int, int]:
+    """Accumulator bits of each requantizer position a lane uses at ``widths``: the widest
+    accumulator it converts (all widths: 80, 32, 48, 32 bits at positions 0-3, the
+    4 x 32 / 2 x 48 / 1 x 80 split of the lane; 16 and 32 bits: 80 and 48 at 0 and 2)."""
+    out = {}
+    for pos in range(SUB_LANES):
+        used = [acc_width(w) for w in widths if position_sub(w, pos) is not None]
+        if used:
+            out[pos] = max(used)
+    return out
+
+
+#: :func:`position_bits` with every width supported.
+POSITION_BITS = tuple(position_bits(Width).values())
 
 
 class ComputeUnit(wiring.Component):
@@ -91,6 +112,13 @@ class ComputeUnit(wiring.Component):
     used at width W) lives in lane ``j // (32 / W)``, sub-lane ``j % (32 / W)`` of the
     :class:`hw.simd_mac.SimdMacLane` array.
 
+    Only the widths of ``cfg.widths`` are built: S is the number of values per beat at the
+    narrowest of them, the lanes, accumulators and alignment shifters are those of
+    ``SimdMacLane(cfg.supported_widths)``, and only the requantizer positions some supported
+    width uses exist, each as wide as :func:`position_bits` says (an 8-bit-only core: four
+    32-bit requantizers per lane; 32-bit-only: one of 80 bits). The ``width`` codes of
+    unsupported widths never arrive (no legal setting holds them) and select the widest.
+
     Pipeline (``LATENCY = 2``), fully pipelined: one operand beat per cycle while ``results``
     is ready.
 
@@ -98,11 +126,11 @@ class ComputeUnit(wiring.Component):
        for AXPY a * alpha). MATMUL accumulates into the lane accumulators (starting from 0
        on the first beat after a ``last``); every other op computes its exact value
        (alignment shifts, sum, ReLU, ...) at each accumulator position of the lane, in
-       :data:`POSITION_BITS` bits, and loads it into the accumulators. A ``last``
+       :func:`position_bits` bits, and loads it into the accumulators. A ``last``
        beat leaves a finished value there.
     2. The finished values go through :class:`hw.requantizer.Requantizer` s, four per lane
-       at the lane's accumulator positions, sized by :data:`POSITION_BITS` (80, 32, 48, 32
-       bits: position 0 converts the one 32-bit, the first 16-bit or the first 8-bit
+       (with 8-bit support) at the lane's accumulator positions, sized by :func:`position_bits`
+       (all widths: 80, 32, 48, 32 bits: position 0 converts the one 32-bit, the first 16-bit or the first 8-bit
        value, position 2 the second 16-bit or third 8-bit one, positions 1 and 3 only 8-bit
        values; see :func:`position_sub`), each with its slot's generator word; the result
        is routed to its slot, registered and offered on ``results`` from the next cycle.
@@ -117,7 +145,7 @@ class ComputeUnit(wiring.Component):
     Parameters
     ----------
     cfg
-        Core configuration (``lanes``, ``hist_bins``, ``hist_min_exp``, ``counter_bits``).
+        Core configuration (``lanes``, ``widths``, ``hist_bins``, ``hist_min_exp``, ``counter_bits``).
 
     Members
     -------
@@ -189,16 +217,17 @@ class ComputeUnit(wiring.Component):
         lanes = cfg.lanes
         m.submodules.generators = gen = self.generators
         m.submodules.statistics = stats = self.statistics
-        mac = [SimdMacLane() for _ in range(lanes)]
+        widths = cfg.supported_widths
+        mac = [SimdMacLane(widths) for _ in range(lanes)]
         for i, lane in enumerate(mac):
             m.submodules[f"lane{i}"] = lane
-
-        is8 = self.width == Width.W8
-        is16 = self.width == Width.W16
+        pos_bits = position_bits(widths)
+        # requantizer positions of a lane, in slot order at the narrowest width
+        positions = sorted(pos_bits)
 
         def by_width(opts: dict):
-            """Mux on ``width`` (the illegal code 3 selects 32 bits, as the lanes do)."""
-            return Mux(is8, opts[Width.W8], Mux(is16, opts[Width.W16], opts[Width.W32]))
+            """Mux on ``width`` over the supported widths (other codes select the widest, as the lanes do)."""
+            return width_mux(self.width, opts)
 
         def slot_of(w: Width, lane: int, sub: int) -> int | None:
             n = w.lanes_per_word
@@ -230,7 +259,7 @@ class ComputeUnit(wiring.Component):
         is_axpy = self.op == Op.AXPY
         for i, lane in enumerate(mac):
             words_a, words_b = {}, {}
-            for w in Width:
+            for w in widths:
                 n = w.lanes_per_word
                 words_a[w] = Cat(*[pa[i * n + s][:w.bits] for s in range(n)])
                 words_b[w] = Cat(*[pb[i * n + s][:w.bits] for s in range(n)])
@@ -244,10 +273,10 @@ class ComputeUnit(wiring.Component):
         # requantizers below), each only as wide as the widest value it can hold.
         for i, lane in enumerate(mac):
             values = {}
-            for pos, bits in enumerate(POSITION_BITS):
-                wmax = max(w.bits for w in Width if position_sub(w, pos) is not None)
+            for pos, bits in pos_bits.items():
+                wmax = max(w.bits for w in widths if position_sub(w, pos) is not None)
                 a_o, b_o, p_o = {}, {}, {}
-                for w in Width:
+                for w in widths:
                     sub = position_sub(w, pos)
                     j = None if sub is None else slot_of(w, i, sub)
                     # operands fit W_op bits (the contract), so wmax bits hold every one here
@@ -258,8 +287,8 @@ class ComputeUnit(wiring.Component):
                 b = Signal(signed(wmax), name=f"b{i}_{pos}")
                 p = Signal(signed(2 * wmax), name=f"prod{i}_{pos}")
                 m.d.comb += [a.eq(by_width(a_o)), b.eq(by_width(b_o)), p.eq(by_width(p_o))]
-                ta = _align(m, Mux(is_axpy, p, a), self.a_shift, f"term_a{i}_{pos}", bits)
-                tb = _align(m, b, self.b_shift, f"term_b{i}_{pos}", bits)
+                ta = _align(m, Mux(is_axpy, p, a), self.a_shift, f"term_a{i}_{pos}", bits, widths)
+                tb = _align(m, b, self.b_shift, f"term_b{i}_{pos}", bits, widths)
                 v = Signal(signed(bits), name=f"value{i}_{pos}")
                 with m.Switch(self.op):
                     with m.Case(Op.ADD, Op.AXPY):
@@ -275,9 +304,9 @@ class ComputeUnit(wiring.Component):
                     with m.Default():  # CONVERT (MATMUL accumulates in the lanes instead)
                         m.d.comb += v.eq(a)
                 values[pos] = v
-            for sub in range(SUB_LANES):
+            for sub in range(lane.sub_lanes):
                 opts = {}
-                for w in Width:
+                for w in widths:
                     n = w.lanes_per_word
                     opts[w] = values[sub * (SUB_LANES // n)] if sub < n else 0
                 m.d.comb += lane.load_value[sub].eq(by_width(opts))
@@ -292,20 +321,21 @@ class ComputeUnit(wiring.Component):
         # One requantizer per accumulator position of a lane, as wide as its widest use.
         q_phys = {}
         for i, lane in enumerate(mac):
-            for pos, bits in enumerate(POSITION_BITS):
-                k = i * len(POSITION_BITS) + pos
+            for idx, pos in enumerate(positions):
+                bits = pos_bits[pos]
+                k = i * len(positions) + idx
                 acc = Signal(signed(bits), name=f"acc{i}_{pos}")
                 u16 = Signal(16, name=f"u16_{i}_{pos}")
                 live = Signal(name=f"live{i}_{pos}")
                 acc_o, u16_o, live_o = {}, {}, {}
-                for w in Width:
+                for w in widths:
                     sub = position_sub(w, pos)
                     j = None if sub is None else slot_of(w, i, sub)
                     acc_o[w] = 0 if j is None else lane.acc[sub]
                     u16_o[w] = 0 if j is None else gen.words[j]
                     live_o[w] = 0 if j is None else (j < count1)
                 m.d.comb += [acc.eq(by_width(acc_o)), u16.eq(by_width(u16_o)), live.eq(by_width(live_o))]
-                rq = Requantizer(bits)
+                rq = Requantizer(bits, widths)
                 m.submodules[f"requantizer{i}_{pos}"] = rq
                 m.d.comb += [rq.acc.eq(acc), rq.shift.eq(self.out_shift), rq.rounding.eq(self.rounding),
                              rq.out_width.eq(self.out_width), rq.u16.eq(u16)]
@@ -315,9 +345,9 @@ class ComputeUnit(wiring.Component):
         q2 = []
         for j in range(S):
             opts = {}
-            for w in Width:
+            for w in widths:
                 n = w.lanes_per_word
-                opts[w] = q_phys[j // n, (j % n) * (len(POSITION_BITS) // n)] if j < lanes * n else 0
+                opts[w] = q_phys[j // n, (j % n) * (SUB_LANES // n)] if j < lanes * n else 0
             q = Signal(signed(32), name=f"q{j}")
             with m.If(take2):
                 m.d.sync += q.eq(Mux(j < count1, by_width(opts), 0))

@@ -15,9 +15,8 @@ from amaranth.lib.wiring import In, Out
 
 from reference.formats import STOCHASTIC_BITS, RoundingMode, Width
 
-#: The core's widest left shift that can still leave a non-zero value unsaturated is
-#: W_out - 1 <= 31; every shift from 32 on saturates every non-zero value, like 32 does.
-_LEFT_MAX = max(w.bits for w in Width)
+from .settings import width_mux
+from .simd_mac import check_widths
 
 
 class Requantizer(wiring.Component):
@@ -35,14 +34,18 @@ class Requantizer(wiring.Component):
     - FLOOR (and the illegal code 3): up = 0;
     - STOCHASTIC: up = carry out of ``r16 + u16``.
 
-    Left shifts (``shift <= 0``) form ``acc * 2**min(-shift, 32)`` exactly. Either result is
-    then clamped to the W-bit range of ``out_width``; ``overflow`` marks a clamp.
+    Left shifts (``shift <= 0``) form ``acc * 2**min(-shift, Wmax)`` exactly, Wmax the widest
+    output width: the widest left shift that can leave a non-zero value unsaturated is
+    ``W_out - 1``, and every shift from Wmax on saturates every non-zero value, like Wmax does.
+    Either result is then clamped to the W-bit range of ``out_width``; ``overflow`` marks a clamp.
 
     Parameters
     ----------
     acc_bits
         Width N of ``acc``: ``reference.formats.acc_width(W)`` of the widest W the instance
         serves (32, 48 or 80 in the core); any N >= 2 works.
+    out_widths
+        The output widths to support (default: all; ``CoreConfig.supported_widths`` in the core).
 
     Members
     -------
@@ -52,7 +55,8 @@ class Requantizer(wiring.Component):
     rounding : In(2)
         :class:`reference.formats.RoundingMode` code.
     out_width : In(2)
-        :class:`reference.formats.Width` code of the output (code 3 is treated as 32 bits).
+        :class:`reference.formats.Width` code of the output (a code of no supported width, such
+        as 3, is treated as the widest supported one).
     u16 : In(16)
         Random word for STOCHASTIC.
     q : Out(signed(32))
@@ -62,15 +66,17 @@ class Requantizer(wiring.Component):
     Raises
     ------
     TypeError, ValueError
-        ``acc_bits`` is not an integer >= 2.
+        ``acc_bits`` is not an integer >= 2; ``out_widths`` is not a non-empty collection of
+        distinct ``Width`` s.
     """
 
-    def __init__(self, acc_bits: int) -> None:
+    def __init__(self, acc_bits: int, out_widths=tuple(Width)) -> None:
         if isinstance(acc_bits, bool) or not isinstance(acc_bits, int):
             raise TypeError(f"acc_bits: expected an integer, got {acc_bits!r}")
         if acc_bits < 2:
             raise ValueError(f"acc_bits: need at least 2 bits, got {acc_bits}")
         self.acc_bits = acc_bits
+        self.out_widths = check_widths(out_widths, "out_widths")
         super().__init__({
             "acc": In(signed(acc_bits)), "shift": In(signed(10)), "rounding": In(2), "out_width": In(2),
             "u16": In(STOCHASTIC_BITS),
@@ -107,22 +113,19 @@ class Requantizer(wiring.Component):
         m.d.comb += right.eq(fq + up)
 
         # ---- left shift -----------------------------------------------------------------
-        k = Signal(range(_LEFT_MAX + 1))
-        m.d.comb += k.eq(Mux(-self.shift > _LEFT_MAX, _LEFT_MAX, (-self.shift)[:k.shape().width]))
-        left = Signal(signed(n + _LEFT_MAX))
+        left_max = self.out_widths[-1].bits
+        k = Signal(range(left_max + 1))
+        m.d.comb += k.eq(Mux(-self.shift > left_max, left_max, (-self.shift)[:k.shape().width]))
+        left = Signal(signed(n + left_max))
         m.d.comb += left.eq(acc << k)
 
         # ---- saturation -----------------------------------------------------------------
-        t = Signal(signed(n + _LEFT_MAX))
+        t = Signal(signed(n + left_max))
         m.d.comb += t.eq(Mux(self.shift > 0, right, left))
         hi = Signal(signed(33))
         lo = Signal(signed(33))
-        with m.Switch(self.out_width):
-            for w in Width:
-                with m.Case(w):
-                    m.d.comb += [hi.eq((1 << (w.bits - 1)) - 1), lo.eq(-(1 << (w.bits - 1)))]
-            with m.Default():
-                m.d.comb += [hi.eq((1 << 31) - 1), lo.eq(-(1 << 31))]
+        m.d.comb += [hi.eq(width_mux(self.out_width, {w: (1 << (w.bits - 1)) - 1 for w in self.out_widths})),
+                     lo.eq(width_mux(self.out_width, {w: -(1 << (w.bits - 1)) for w in self.out_widths}))]
         m.d.comb += self.overflow.eq((t > hi) | (t < lo))
         m.d.comb += self.q.eq(Mux(t > hi, hi, Mux(t < lo, lo, t)))
         m.d.comb += self.underflow.eq((acc != 0) & (self.q == 0))

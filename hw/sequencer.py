@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from reference.config import CoreConfig
-from reference.formats import FRAC_MAX, FRAC_MIN, MAX_K, Width, acc_width
+from reference.formats import FRAC_MAX, FRAC_MIN, MAX_K, acc_width
 from reference.isa import CLEAR_CYCLES_PER_TID, DRAIN_CYCLES, SETUP_CYCLES, Ctl, ErrorCode
 from reference.ops import Op
 
@@ -34,7 +34,7 @@ from .axi_stream import STORE_FIFO_DEPTH, store_layout
 from .compute_unit import ComputeUnit, count_shape, operand_layout, result_layout
 from .database import DatabaseClearSignature, DatabaseCommitSignature
 from .scratchpad import ScratchpadReadSignature, ScratchpadWriteSignature, spad_addr_bits
-from .settings import SettingsReadSignature, check_config
+from .settings import SettingsReadSignature, check_config, width_mux
 
 assert SETUP_CYCLES == 2, "the sequencer's setup is IDLE (FIFO pop) + SETUP"
 assert CLEAR_CYCLES_PER_TID == 1, "the sequencer clears one database entry per cycle"
@@ -62,9 +62,9 @@ class ComputeControlSignature(wiring.Signature):
         })
 
 
-def _bits(code):
-    """Bits of a width code (8, 16, 32) as a value."""
-    return Mux(code == Width.W8, 8, Mux(code == Width.W16, 16, 32))
+def _bits(code, widths):
+    """Bits of a width code (8, 16, 32) as a value, among the supported ``widths``."""
+    return width_mux(code, {w: w.bits for w in widths})
 
 
 def _min(a, b):
@@ -140,6 +140,7 @@ class Sequencer(wiring.Component):
         wb = cfg.word_bits
         S = cfg.rng_slots
         ab = spad_addr_bits(cfg)
+        widths = cfg.supported_widths
 
         # ---- command FIFO ---------------------------------------------------------------
         m.submodules.fifo = q = fifo.SyncFIFO(width=COMMAND_LAYOUT.size, depth=regmap.CMD_FIFO_DEPTH)
@@ -190,8 +191,9 @@ class Sequencer(wiring.Component):
 
         ls_addr = Mux(opcode == Ctl.LOAD, addr_d, addr_a)
         lim_ok = Signal()
-        m.d.comb += lim_ok.eq(Mux(sa.width == Width.W8, (alpha >= -128) & (alpha < 128),
-                                  Mux(sa.width == Width.W16, (alpha >= -32768) & (alpha < 32768), 1)))
+        m.d.comb += lim_ok.eq(width_mux(sa.width, {
+            w: (alpha >= -(1 << (w.bits - 1))) & (alpha < (1 << (w.bits - 1))) if w.bits < 32 else 1
+            for w in widths}))
 
         err = Signal(4)
         with m.If(opcode > max(Ctl)):
@@ -231,11 +233,10 @@ class Sequencer(wiring.Component):
         wop = Signal(2)
         m.d.comb += wop.eq(_max(_max(sa.width, sd.width), Mux(has_b, sb.width, 0)))
         acc_bits = Signal(8)
-        m.d.comb += acc_bits.eq(Mux(wop == Width.W8, acc_width(Width.W8),
-                                    Mux(wop == Width.W16, acc_width(Width.W16), acc_width(Width.W32))))
+        m.d.comb += acc_bits.eq(width_mux(wop, {w: acc_width(w) for w in widths}))
         fa, fb, fd = sa.frac, sb.frac, sd.frac
-        w_a = _bits(sa.width)
-        w_b = _bits(sb.width)
+        w_a = _bits(sa.width, widths)
+        w_b = _bits(sb.width, widths)
         f_acc = Signal(signed(10))
         a_shift = Signal(signed(10))
         b_shift = Signal(signed(10))
@@ -460,12 +461,12 @@ class Sequencer(wiring.Component):
             """Slots of a word at width ``wcode``: slot j = value j, sign-extended; others 0."""
             out = []
             for j in range(S):
-                opts = []
-                for w in Width:
+                opts = {}
+                for w in widths:
                     n = wb // w.bits
-                    opts.append(word[j * w.bits:(j + 1) * w.bits].as_signed() if j < n else Const(0, signed(32)))
+                    opts[w] = word[j * w.bits:(j + 1) * w.bits].as_signed() if j < n else Const(0, signed(32))
                 v = Signal(signed(32), name=f"{prefix}{j}")
-                m.d.comb += v.eq(Mux(wcode == Width.W8, opts[0], Mux(wcode == Width.W16, opts[1], opts[2])))
+                m.d.comb += v.eq(width_mux(wcode, opts))
                 out.append(v)
             return out
 
@@ -480,11 +481,11 @@ class Sequencer(wiring.Component):
         a_slots = unpack(a_shifted, p_wa, "a_slot")
         b_slots = unpack(self.spad_rd[1].data, p_wop, "b_slot")
         a_bcast = Signal(signed(32))
-        opts = []
-        for w in Width:
+        opts = {}
+        for w in widths:
             n = wb // w.bits
-            opts.append(a_raw.word_select(s_a_val[:exact_log2(n)] if n > 1 else 0, w.bits).as_signed())
-        m.d.comb += a_bcast.eq(Mux(p_wa == Width.W8, opts[0], Mux(p_wa == Width.W16, opts[1], opts[2])))
+            opts[w] = a_raw.word_select(s_a_val[:exact_log2(n)] if n > 1 else 0, w.bits).as_signed()
+        m.d.comb += a_bcast.eq(width_mux(p_wa, opts))
         ops = self.cu.operands
         m.d.comb += [ops.valid.eq(s_valid), ops.payload.count.eq(s_count), ops.payload.last.eq(s_last)]
         for j in range(S):
@@ -509,9 +510,7 @@ class Sequencer(wiring.Component):
             m.d.comb += v.eq(Mux(j < res.payload.count, res.payload.q[j], 0))
             qm.append(v)
         packed = Signal(wb)
-        m.d.comb += packed.eq(Mux(p_wd == Width.W8, Cat(*[x[:8] for x in qm[:wb // 8]]),
-                                  Mux(p_wd == Width.W16, Cat(*[x[:16] for x in qm[:wb // 16]]),
-                                      Cat(*[x[:32] for x in qm[:wb // 32]]))))
+        m.d.comb += packed.eq(width_mux(p_wd, {w: Cat(*[x[:w.bits] for x in qm[:wb // w.bits]]) for w in widths}))
         part = Signal(2)
         m.d.comb += part.eq(Mux(p_rd == 0, 0, Mux(p_rd == 1, wc[0] << 1, wc[:2])))
         nbytes = wb // 8

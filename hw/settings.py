@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from reference.config import CoreConfig
-from reference.formats import FRAC_BITS, FRAC_MAX, FRAC_MIN, SETTING_BITS, Width
+from reference.formats import FRAC_BITS, FRAC_MAX, FRAC_MIN, SETTING_BITS
 from reference.isa import POLICY_CYCLES_PER_TID
 from reference.stats import THRESHOLD_BITS
 
@@ -38,15 +38,35 @@ def check_config(cfg: object, name: str = "cfg") -> CoreConfig:
     return cfg
 
 
+def width_mux(code, opts: dict):
+    """Select ``opts[w]`` by ``Width`` code ``code`` among the widths ``opts`` names.
+
+    The widest named width is the default: it also takes the codes of widths not named (the
+    illegal code 3, or widths the configuration does not support, which no legal setting
+    holds), so a single-width ``opts`` is its value, with no multiplexer at all.
+    """
+    widths = sorted(opts)
+    out = opts[widths[-1]]
+    for w in reversed(widths[:-1]):
+        out = Mux(code == w, opts[w], out)
+    return out
+
+
 def tid_bits(cfg: CoreConfig) -> int:
     """Bits of a tensor-id index into the settings register and the database (at least 1)."""
     return max(1, ceil_log2(cfg.tensor_ids))
 
 
-def setting_is_legal(s: data.View):
-    """Hardware twin of :meth:`reference.formats.TensorSetting.decode`'s checks: 1 when legal."""
-    return ((s.width != 3) & (s.rounding != 3)
-            & (s.frac >= FRAC_MIN) & (s.frac <= FRAC_MAX))
+def setting_is_legal(s: data.View, cfg: CoreConfig):
+    """Hardware twin of :func:`reference.isa.decode_setting`'s checks: 1 when legal.
+
+    :meth:`reference.formats.TensorSetting.decode` (width code 3, rounding code 3, point
+    position range) and :func:`reference.isa.check_setting` (a width ``cfg`` supports).
+    """
+    width_ok = Const(0, 1)
+    for w in cfg.supported_widths:
+        width_ok = width_ok | (s.width == w)
+    return width_ok & (s.rounding != 3) & (s.frac >= FRAC_MIN) & (s.frac <= FRAC_MAX)
 
 
 def setting_port_layout() -> data.StructLayout:
@@ -106,8 +126,9 @@ class SettingsRegister(wiring.Component):
     An entry is valid once the host has written a legal code to it; a command naming a tensor
     id without a valid entry is rejected with ``ErrorCode.BAD_SETTING`` by the sequencer,
     exactly as :func:`reference.isa.check_command` rejects a tensor id missing from its
-    ``settings`` dict. An illegal host write (width code 3, rounding code 3, point position
-    below ``FRAC_MIN``) changes no entry and pulses ``host.error``.
+    ``settings`` dict. An illegal host write (:func:`reference.isa.decode_setting`: width code
+    3 or a width ``cfg`` does not support, rounding code 3, point position below ``FRAC_MIN``)
+    changes no entry and pulses ``host.error``.
 
     Parameters
     ----------
@@ -165,7 +186,7 @@ class SettingsRegister(wiring.Component):
                      self.host.rdata.valid.eq(val_arr[self.host.addr])]
 
         new = data.View(SETTING_LAYOUT, self.host.wdata)
-        legal = setting_is_legal(new)
+        legal = setting_is_legal(new, self.cfg)
         m.d.sync += self.host.error.eq(0)
         with m.If(self.host.we & ~legal):
             m.d.sync += self.host.error.eq(1)
@@ -269,8 +290,7 @@ class PolicyController(wiring.Component):
 
         s = self.settings.data.setting
         wbits = Signal(6)
-        m.d.comb += wbits.eq(Mux(s.width == Width.W8, Width.W8.bits,
-                                 Mux(s.width == Width.W16, Width.W16.bits, Width.W32.bits)))
+        m.d.comb += wbits.eq(width_mux(s.width, {w: w.bits for w in cfg.supported_widths}))
         f_raw = Signal(signed(10))
         m.d.comb += f_raw.eq(wbits - 2 - cfg.hist_min_exp - istar)
         f_new = Signal(signed(FRAC_BITS))

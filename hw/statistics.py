@@ -17,8 +17,13 @@ from reference.formats import Width, acc_width
 
 from .settings import check_config
 
-#: Widest pre-conversion value: the 32-bit accumulator.
+#: Widest pre-conversion value of any configuration: the 32-bit accumulator.
 VALUE_BITS = max(acc_width(w) for w in Width)
+
+
+def value_bits(cfg: CoreConfig) -> int:
+    """Bits of a pre-conversion value in a core of ``cfg``: the accumulator of its widest width."""
+    return acc_width(cfg.widest)
 
 
 def msb_position(m: Module, v, name: str):
@@ -62,8 +67,9 @@ class StatisticsBlock(wiring.Component):
     Members
     -------
     valid : In(1)
-    values : In(ArrayLayout(signed(80), S))
-        Pre-conversion values with ``f_acc`` fraction bits (narrower accumulators sign-extended).
+    values : In(ArrayLayout(signed(value_bits(cfg)), S))
+        Pre-conversion values with ``f_acc`` fraction bits (narrower accumulators sign-extended);
+        80 bits when the core supports 32-bit data, else 48 or 32.
     live : In(S)
         Which slots hold values of the beat.
     f_acc : In(signed(10))
@@ -85,7 +91,7 @@ class StatisticsBlock(wiring.Component):
         cb = cfg.counter_bits
         super().__init__({
             "valid": In(1),
-            "values": In(data.ArrayLayout(signed(VALUE_BITS), s)),
+            "values": In(data.ArrayLayout(signed(value_bits(cfg)), s)),
             "live": In(s),
             "f_acc": In(signed(10)),
             "slot_overflow": In(s), "slot_underflow": In(s),

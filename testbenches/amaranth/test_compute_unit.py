@@ -5,7 +5,7 @@ idle cycles between operand beats and back-pressure on results; LATENCY and drai
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -21,6 +21,9 @@ from reference.stats import OpStats
 
 CFG = PRESETS["tiny"]
 S = CFG.rng_slots
+#: Width-restricted variants of the tiny preset: single widths and a pair without 8 bits.
+VARIANTS = {name: replace(CFG, widths=ws) for name, ws in
+            [("w8", (8,)), ("w16", (16,)), ("w32", (32,)), ("w16+32", (16, 32)), ("w8+32", (8, 32))]}
 
 
 @dataclass
@@ -329,6 +332,37 @@ def random_sweep(cfg: CoreConfig, seed: int, n_cmds: int) -> None:
     p_idle, p_stall = float(rng.choice([0.0, 0.3])), float(rng.choice([0.0, 0.3]))
     got, _ = run_commands(cmds, cfg, seed=seed, p_idle=p_idle, p_stall=p_stall, tb_seed=seed)
     check(cmds, cfg, seed, got, f"seed {seed}")
+
+
+VARIANT_CASES = [(name, w) for name, cfg in VARIANTS.items() for w in cfg.supported_widths]
+
+
+@pytest.mark.parametrize(("variant", "w"), VARIANT_CASES, ids=[f"{n}-W{w.bits}" for n, w in VARIANT_CASES])
+def test_width_variant_every_op_and_rounding_mode(variant, w):
+    """A core with fewer widths (fewer slots, narrower lanes, accumulators and requantizers) computes
+    every op x rounding mode at each width it supports, bit-exact, generators included."""
+    cfg = VARIANTS[variant]
+    assert cfg.rng_slots == cfg.values_per_beat(cfg.narrowest)
+    seed = 7000 + 10 * list(VARIANTS).index(variant) + w
+    rng = np.random.default_rng(seed)
+    cmds = [make_cmd(rng, op, w, mode, cfg) for op in Op for mode in RoundingMode]
+    got, _ = run_commands(cmds, cfg, seed=0xBEEF + w, p_idle=0.2, p_stall=0.25, tb_seed=seed)
+    check(cmds, cfg, 0xBEEF + w, got, f"{variant} seed {seed}")
+
+
+@pytest.mark.parametrize("variant", ["w16+32", "w8+32"])
+def test_width_variant_convert_between_its_widths(variant):
+    cfg = VARIANTS[variant]
+    lo, hi = cfg.supported_widths
+    seed = 7500 + lo
+    rng = np.random.default_rng(seed)
+    cmds = []
+    for w_in, w_out in ((lo, hi), (hi, lo)):
+        for mode in RoundingMode:
+            c = make_cmd(rng, Op.CONVERT, hi, mode, cfg, w_in=w_in)
+            cmds.append(Cmd(c.op, c.a, None, DfpFormat(w_out, c.out_fmt.frac), mode))
+    got, _ = run_commands(cmds, cfg, seed=seed, p_idle=0.1, p_stall=0.1, tb_seed=seed)
+    check(cmds, cfg, seed, got, f"{variant} seed {seed}")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -330,6 +331,77 @@ def test_odd_configuration_with_compute_unit():
             assert got == r.hist.tolist() + [r.zeros, r.overflow, r.underflow, r.total], f"tid {tid}"
 
     simulate(dut, tb, [w for ws in prog.loads for w in ws], obs)  # real ComputeUnit: no model needed
+    want = [(w, mk) for o in outcomes if o.store_words is not None
+            for w, mk in zip(o.store_words, o.store_masks, strict=True)]
+    assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want]
+
+
+WIDTH_VARIANTS = {f"w{b}": replace(CFG, widths=(b,)) for b in (8, 16, 32)} | {"w16+32": replace(CFG, widths=(16, 32))}
+
+
+@pytest.mark.skipif(not _cu_functional(), reason="hw/compute_unit.py is not functional yet")
+@pytest.mark.parametrize("variant", list(WIDTH_VARIANTS))
+def test_width_variant_computes_its_widths_and_flags_the_others(variant):
+    """A tiny core with fewer widths (real ComputeUnit): a program at each supported width matches
+    the model (STORE data, database, cycles); a settings write of every unsupported width sets
+    STATUS.error = BAD_SETTING exactly when reference.isa.decode_setting rejects it, and leaves
+    the entry as it was; the core then runs on."""
+    from reference.isa import IllegalCommand, decode_setting
+
+    cfg = WIDTH_VARIANTS[variant]
+    rng = np.random.default_rng(90 + len(cfg.widths) + cfg.widths[0])
+    prog = Program({})
+    for i, w in enumerate(cfg.supported_widths):
+        random_compute(rng, cfg, prog, 3 * i, None, (w, w))
+    model = CoreModel(cfg)
+    for tid, word in prog.settings.items():
+        model.write_setting(tid, word)
+    loads = deque(prog.loads)
+    outcomes = [model.execute(c, list(loads.popleft()) if c.opcode == Ctl.LOAD else None) for c in prog.commands]
+    dut = DLUCore(cfg)
+    obs = {"starts": [], "store": [], "irq_cycles": 0, "durations": {}}
+    ctl = REGS["CONTROL"]
+    probes = []
+    for w in Width:
+        word = TensorSetting(DfpFormat(w, 3), RoundingMode.FLOOR, True).encode()
+        try:
+            decode_setting(word, cfg)
+            probes.append((word, ErrorCode.NONE))
+        except IllegalCommand as exc:
+            probes.append((word, exc.code))
+    assert [code for _, code in probes] == [ErrorCode.NONE if cfg.supports(w) else ErrorCode.BAD_SETTING
+                                            for w in Width]
+
+    async def tb(ctx):
+        h = Host(dut, ctx)
+        assert await h.read("CONFIG_DIGEST") == int(cfg.digest()[:8], 16)
+        for tid, word in prog.settings.items():
+            await h.write("SETTINGS", word, tid)
+        await h.push(Command(Ctl.CLEAR_STATS, broadcast_b=True))
+        for c in prog.commands:
+            await h.push(c)
+        await h.wait_done()
+        assert field("STATUS", "error", await h.read("STATUS")) == ErrorCode.NONE
+        for tid in range(cfg.tensor_ids):
+            r = model.db.read(tid)
+            assert await h.db_entry(tid) == r.hist.tolist() + [r.zeros, r.overflow, r.underflow, r.total], tid
+        before = await h.read("SETTINGS", 0)
+        for word, code in probes:
+            await h.write("SETTINGS", word, 0)
+            assert field("STATUS", "error", await h.read("STATUS")) == code, f"setting {word:#x}"
+            want = (word | (1 << 31)) if code == ErrorCode.NONE else before
+            assert await h.read("SETTINGS", 0) == want, f"setting {word:#x}"
+            before = want
+            await h.write("CONTROL", ctl.field("clear_error").mask)
+
+    simulate(dut, tb, [w for ws in prog.loads for w in ws], obs)
+    starts = obs["starts"]
+    got = []
+    for j in range(1, len(starts)):
+        end = obs["durations"].get(j + 1, {}).get("end")
+        nxt = starts[j + 1] - starts[j] if j + 1 < len(starts) else None
+        got.append(min(x for x in (end, nxt) if x is not None))
+    assert got == [o.cycles for o in outcomes]
     want = [(w, mk) for o in outcomes if o.store_words is not None
             for w, mk in zip(o.store_words, o.store_masks, strict=True)]
     assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want]

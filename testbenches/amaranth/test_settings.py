@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.hdl import Module
@@ -13,7 +15,7 @@ from hw.settings import PolicyController, SettingsRegister
 from reference.config import PRESETS, CoreConfig
 from reference.engine import Engine
 from reference.formats import SETTING_BITS, DfpFormat, RoundingMode, TensorSetting, Width
-from reference.isa import POLICY_CYCLES_PER_TID
+from reference.isa import POLICY_CYCLES_PER_TID, IllegalCommand, decode_setting
 from reference.stats import OpStats
 
 from .test_database import random_stats, stats_const
@@ -21,10 +23,10 @@ from .test_database import random_stats, stats_const
 CFG = PRESETS["tiny"]
 
 
-def legal(word: int) -> bool:
+def legal(word: int, cfg: CoreConfig = CFG) -> bool:
     try:
-        TensorSetting.decode(word)
-    except ValueError:
+        decode_setting(word, cfg)
+    except IllegalCommand:
         return False
     return True
 
@@ -45,11 +47,14 @@ def test_constructor_errors():
         PolicyController(None)
 
 
-def test_every_word_legal_written_illegal_rejected_without_corruption():
-    """All 4096 words on entry 3: legal ones read back exactly, illegal ones pulse error and
-    leave entry 3 and its neighbours untouched."""
-    dut = SettingsRegister(CFG)
-    guard = TensorSetting(DfpFormat(Width.W16, -7), RoundingMode.STOCHASTIC, False).encode()
+@pytest.mark.parametrize("cfg", [CFG, replace(CFG, widths=(8,)), replace(CFG, widths=(16, 32))],
+                         ids=["all", "w8", "w16+32"])
+def test_every_word_legal_written_illegal_rejected_without_corruption(cfg):
+    """All 4096 words on entry 3: legal ones (reference.isa.decode_setting, so a width the core
+    does not support is illegal) read back exactly, illegal ones pulse error and leave entry 3
+    and its neighbours untouched."""
+    dut = SettingsRegister(cfg)
+    guard = TensorSetting(DfpFormat(cfg.widest, -7), RoundingMode.STOCHASTIC, False).encode()
     n_illegal = 0
 
     async def tb(ctx):
@@ -70,7 +75,7 @@ def test_every_word_legal_written_illegal_rejected_without_corruption():
             ctx.set(dut.host.we, 1)
             await ctx.tick()
             ctx.set(dut.host.we, 0)
-            ok = legal(word)
+            ok = legal(word, cfg)
             assert ctx.get(dut.host.error) == (0 if ok else 1), f"word {word:#05x}"
             if ok:
                 current = word
@@ -88,7 +93,7 @@ def test_every_word_legal_written_illegal_rejected_without_corruption():
 
     run(dut, tb)
     # width 3 (1024 words), rounding 3 (of the rest), frac -64..-33 (of the rest): a real mix.
-    assert n_illegal == sum(not legal(w) for w in range(1 << SETTING_BITS)) > 1500
+    assert n_illegal == sum(not legal(w, cfg) for w in range(1 << SETTING_BITS)) > 1500
 
 
 class PolicyHarness(wiring.Component):
