@@ -23,7 +23,6 @@ from amaranth.lib.wiring import In
 from hw import regmap
 from reference import isa
 from reference.config import CoreConfig
-from reference.formats import Width
 from reference.ops import Op
 
 from .headers import c_header, py_header
@@ -108,7 +107,8 @@ def manifest(cfg: CoreConfig, top, files: dict[str, str], extra: dict | None = N
                        "POLICY_UPDATE SETUP + POLICY_CYCLES_PER_TID*tensor_ids; CLEAR_STATS SETUP + "
                        "CLEAR_CYCLES_PER_TID*(tensor_ids if broadcast else 1); illegal SETUP",
         },
-        "peak_macs_per_cycle": {f"W{w.bits}": cfg.peak_macs_per_cycle(w) for w in Width},
+        # only the widths the core supports (CoreConfig.widths, also under "config")
+        "peak_macs_per_cycle": {f"W{w.bits}": cfg.peak_macs_per_cycle(w) for w in cfg.supported_widths},
         "tools": _versions(),
         "files": files,
     } | (extra or {})

@@ -22,6 +22,8 @@ def _constants(cfg: CoreConfig) -> list[tuple[str, int, str]]:
         ("TENSOR_IDS", cfg.tensor_ids, "settings entries and database entries"),
         ("HIST_BINS", cfg.hist_bins, "histogram bins per database entry"),
         ("COUNTER_BITS", cfg.counter_bits, "database counter width"),
+        ("WIDTH_CODES", sum(1 << int(w) for w in cfg.supported_widths),
+         "bit c set: settings width code c is supported (code 0: 8, 1: 16, 2: 32 bits)"),
     ]
     for r in regmap.register_map(cfg):
         out.append((f"{r.name}_OFFSET", r.offset, r.doc.split(";")[0]))

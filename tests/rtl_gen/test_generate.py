@@ -103,3 +103,34 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert main(["gen", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "lanes=3" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_width_variant_manifest_and_headers(tmp_path, bits):
+    """A configs/default-wN.toml style file over the tiny preset: the manifest carries the widths
+    (and the digest covers them), peak MACs only for the supported width, the headers the width codes."""
+    from reference.config import load_config
+    from reference.formats import Width
+
+    toml = tmp_path / "w.toml"
+    toml.write_text(f'[core]\npreset = "tiny"\nwidths = [{bits}]\n')
+    cfg = load_config(toml)
+    d = tmp_path / "g"
+    assert main(["gen", "--config", str(toml), "--out", str(d)]) == 0
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["config"]["widths"] == [bits] and man["config"] == cfg.to_dict()
+    assert man["config_digest"] == cfg.digest() != CFG.digest()
+    w = Width.from_bits(bits)
+    assert man["peak_macs_per_cycle"] == {f"W{bits}": CFG.lanes * 32 // bits}
+    ns = runpy.run_path(str(d / "dlu_regs.py"))
+    assert ns["WIDTH_CODES"] == 1 << int(w) and ns["CONFIG_DIGEST"] == int(cfg.digest()[:8], 16)
+
+
+def test_example_width_configs_load():
+    """configs/default-w{8,16,32}.toml: the default preset with one width."""
+    from reference.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for bits in (8, 16, 32):
+        cfg = load_config(root / f"default-w{bits}.toml")
+        assert cfg == PRESETS["default"].__class__(widths=(bits,))

@@ -24,6 +24,16 @@ def test_tiny_netlist_is_lint_clean(tmp_path, with_cu):
     assert res.ok, res.output[-3000:]
 
 
+@pytest.mark.parametrize("widths", [(8,), (16,), (32,), (16, 32)], ids=lambda ws: "w" + "+".join(map(str, ws)))
+def test_width_variant_netlist_is_lint_clean(tmp_path, widths):
+    """Cores with fewer widths (tiny preset) lint as cleanly, with the same waivers."""
+    import dataclasses
+
+    generate(dataclasses.replace(PRESETS["tiny"], widths=widths), tmp_path / "g")
+    res = lint(tmp_path / "g" / "dlu_core.v")
+    assert res.ok, res.output[-3000:]
+
+
 def test_lint_reports_unwaived_warnings(tmp_path):
     """A design problem the waivers do not cover (an undriven output) fails the lint."""
     v = tmp_path / "dlu_core.v"
