@@ -19,7 +19,8 @@ Definition of :func:`draw_beats` (the test suite keeps this loop as its oracle):
 
 The implementation computes the same words without a Python loop over beats: a xorshift32
 step is a linear map ``M`` over GF(2)**32, so ``M**t`` is applied with four 256-entry
-lookup tables (one per state byte) and ``M**(t * 2**k)`` is obtained by squaring.
+lookup tables (one per state byte) and ``M**(t * 2**k)`` is obtained by squaring; the
+states inside a block of beats come from precomputed tables of ``M**1 .. M**256``.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def xorshift32(s: np.ndarray) -> np.ndarray:
     return s
 
 
-#: Beats stepped one by one inside a block; block starts are reached by jumps.
-_BLOCK = 64
+#: Beats per block: block starts are reached by jumps, the beats inside a block from their
+#: start by the byte tables of M**1 .. M**_BLOCK (see :func:`_step_tables`).
+_BLOCK = 256
 
 
 def _apply(tables: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -102,6 +104,20 @@ def jump(states: np.ndarray, steps: int) -> np.ndarray:
     return s
 
 
+@functools.cache
+def _step_tables() -> np.ndarray:
+    """Byte tables of ``M**(i + 1)`` for i < _BLOCK, flattened: entry ``(i * 4 + k) * 256 + v``.
+
+    The table of ``M**(i + 1)`` is that of ``M**i`` with one more step applied to every entry
+    (``M`` is linear, so ``M(L(x)) = xorshift32(L(x))``). 1 MiB, built once.
+    """
+    t = np.empty((_BLOCK, 4, 256), dtype=np.uint32)
+    t[0] = _jump_tables(0)
+    for i in range(1, _BLOCK):
+        t[i] = xorshift32(t[i - 1])
+    return t.reshape(-1)
+
+
 def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Random words for ``n_beats`` beats of ``slots`` values; returns (words, new states).
 
@@ -126,21 +142,23 @@ def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray
     while starts.shape[0] < n_blocks:
         starts = np.concatenate([starts, _apply(_jump_tables(k), starts)])
         k += 1
-    if n_blocks == 1:
-        # Few beats: the states after 1..n_beats steps by doubling the sequence with table
-        # jumps (log2(n) NumPy calls instead of n tiny steps: per-call overhead dominates).
-        seq = xorshift32(states).reshape(1, -1)
-        k = 0
-        while seq.shape[0] < n_beats:
-            seq = np.concatenate([seq, _apply(_jump_tables(k), seq)])
-            k += 1
-        seq = seq[:n_beats]
-        return (seq[:, :slots] >> np.uint32(16)).astype(np.int64), seq[-1].copy()
-    s = starts[:n_blocks]
-    words = np.empty((n_blocks, _BLOCK, slots), dtype=np.int64)
-    for i in range(_BLOCK):
-        s = xorshift32(s)
-        words[:, i, :] = s[:, :slots] >> np.uint32(16)
-    last = n_beats - 1
-    final = jump(starts[last // _BLOCK], last % _BLOCK + 1)
-    return words.reshape(n_blocks * _BLOCK, slots)[:n_beats], final
+    starts = starts[:n_blocks]
+    # State after beat c * B + i + 1 = M**(i + 1) starts[c]: four table look-ups per state.
+    rows = min(n_beats, _BLOCK)
+    # the 4 bytes of every start state, LSB first: [4, n_blocks, 1, G]
+    x = starts.astype("<u4", copy=False).view(np.uint8).reshape(n_blocks, 1, -1, 4).transpose(3, 0, 1, 2)
+    v = _step_tables()[_byte_base(rows) + x]  # v[k, c, i] = table (i, k) of byte k of starts[c]
+    s = v[0]
+    s ^= v[1]
+    s ^= v[2]
+    s ^= v[3]
+    s = s.reshape(n_blocks * rows, -1)
+    return (s[:n_beats, :slots] >> np.uint32(16)).astype(np.int64), s[n_beats - 1].copy()
+
+
+@functools.cache
+def _byte_base(rows: int) -> np.ndarray:
+    """[4, 1, rows, 1]: offset of the table of byte k of M**(i + 1) in :func:`_step_tables`."""
+    i = np.arange(rows, dtype=np.intp).reshape(1, 1, rows, 1)
+    k = np.arange(4, dtype=np.intp).reshape(4, 1, 1, 1)
+    return (i * 4 + k) * 256
