@@ -14,7 +14,7 @@ from hw.database import DistributionDatabase
 from hw.settings import PolicyController, SettingsRegister
 from reference.config import PRESETS, CoreConfig
 from reference.engine import Engine
-from reference.formats import SETTING_BITS, DfpFormat, RoundingMode, TensorSetting, Width
+from reference.formats import SETTING_BITS, DfpFormat, RoundingMode, TensorSetting
 from reference.isa import POLICY_CYCLES_PER_TID, IllegalCommand, decode_setting
 from reference.stats import OpStats
 
@@ -136,29 +136,32 @@ def crafted_stats(cfg: CoreConfig) -> list[OpStats]:
     return [e, top, bottom, zeros_only, spread, tail]
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13, 14])
-def test_policy_update_matches_engine(seed):
+@pytest.mark.parametrize(("seed", "cfg"), [(11, CFG), (12, CFG), (13, CFG), (14, CFG),
+                                           (15, replace(CFG, widths=(16,))), (16, replace(CFG, widths=(8, 32)))],
+                         ids=["11", "12", "13", "14", "15-w16", "16-w8+32"])
+def test_policy_update_matches_engine(seed, cfg):
     """Random settings (some auto, some fixed, some missing), random and crafted statistics,
     random thresholds incl. 0 and 2**16-1: settings and database after POLICY_UPDATE equal the
-    reference Engine's, and the pass takes POLICY_CYCLES_PER_TID cycles per tensor id."""
+    reference Engine's, and the pass takes POLICY_CYCLES_PER_TID cycles per tensor id. Cores with
+    fewer widths hold settings of their widths only."""
     rng = np.random.default_rng(seed)
     threshold = int(rng.choice([0, 1, 66, 1000, 65535, int(rng.integers(0, 1 << 16))]))
-    eng = Engine(CFG, threshold=threshold)
-    crafted = crafted_stats(CFG)
-    for tid in range(CFG.tensor_ids):
+    eng = Engine(cfg, threshold=threshold)
+    crafted = crafted_stats(cfg)
+    for tid in range(cfg.tensor_ids):
         if rng.random() < 0.85:
-            w = Width(int(rng.integers(0, 3)))
+            w = cfg.supported_widths[int(rng.integers(0, len(cfg.widths)))]
             f = int(rng.choice([-32, 63, int(rng.integers(-32, 64))]))
             eng.settings[tid] = TensorSetting(DfpFormat(w, f), RoundingMode(int(rng.integers(0, 3))),
                                               bool(rng.random() < 0.75))
         if rng.random() < 0.8:
-            s = crafted[tid % len(crafted)] if rng.random() < 0.4 else random_stats(rng, CFG)
+            s = crafted[tid % len(crafted)] if rng.random() < 0.4 else random_stats(rng, cfg)
             if s.total:
                 eng.db.accumulate(tid, s)
     before = dict(eng.settings)
-    db_before = {t: eng.db.read(t) for t in range(CFG.tensor_ids)}
+    db_before = {t: eng.db.read(t) for t in range(cfg.tensor_ids)}
     eng.update_formats()
-    dut = PolicyHarness(CFG)
+    dut = PolicyHarness(cfg)
 
     async def tb(ctx):
         h = dut.settings.host
@@ -168,7 +171,7 @@ def test_policy_update_matches_engine(seed):
             ctx.set(h.we, 1)
             await ctx.tick()
         ctx.set(h.we, 0)
-        for tid in range(CFG.tensor_ids):
+        for tid in range(cfg.tensor_ids):
             ctx.set(dut.db.clear.tid, tid)
             ctx.set(dut.db.clear.en, 1)
             await ctx.tick()
@@ -176,7 +179,7 @@ def test_policy_update_matches_engine(seed):
         for tid, s in db_before.items():
             if s.total:
                 ctx.set(dut.db.commit.tid, tid)
-                ctx.set(dut.db.commit.stats, stats_const(CFG, s))
+                ctx.set(dut.db.commit.stats, stats_const(cfg, s))
                 await ctx.tick()
                 ctx.set(dut.db.commit.en, 1)
                 await ctx.tick()
@@ -192,8 +195,8 @@ def test_policy_update_matches_engine(seed):
             await ctx.tick()
             if done:
                 assert ctx.get(dut.policy.busy) == 0
-        assert busy == POLICY_CYCLES_PER_TID * CFG.tensor_ids
-        for tid in range(CFG.tensor_ids):
+        assert busy == POLICY_CYCLES_PER_TID * cfg.tensor_ids
+        for tid in range(cfg.tensor_ids):
             ctx.set(h.addr, tid)
             if tid in eng.settings:
                 assert ctx.get(h.rdata.valid) == 1
