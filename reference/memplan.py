@@ -176,7 +176,8 @@ def _workspaces(s: LayerShape, batch: int, eb: int) -> dict[str, int]:
 
 
 def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
-                orders: dict[str, BackwardOrder], momentum: bool = False, workspace: bool = False) -> _Step:
+                orders: dict[str, BackwardOrder], momentum: bool = False, workspace: bool = False,
+                mask_bytes: int = MASK_BYTES) -> _Step:
     eb = _elem_bytes(width)
     shapes = infer_shapes(net)
     tensors: dict[str, tuple[int, BufferKind]] = {
@@ -224,7 +225,7 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                     tensors[f"{L}.vb"] = (s.biases * eb, BufferKind.PARAM)
             elif k in (LayerKind.MAXPOOL, LayerKind.DROPOUT):
                 n = s.out_count if k is LayerKind.MAXPOOL else s.in_count
-                tensors[f"{L}.mask"] = (batch * n * MASK_BYTES, BufferKind.AUX)
+                tensors[f"{L}.mask"] = (batch * n * mask_bytes, BufferKind.AUX)
                 writes = (y, f"{L}.mask")
             elif k is LayerKind.LRN:
                 tensors[f"{L}.scale"] = (batch * s.in_count * eb, BufferKind.AUX)
@@ -561,8 +562,9 @@ _Evaluated = tuple[_Step, dict[str, str], dict[str, tuple[int, int]], dict[str, 
 
 
 def _evaluate(net: Net, batch: int, width: Width, strategy: Strategy,
-              orders: dict[str, BackwardOrder], momentum: bool, inplace: bool, workspace: bool) -> _Evaluated:
-    step = _build_step(net, batch, width, strategy, orders, momentum, workspace)
+              orders: dict[str, BackwardOrder], momentum: bool, inplace: bool, workspace: bool,
+              mask_bytes: int) -> _Evaluated:
+    step = _build_step(net, batch, width, strategy, orders, momentum, workspace, mask_bytes)
     storage = _storage_map(step, inplace)
     lifetimes = _lifetimes(step, strategy, storage)
     sizes = {b: step.tensors[b][0] for b in lifetimes}
@@ -582,7 +584,8 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
          align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False,
-         inplace: bool | None = None, fused: bool = True, workspace: bool = False) -> Plan:
+         inplace: bool | None = None, fused: bool = True, workspace: bool = False,
+         mask_bytes: int = MASK_BYTES) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -614,6 +617,8 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         Give each convolution op its im2col matrix as a buffer of that op alone (kind
         WORKSPACE, same in every schedule; sizes as :mod:`reference.pooled` builds them, see
         ``_workspaces``). Off for the paper's comparisons, which leave workspaces out.
+    mask_bytes
+        Bytes per element of max-pool and dropout masks (1; Caffe stores 4, see :func:`caffe_faithful`).
 
     Raises
     ------
@@ -630,7 +635,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         options = [BackwardOrder.DX_FIRST, BackwardOrder.DW_FIRST]
         if strategy >= Strategy.WEIGHT_AREA and fused:
             options.append(BackwardOrder.FUSED)
-        step0 = _build_step(net, batch, width, strategy, {}, momentum, workspace)
+        step0 = _build_step(net, batch, width, strategy, {}, momentum, workspace, mask_bytes)
         for layer in step0.windows:  # backward order: top layer first
             if layer in forced:
                 chosen[layer] = forced[layer]
@@ -638,7 +643,8 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             best: tuple[int, BackwardOrder] | None = None
             for opt in options:
                 trial = {**chosen, layer: opt}
-                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace, workspace)
+                step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace, workspace,
+                                                mask_bytes)
                 a, b = step.windows[layer]
                 local = max(live[a:b + 1])
                 if best is None or local < best[0]:
@@ -646,7 +652,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             assert best is not None
             chosen[layer] = best[1]
     step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum, inplace,
-                                                      workspace)
+                                                      workspace, mask_bytes)
     _, bestfit = _place(step, storage, lifetimes, sizes, align)
     offsets, arena = _place_offline(lifetimes, sizes, align)
     buffers = {b: Buffer(b, sizes[b], step.tensors[b][1]) for b in lifetimes}
@@ -708,7 +714,7 @@ def check_plan(plan: Plan) -> None:
 
 
 def caffe_inplace_conventional_bytes(net: Net, batch: int, width: Width = Width.W32,
-                                     momentum: bool = False) -> int:
+                                     momentum: bool = False, mask_bytes: int = MASK_BYTES) -> int:
     """Conventional (all-step) bytes when every ReLU and dropout runs in place, as in Caffe's
     ``bvlc_alexnet`` / VGG prototxts (top blob = bottom blob, so neither its data nor its
     diff is a separate allocation).
@@ -718,11 +724,53 @@ def caffe_inplace_conventional_bytes(net: Net, batch: int, width: Width = Width.
     strict lifetime check of :func:`check_plan` would reject that sharing, so this is a
     figure only, not a :class:`Plan`. It is the fairer baseline for comparing with a real Caffe run.
     """
-    p = plan(net, batch, width, Strategy.CONVENTIONAL, momentum=momentum)
+    p = plan(net, batch, width, Strategy.CONVENTIONAL, momentum=momentum, mask_bytes=mask_bytes)
     elementwise = {s.layer.name for s in infer_shapes(net) if s.layer.kind in (LayerKind.RELU, LayerKind.DROPOUT)}
     shared = sum(p.buffers[f"{layer}.{t}"].nbytes for layer in elementwise for t in ("y", "dy")
                  if f"{layer}.{t}" in p.buffers)
     return p.peak_live - shared
+
+
+#: Caffe's max-pool index (``Blob<int> max_idx_``) and dropout flags (``Blob<unsigned int> rand_vec_``).
+CAFFE_MASK_BYTES = 4
+#: Caffe 1.0's ``DataParameter.prefetch`` default: batches the data layer keeps loaded on the device
+#: (earlier releases: ``PREFETCH_COUNT = 3``).
+CAFFE_PREFETCH = 4
+
+
+def caffe_persistent_bytes(net: Net, batch: int, width: Width = Width.W32,
+                           prefetch: int = CAFFE_PREFETCH) -> dict[str, int]:
+    """Buffers Caffe 1.0 keeps for the whole run beside the blobs, which the plans leave out.
+
+    ``col_buffers``: every convolution layer's own im2col buffer (``col_buffer_``) for one
+    image, ``k*k*C x Ho*Wo`` (none for 1x1 stride-1 unpadded convolutions), as Caffe's own
+    (non-cuDNN) convolution allocates it; ``prefetch``: ``prefetch`` batches of data and labels.
+    Both stay allocated under any schedule that keeps Caffe's layers, so they add the same bytes.
+    """
+    eb = _elem_bytes(width)
+    cols = 0
+    for s in infer_shapes(net):
+        la = s.layer
+        if la.kind is LayerKind.CONV and not (la.kernel == 1 and la.stride == 1 and la.pad == 0):
+            cols += la.kernel * la.kernel * s.in_shape[0] * s.out_shape[1] * s.out_shape[2] * eb
+    sample = int(np.prod(net.input_shape)) * eb + LABEL_BYTES
+    return {"col_buffers": cols, "prefetch": prefetch * batch * sample}
+
+
+def caffe_faithful(net: Net, batch: int, width: Width = Width.W32, align: int = 1,
+                   prefetch: int = CAFFE_PREFETCH, strategy: Strategy = Strategy.REORDER) -> tuple[int, int]:
+    """(conventional, ``strategy``) bytes of one step as Caffe 1.0 trains a ``bvlc`` prototxt.
+
+    The conventional figure is :func:`caffe_inplace_conventional_bytes` with the solver's
+    momentum history and 4-byte masks; ``strategy`` (default the paper's REORDER) is the arena
+    of the same in-place network with momentum and 4-byte masks; both add
+    :func:`caffe_persistent_bytes`. Still left out: cuDNN
+    workspaces, the test net, CUDA's context and the allocator's rounding.
+    """
+    extra = sum(caffe_persistent_bytes(net, batch, width, prefetch).values())
+    conv = caffe_inplace_conventional_bytes(net, batch, width, momentum=True, mask_bytes=CAFFE_MASK_BYTES)
+    opt = plan(net, batch, width, strategy, align, momentum=True, inplace=True, mask_bytes=CAFFE_MASK_BYTES).peak_arena
+    return conv + extra, opt + extra
 
 
 def largest_batch(net: Net, budget: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,

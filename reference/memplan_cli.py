@@ -76,7 +76,15 @@ def _pct(x: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from reference.formats import Width
-    from reference.memplan import Strategy, caffe_inplace_conventional_bytes, check_plan, largest_batch, plan
+    from reference.memplan import (
+        CAFFE_PREFETCH,
+        Strategy,
+        caffe_faithful,
+        caffe_inplace_conventional_bytes,
+        check_plan,
+        largest_batch,
+        plan,
+    )
     from reference.nets import resolve_net
 
     net = resolve_net(args.net)
@@ -112,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
             check_plan(pl)
             print(f"  {label:34s} {pl.peak_arena / div:10.1f} {pl.peak_live / div:10.1f} "
                   f"{pl.peak_bestfit / div:10.1f} {_pct(1 - pl.peak_arena / caffe)}")
+        conv, _ = caffe_faithful(net, args.batch, w, args.align)
+        print(f"  as Caffe 1.0 trains it (in place, momentum history, int masks, col buffers, "
+              f"{CAFFE_PREFETCH} prefetched batches: {conv / div:.1f} {unit}):")
+        for s, label in ((Strategy.REORDER, "paper, Caffe-faithful"),
+                         (Strategy.WEIGHT_AREA, "paper + fused, Caffe-faithful")):
+            _, opt = caffe_faithful(net, args.batch, w, args.align, strategy=s)
+            print(f"  {label:34s} {opt / div:10.1f} {'':>10s} {'':>10s} {_pct(1 - opt / conv)}")
     if budget is not None:
         print(f"\nlargest batch under a budget of {budget:,} bytes ({budget / MIB:.1f} MiB)")
         print(f"  {'schedule':34s} " + " ".join(f"{w.bits:>6d}-bit" for w in widths) + "   x conventional")
