@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, default=None,
                    help="plot path (default out/memplan_<net>_b<batch>.png)")
     p.add_argument("--no-plot", action="store_true", help="do not write the plot")
+    p.add_argument("--measure", action="store_true",
+                   help="digits_cnn only: run one fp32 training step of reference.models' CNN on each schedule in "
+                        "a buffer pool under tracemalloc and compare with the plan (im2col workspaces planned)")
     p.set_defaults(func=run)
 
 
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
                          (Strategy.WEIGHT_AREA, "paper + fused, Caffe-faithful")):
             _, opt = caffe_faithful(net, args.batch, w, args.align, strategy=s)
             print(f"  {label:34s} {opt / div:10.1f} {'':>10s} {'':>10s} {_pct(1 - opt / conv)}")
+    if args.measure:
+        _measure(net, args.batch)
     if budget is not None:
         print(f"\nlargest batch under a budget of {budget:,} bytes ({budget / MIB:.1f} MiB)")
         print(f"  {'schedule':34s} " + " ".join(f"{w.bits:>6d}-bit" for w in widths) + "   x conventional")
@@ -143,6 +148,32 @@ def run(args: argparse.Namespace) -> int:
         write_plot(plans, widths, path, f"{net.name}, batch {args.batch}")
         print(f"\nplot: {path}")
     return 0
+
+
+def _measure(net, batch: int) -> None:
+    from reference.data import load_dataset
+    from reference.memplan import Strategy
+    from reference.models import build_model
+    from reference.pooled import measure_step
+
+    if net.name != "digits_cnn":
+        raise ValueError(f"--measure: only digits_cnn has a trainer model (reference.models), not {net.name!r}")
+    data = load_dataset("digits")
+    if batch > len(data.x_train):
+        raise ValueError(f"--measure: batch {batch} exceeds the {len(data.x_train)} training images")
+    model = build_model("cnn", data.image_hwc, data.classes)
+    x, y = model.input_matrix(data.x_train[:batch]), data.y_train[:batch]
+    print(f"\none fp32 training step of the trainer's CNN, batch {batch}, momentum, im2col workspaces planned, "
+          "arena granule 64 B;\ntracemalloc peak vs plan (arena pool: peak_arena; heap pool: peak_live); "
+          "excess = NumPy temporaries;\nonly the fused row computes dW row by row (the others are what "
+          "dlu train --memplan runs)")
+    print(f"  {'schedule':34s} {'pool':>5s} {'plan B':>10s} {'measured B':>11s} {'excess':>13s}  largest temporaries")
+    for s in Strategy:
+        for arena in (True, False):
+            r = measure_step(model, x, y, s, arena, fused=s is Strategy.WEIGHT_AREA)
+            op, extra = r.worst_op
+            print(f"  {s.label:34s} {'arena' if arena else 'heap':>5s} {r.predicted:10d} {r.measured:11d} "
+                  f"{r.excess:7d} {_pct(r.excess / r.predicted)}  {op} ({extra} B)")
 
 
 def write_plot(plans: dict, widths: list, path: Path, title: str) -> None:

@@ -64,3 +64,11 @@ def test_bad_input_exits_2_naming_the_field(tmp_path, capsys):
     assert "not a built-in" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["memplan", "digits_cnn", "--batch", "0"])
+
+
+def test_measure_runs_the_trainers_cnn_and_refuses_other_nets(capsys):
+    assert run(["digits_cnn", "--batch", "8", "--width", "32", "--no-plot", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "tracemalloc peak vs plan" in out and out.count(" arena ") >= len(Strategy)
+    with pytest.raises(ValueError, match="only digits_cnn"):
+        run(["lenet5", "--batch", "2", "--width", "32", "--no-plot", "--measure"])
