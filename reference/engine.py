@@ -36,7 +36,7 @@ from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize
 from .isa import MAX_DIM
 from .ops import Op
 from .rng import MASK32, seed_states
-from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_frac
+from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_fracs
 
 #: Number of source operands of each compute operation.
 ARITY: dict[Op, int] = {
@@ -111,6 +111,8 @@ class Engine:
 
     # -- settings register ---------------------------------------------------------------
     def _check_tid(self, tid: int, name: str = "tid") -> int:
+        if type(tid) is int and 0 <= tid < self.cfg.tensor_ids:
+            return tid
         if isinstance(tid, bool) or not isinstance(tid, (int, np.integer)) \
                 or not 0 <= int(tid) < self.cfg.tensor_ids:
             raise ValueError(f"engine: {name}={tid!r} is outside [0, {self.cfg.tensor_ids})")
@@ -174,21 +176,24 @@ class Engine:
             that differ from the destination's (other than CONVERT), a dimension above
             :data:`reference.isa.MAX_DIM`, or any shape error of the op.
         """
-        op = Op(op)
+        if type(op) is not Op:
+            op = Op(op)
         dst = self._check_tid(dst, "dst")
         setting = self.setting(dst)
-        if len(srcs) != ARITY[op] or len(src_tids) != ARITY[op]:
-            raise ValueError(f"engine: {op.name} takes {ARITY[op]} operand(s), got {len(srcs)} "
+        arity = ARITY[op]
+        if len(srcs) != arity or len(src_tids) != arity:
+            raise ValueError(f"engine: {op.name} takes {arity} operand(s), got {len(srcs)} "
                              f"tensors and {len(src_tids)} tensor ids")
+        width = setting.fmt.width
         for i, (t, tid) in enumerate(zip(srcs, src_tids, strict=True)):
             self._check_tid(tid, f"src_tids[{i}]")
             if not isinstance(t, DfpTensor):
                 raise TypeError(f"engine: {op.name} operand {i} must be a DfpTensor, got {type(t).__name__}")
-            if op != Op.CONVERT and t.fmt.width != setting.fmt.width:
+            if op != Op.CONVERT and t.fmt.width != width:
                 raise ValueError(f"engine: {op.name} operand {i} (tid {tid}) is {t.fmt.bits}-bit but the "
                                  f"destination tid {dst} is {setting.fmt.bits}-bit; convert it first")
         for i, t in enumerate(srcs):
-            if max(t.shape) > MAX_DIM:
+            if max(t.data.shape) > MAX_DIM:
                 raise ValueError(f"engine: {op.name} operand {i} has shape {t.shape}; the command's M, N "
                                  f"fields hold at most {MAX_DIM} (split the batch)")
         if (alpha is None) != (op != Op.AXPY):
@@ -196,15 +201,15 @@ class Engine:
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng
         if op == Op.MATMUL:
             res = ops.matmul(srcs[0], srcs[1], fmt, rnd, cfg, rng)
+        elif op == Op.AXPY:
+            raw, frac = alpha  # type: ignore[misc]
+            res = ops.axpy(int(raw), int(frac), srcs[0], srcs[1], fmt, rnd, cfg, rng)
         elif op == Op.ADD:
             res = ops.add(srcs[0], srcs[1], fmt, rnd, cfg, rng)
         elif op == Op.SUB:
             res = ops.sub(srcs[0], srcs[1], fmt, rnd, cfg, rng)
         elif op == Op.MUL:
             res = ops.mul(srcs[0], srcs[1], fmt, rnd, cfg, rng)
-        elif op == Op.AXPY:
-            raw, frac = alpha  # type: ignore[misc]
-            res = ops.axpy(int(raw), int(frac), srcs[0], srcs[1], fmt, rnd, cfg, rng)
         elif op == Op.RELU:
             res = ops.relu(srcs[0], fmt, rnd, cfg, rng)
         elif op == Op.RELU_BACKWARD:
@@ -213,7 +218,8 @@ class Engine:
             res = ops.convert(srcs[0], fmt, rnd, cfg, rng)
         self.db.accumulate(dst, res.stats)
         rng_before = self.rng
-        self.rng = np.asarray(res.rng, dtype=np.uint32).copy()
+        if res.rng is not rng:  # ops return the states they were given when no word was drawn
+            self.rng = np.asarray(res.rng, dtype=np.uint32).copy()
         if self.recorder is not None:
             self.recorder.on_op(self, op, dst, setting, list(srcs), [int(t) for t in src_tids],
                                 None if alpha is None else (int(alpha[0]), int(alpha[1])),
@@ -226,17 +232,22 @@ class Engine:
         For every tensor id whose setting has ``auto=True`` and that has a database entry, in
         increasing id order: the point position becomes :func:`reference.stats.next_frac` of
         the accumulated statistics (width, rounding and flag unchanged) and the entry is cleared.
+        (All ids are computed at once by :func:`reference.stats.next_fracs`, the same function.)
         """
         changed: dict[int, TensorSetting] = {}
-        for tid in sorted(self.settings):
-            s = self.settings[tid]
-            if not s.auto or tid not in self.db.entries:
-                continue
-            frac = next_frac(self.db.entries[tid], s.fmt.width, s.fmt.frac, self.cfg, self.threshold)
-            new = replace(s, fmt=DfpFormat(s.fmt.width, frac))
-            self.settings[tid] = new
-            self.db.clear(tid)
-            changed[tid] = new
+        tids = [t for t in sorted(self.settings) if self.settings[t].auto and t in self.db.entries]
+        if tids:
+            entries = self.db.entries
+            fracs = next_fracs(np.stack([entries[t].hist for t in tids]),
+                               np.array([self.settings[t].fmt.bits for t in tids]),
+                               np.array([self.settings[t].fmt.frac for t in tids]), self.cfg, self.threshold)
+            for tid, frac in zip(tids, fracs.tolist(), strict=True):
+                s = self.settings[tid]
+                # an unchanged point position rewrites the same value: keep the (immutable) setting
+                new = s if frac == s.fmt.frac else replace(s, fmt=DfpFormat(s.fmt.width, frac))
+                self.settings[tid] = new
+                del entries[tid]
+                changed[tid] = new
         if self.recorder is not None:
             self.recorder.on_policy(self, changed)
         return changed

@@ -154,23 +154,42 @@ def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
     (scanning from the top; the top bin always qualifies). Its exponent
     ``e* = hist_min_exp + i*`` must fit: ``F = W - 2 - e*``, clamped to [FRAC_MIN, FRAC_MAX].
     An empty histogram keeps ``current``.
+
+    The scan, as the hardware does it (kept as the definition; :func:`next_fracs` computes the
+    same for many tensors at once)::
+
+        over, istar = 0, 0
+        for i in range(bins - 1, -1, -1):
+            if over * 2**16 > n * threshold:
+                istar = i + 1
+                break
+            over += hist[i]
     """
     if not 0 <= threshold < (1 << THRESHOLD_BITS):
         raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
-    h = np.asarray(stats.hist, dtype=np.int64)
-    n = int(h.sum())
-    if n == 0:
-        return current
-    budget = n * threshold
-    over = 0  # over(i) while bin i is examined
-    istar = 0
-    for i in range(h.size - 1, -1, -1):
-        if over * (1 << THRESHOLD_BITS) > budget:
-            istar = i + 1  # bin i fails, so the lowest qualifying bin is i + 1
-            break
-        over += int(h[i])
-    e_star = cfg.hist_min_exp + istar
-    return max(FRAC_MIN, min(FRAC_MAX, width.bits - 2 - e_star))
+    return int(next_fracs(np.asarray(stats.hist, dtype=np.int64).reshape(1, -1), np.array([width.bits]),
+                          np.array([current]), cfg, threshold)[0])
+
+
+def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: CoreConfig,
+               threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
+    """:func:`next_frac` of many tensors: histograms [T, bins], widths in bits [T], current F [T].
+
+    ``over(i)`` is non-increasing in ``i``, so the bins failing the test are exactly
+    ``0 .. i* - 1`` and ``i*`` is their count. ``over(i) * 2**16 > n * threshold`` is tested as
+    ``over(i) > floor(n * threshold / 2**16)`` (both sides integers), computed without
+    overflow: ``n < 2**54`` (64-bit histograms of 48-bit counters), ``threshold < 2**16``.
+    """
+    if not 0 <= threshold < (1 << THRESHOLD_BITS):
+        raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
+    h = np.asarray(hists, dtype=np.int64)
+    c = np.cumsum(h, axis=1)
+    n = c[:, -1]
+    over = n[:, None] - c  # over[:, i] = sum of the bins above i
+    budget = (n >> THRESHOLD_BITS) * threshold + (((n & ((1 << THRESHOLD_BITS) - 1)) * threshold) >> THRESHOLD_BITS)
+    istar = np.count_nonzero(over > budget[:, None], axis=1)
+    f = np.clip(np.asarray(bits) - 2 - (cfg.hist_min_exp + istar), FRAC_MIN, FRAC_MAX)
+    return np.where(n == 0, current, f).astype(np.int64)
 
 
 @dataclass
@@ -186,14 +205,20 @@ class Database:
 
     def accumulate(self, tid: int, s: OpStats) -> None:
         self._check(tid)
-        cur = self.entries.get(tid) or OpStats.empty(self.cfg)
+        cur = self.entries.get(tid)
         cmax = self.cfg.counter_max
+        if cur is None:
+            cur = OpStats.empty(self.cfg)
+        hist = cur.hist + s.hist
+        total = cur.total + s.total
+        if total > cmax:  # every count is at most its total: no counter can saturate otherwise
+            np.minimum(hist, cmax, out=hist)
         self.entries[tid] = OpStats(
-            hist=np.minimum(cur.hist + s.hist, cmax),
+            hist=hist,
             zeros=min(cur.zeros + s.zeros, cmax),
             overflow=min(cur.overflow + s.overflow, cmax),
             underflow=min(cur.underflow + s.underflow, cmax),
-            total=min(cur.total + s.total, cmax),
+            total=min(total, cmax),
         )
 
     def read(self, tid: int) -> OpStats:
