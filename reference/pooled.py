@@ -30,7 +30,9 @@ multiply. Plans for identical training therefore use ``fused=False`` (the defaul
 
 Only fp32: the dfp modes keep :class:`~reference.formats.DfpTensor` words as int64 (8 bytes per
 element whatever the width) and their engine allocates its results, so a pool of
-``width.bits // 8``-byte buffers cannot hold them.
+``width.bits // 8``-byte buffers cannot hold them. They can run the schedule's *order* (each
+layer updated right after its backward) through :func:`layerwise_update_hooks`; that is
+bit-identical only when no weight update rounds stochastically (see there).
 
 Dropout and LRN (no such layer in :mod:`reference.models`) are not executed.
 """
@@ -563,3 +565,37 @@ def layer_scratchpad_bytes(batch: int, width: Width = Width.W16, strategy: Strat
                 momentum=momentum).layer_working_sets()
 
 
+
+
+# ---------------------------------------------------------------------------------------
+# dfp modes: the paper's update order without the pool
+
+
+def layerwise_update_hooks(session: Any) -> Any:
+    """:class:`reference.train.Hooks` that update each layer's parameters right after its backward.
+
+    The order of the paper's schedule (and of every :class:`~reference.memplan.Strategy` but
+    CONVENTIONAL), for any precision, without the pool: ``run_epochs(s, layerwise_update_hooks(s))``.
+    In dfp modes the results equal the end-of-backward update only if no weight update rounds
+    stochastically: the engine's generator bank is one stream, so updating fc2 before conv1
+    hands them other random words (``tests/reference/test_pooled.py`` shows both cases).
+    """
+    from .layers import sgd_step
+    from .train import Hooks
+
+    class _Layerwise(Hooks):
+        def __init__(self) -> None:
+            super().__init__(self._ready)
+            self.lr = 0.0
+
+        def begin_epoch(self, lr: float) -> None:
+            self.lr = lr
+
+        def _ready(self, layer: Any) -> None:
+            cfg = session.cfg
+            sgd_step(session.be, layer.params(), self.lr, cfg.momentum, cfg.weight_decay)
+
+        def update(self, s: Any, lr: float) -> None:  # done per layer in _ready
+            return None
+
+    return _Layerwise()

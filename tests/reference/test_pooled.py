@@ -159,3 +159,31 @@ def test_optimised_step_measures_less_than_the_conventional_one():
     x, y = model.input_matrix(d.x_train[:256]), d.y_train[:256]
     conv, reorder = (measure_step(model, x, y, s) for s in (Strategy.CONVENTIONAL, Strategy.REORDER))
     assert reorder.measured < 0.6 * conv.measured
+
+
+def _dfp_params(cfg, data, layerwise: bool) -> dict[str, np.ndarray]:
+    from threadpoolctl import threadpool_limits
+
+    from reference.pooled import layerwise_update_hooks
+    from reference.train import Hooks, open_session, run_epochs
+
+    with threadpool_limits(1):
+        s = open_session(cfg, data)
+        run_epochs(s, layerwise_update_hooks(s) if layerwise else Hooks())
+    return {p.name: p.value.t.data.copy() for p in s.model.params()}
+
+
+def test_dfp_layerwise_updates_are_identical_unless_weights_round_stochastically(digits):
+    from reference.formats import RoundingMode
+    from reference.train import ClassSpec, PrecisionSpec
+
+    small = dataclasses.replace(digits, x_train=digits.x_train[:96], y_train=digits.y_train[:96])
+    ne = ClassSpec(Width.W16, RoundingMode.NEAREST_EVEN)
+    nearest = TrainConfig(model=ModelKind.CNN, precision=Precision.DFP16, spec=PrecisionSpec(ne, ne, ne, ne, ne),
+                          epochs=1, batch=32, seed=SEED)
+    a, b = _dfp_params(nearest, small, False), _dfp_params(nearest, small, True)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # default dfp16: weights round stochastically from one generator bank, so the update order matters
+    stochastic = dataclasses.replace(nearest, spec=None)
+    a, b = _dfp_params(stochastic, small, False), _dfp_params(stochastic, small, True)
+    assert not all(np.array_equal(a[k], b[k]) for k in a)
