@@ -98,6 +98,9 @@ class SimCommand:
         and values analysed by the statistics block.
     spad_read_words, spad_write_words, bus_words
         Scratchpad words read and written, and words moved over the host bus.
+    vid, row0, rows
+        LOAD/STORE: the value moved (an index into :attr:`SimScheduleIteration.tensors`) and
+        the rows of it (``row0 .. row0+rows``); ``vid`` is -1 for other commands.
     """
 
     cmd: Command
@@ -115,6 +118,9 @@ class SimCommand:
     spad_read_words: int = 0
     spad_write_words: int = 0
     bus_words: int = 0
+    vid: int = -1
+    row0: int = 0
+    rows: int = 0
 
     @property
     def kind(self) -> str:
@@ -169,6 +175,7 @@ class _Value:
     # scheduling state
     resident: bool = False
     dirty: bool = False     # the scratchpad holds the only copy
+    data: DfpTensor | None = None  # the integers (a reference, for the RTL engine's LOAD payloads)
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,7 @@ def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
     plans: dict[int, _OpPlan] = {}
 
     def new(tid: int, t: DfpTensor, on_chip: bool, producer: int) -> int:
-        v = _Value(len(values), tid, t.shape, t.fmt.width, on_chip, producer)
+        v = _Value(len(values), tid, t.shape, t.fmt.width, on_chip, producer, data=t)
         values.append(v)
         known.setdefault(tid, []).append((v.vid, t))
         return v.vid
@@ -290,7 +297,7 @@ class _Scheduler:
 
     # -- emission ------------------------------------------------------------------------
     def emit(self, cmd: Command, width: Width | None, attr: tuple[str, Pass] | None = None,
-             record: int | None = None) -> None:
+             record: int | None = None, moved: tuple[int, int, int] = (-1, 0, 0)) -> None:
         try:
             isa.check_command(cmd, self.settings, self.cfg)
         except isa.IllegalCommand as exc:  # a scheduler bug, never the trace's fault
@@ -305,7 +312,7 @@ class _Scheduler:
         elif op in set(Op):
             extra = self._activity(cmd, cyc)
         self.out.append(SimCommand(cmd, cyc, self.iteration, self.k if record is None else record, layer, pass_,
-                                   width, **extra))
+                                   width, **extra, vid=moved[0], row0=moved[1], rows=moved[2]))
         self.steps.append(self.k)
 
     def _activity(self, cmd: Command, cyc: int) -> dict[str, int]:
@@ -329,12 +336,13 @@ class _Scheduler:
                 "spad_read_words": reads, "spad_write_words": words["d"]}
 
     def transfer(self, opcode: Ctl, v: _Value, addr: int, words: int, attr: tuple[str, Pass] | None = None,
-                 record: int | None = None) -> None:
+                 record: int | None = None, row0: int = 0) -> None:
+        """LOAD or STORE ``words`` words of ``v`` (its rows from ``row0`` on) at ``addr``."""
         if opcode == Ctl.LOAD:
             cmd = Command(Ctl.LOAD, tid_d=v.tid, addr_d=addr, k=words)
         else:
             cmd = Command(Ctl.STORE, tid_a=v.tid, addr_a=addr, k=words)
-        self.emit(cmd, self._w(v), attr, record)
+        self.emit(cmd, self._w(v), attr, record, (v.vid, row0, words // self.wpr(v)))
 
     # -- residency -----------------------------------------------------------------------
     def store(self, v: _Value) -> None:
@@ -503,13 +511,13 @@ class _Scheduler:
 
             for r in roles:
                 if r in stream:
-                    self.transfer(Ctl.LOAD, vals[r], addr[r], mt * self.wpr(vals[r]))
+                    self.transfer(Ctl.LOAD, vals[r], addr[r], mt * self.wpr(vals[r]), row0=r0)
             cmd = Command(op, tid_d=rec.dst, tid_a=rec.src_tids[0], tid_b=rec.src_tids[1] if len(roles) > 1 else 0,
                           addr_a=at("a"), addr_b=at("b"), addr_d=at("d"), m=mt, n=n, k=kk, alpha=alpha,
                           alpha_frac=alpha_frac, broadcast_b=bcast)
             self.emit(cmd, max(self._w(v) for v in vals.values()))
             if "d" in stream and keep_d:
-                self.transfer(Ctl.STORE, d, addr["d"], mt * self.wpr(d))
+                self.transfer(Ctl.STORE, d, addr["d"], mt * self.wpr(d), row0=r0)
         for o in temps:
             self.alloc.free(o)
         # 5. Free what nobody needs any more.
@@ -536,7 +544,8 @@ class _Scheduler:
         self.k = len(self.it.records)
         self.flush()
         self.alloc.check()
-        return SimScheduleIteration(self.iteration, self.out, self.steps, self.fmt_mismatches)
+        return SimScheduleIteration(self.iteration, self.out, self.steps, self.fmt_mismatches,
+                                    [v.data for v in self.values])
 
     def flush(self) -> None:
         """End of the iteration's work: live-out results go to host memory, the scratchpad empties."""
@@ -557,13 +566,15 @@ class SimScheduleIteration:
 
     ``steps[i]`` is the index of the record during whose processing command ``i`` is issued
     (``len(records)`` for the end-of-iteration stores); ``fmt_mismatches`` counts operands whose
-    point position differs from their tensor id's setting register entry at that time.
+    point position differs from their tensor id's setting register entry at that time;
+    ``tensors[vid]`` is the data of value ``vid`` (what a LOAD or STORE with that ``vid`` moves).
     """
 
     iteration: int
     commands: list[SimCommand]
     steps: list[int]
     fmt_mismatches: int
+    tensors: list[DfpTensor] = field(default_factory=list)
 
 
 def schedule(trace: Trace, cfg: CoreConfig | None = None, width_override: Width | None = None,

