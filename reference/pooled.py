@@ -599,3 +599,18 @@ def layerwise_update_hooks(session: Any) -> Any:
             return None
 
     return _Layerwise()
+
+
+def scratchpad_by_layer_pass(batch: int, width: Width = Width.W16, strategy: Strategy = Strategy.REORDER,
+                             net: Net | None = None, momentum: bool = True) -> dict[tuple[str, str], int]:
+    """As :func:`layer_scratchpad_bytes`, per ``(layer, pass)`` with pass ``forward``/``backward``/``update``.
+
+    The keys match ``sim.replay``'s ``by_layer_pass`` groups (``Phase`` and ``sim.core.Pass``
+    share these values); a fused dW->W op counts as ``update``.
+    """
+    p = plan(net if net is not None else digits_cnn(), batch, width, strategy, momentum=momentum)
+    out: dict[tuple[str, str], int] = {}
+    for i, o in enumerate(p.ops):
+        key = (o.layer, o.phase.value)
+        out[key] = max(out.get(key, 0), p.working_set(i))
+    return out

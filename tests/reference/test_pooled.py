@@ -19,6 +19,7 @@ from reference.pooled import (
     measure_step,
     net_of_model,
     plan_for_model,
+    scratchpad_by_layer_pass,
     train_pooled,
 )
 from reference.train import Precision, TrainConfig, train
@@ -133,6 +134,10 @@ def test_layer_scratchpad_bytes_by_hand():
     # update:fc1 touches W, dW, vW (64x32) and b, db, vb (32), 2 bytes each
     assert sp["fc1"] == 3 * (64 * 32 + 32) * 2
     assert "flatten" not in sp and set(sp) >= {"input", "conv1", "conv2", "fc1", "fc2", "loss"}
+    by_pass = scratchpad_by_layer_pass(32, Width.W16)
+    assert by_pass[("relu1", "backward")] == sp["relu1"] and by_pass[("fc1", "update")] == sp["fc1"]
+    assert by_pass[("relu1", "forward")] == 2 * 32 * 512 * 2  # conv1.y in, relu1.y out
+    assert {layer: max(v for (la, _), v in by_pass.items() if la == layer) for layer, _ in by_pass} == sp
 
 
 # 64 KiB of constant overhead (NumPy's 8192-element iteration buffers, Python objects) plus 5%
