@@ -1,4 +1,6 @@
-"""RTL engine contract: not available yet (clear error), word layout, and the --check comparison."""
+"""RTL engine: word layout, the program the host runs, the --check comparison, and real runs on the
+Verilated tiny core (every command's cycles, data and statistics against the trace; a corrupted
+trace is caught)."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from reference.formats import Width
 from reference.isa import Ctl
 from reference.stats import OpStats
 from reference.trace import OpRecord
-from sim.core import CycleSim
+from sim.core import CycleSim, NotExecutable, schedule
 from sim.rtl_engine import (
     RtlCommandResult,
     RtlMismatch,
-    RtlNotAvailable,
+    build_program,
+    check_run,
     compare_iteration,
     pack_rows,
     run_rtl,
@@ -21,13 +24,6 @@ from sim.rtl_engine import (
     unpack_rows,
 )
 from tests.sim.tracegen import TINY, small_trace
-
-
-def test_rtl_engine_says_it_is_not_available():
-    trace = small_trace(0)
-    sched = CycleSim().run(trace, execute=False).iterations[0]
-    with pytest.raises(RtlNotAvailable, match="not available yet"):
-        run_rtl(TINY, sched, trace.iterations[0], "build/rtl")
 
 
 def test_pack_rows_by_hand():
@@ -88,3 +84,67 @@ def test_compare_accepts_a_correct_rtl_and_stops_at_the_first_difference():
                                                                        s.total))
     with pytest.raises(RtlMismatch, match="statistics zeros"):
         compare_iteration(sched, it, st)
+
+
+def test_every_transfer_names_the_rows_of_the_value_it_moves():
+    trace = small_trace(3)
+    for sch in schedule(trace, TINY):
+        moved = [c for c in sch.commands if c.cmd.opcode in (Ctl.LOAD, Ctl.STORE)]
+        assert moved, "the small trace has transfers"
+        for c in moved:
+            t = sch.tensors[c.vid]
+            wpr = -(-t.shape[1] // TINY.values_per_beat(t.fmt.width))
+            assert c.rows * wpr == c.cmd.k and 0 <= c.row0 and c.row0 + c.rows <= t.shape[0], c
+        assert {c.rows for c in moved if c.rows < sch.tensors[c.vid].shape[0]}, "some transfer is a row tile"
+
+
+def test_program_refuses_what_a_reset_core_cannot_start_from():
+    trace = small_trace(4)
+    later = type(trace)(trace.cfg, trace.seed, trace.threshold, trace.iterations[1:], trace.meta)
+    with pytest.raises(NotExecutable, match="iteration 1 does not start from the generators' seeded state"):
+        build_program(later, schedule(later, TINY), TINY, check=False)
+    prog = build_program(trace, schedule(trace, TINY)[:1], TINY, check=True, limit=5)
+    assert sum(s["op"] == "cmd" and not s["i"].endswith("x") for s in prog.steps) == 5
+    assert [s for s in prog.steps if s["op"] == "setting"], "the start writes the settings register"
+
+
+@pytest.fixture(scope="module")
+def rtl_run():
+    pytest.importorskip("cocotb")
+    trace = small_trace(5, iterations=1)
+    sched = schedule(trace, TINY)
+    return trace, sched, run_rtl(trace, sched, TINY, check=True)
+
+
+def test_rtl_matches_the_trace_command_by_command(rtl_run):
+    trace, sched, run = rtl_run
+    n = check_run(trace, sched, run)
+    assert n == len(sched[0].commands)
+    assert run.cycles >= sum(c.cycles for c in sched[0].commands)
+    ops = {c.kind for c in sched[0].commands}
+    assert {"MATMUL", "ADD", "RELU", "RELU_BACKWARD", "AXPY", "CONVERT", "MUL", "LOAD", "STORE"} <= ops
+    assert run.settings_checks and all(w == {t: g & 0xFFF for t, g in got.items()}
+                                       for _, _, w, got in run.settings_checks)
+
+
+def test_rtl_check_catches_a_corrupted_trace(rtl_run):
+    trace, sched, run = rtl_run
+    it = trace.iterations[0]
+    k = next(i for i, r in enumerate(it.records) if isinstance(r, OpRecord) and r.op.name == "RELU")
+    rec = it.records[k]
+    data = rec.out.data.copy()
+    data[1, 2] += 1
+    bad = type(rec.out)(data, rec.out.fmt)
+    it.records[k] = type(rec)(**{**rec.__dict__, "out": bad})
+    try:
+        with pytest.raises(RtlMismatch, match=f"record {k} \\(RELU.*first at \\[1, 2\\]"):
+            check_run(trace, sched, run)
+    finally:
+        it.records[k] = rec
+    slow = run.results[0][3]
+    run.results[0][3] = RtlCommandResult(slow.index, slow.cycles + 2, slow.out, slow.stats)
+    try:
+        with pytest.raises(RtlMismatch, match="command 3 .*RTL took"):
+            check_run(trace, sched, run)
+    finally:
+        run.results[0][3] = slow
