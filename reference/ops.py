@@ -48,6 +48,7 @@ from .formats import (
     RoundingMode,
     Width,
     acc_width,
+    check_frac,
     requantize_left,
     round_shift,
     saturate,
@@ -127,7 +128,8 @@ def convert_acc(
     acc = _as_int64_if_fits(acc)
     if acc.dtype == object:
         return convert_acc_reference(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
-    return _convert_int64(np.asarray(acc, dtype=np.int64), f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+    return _convert_int64(np.asarray(acc, dtype=np.int64), f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width,
+                          bounded=False)
 
 
 def convert_acc_reference(
@@ -175,6 +177,8 @@ def _stochastic_words(rng: np.ndarray, rows: int, cols: int, cfg: CoreConfig, op
 # (32-bit operations: 80-bit accumulators), as a pair (hi, lo) of int64 arrays with
 # value = hi * 2**32 + lo and 0 <= lo < 2**32. The statistics come from float64 exponents, which
 # are exact for magnitudes below 2**53 (checked: the exponent counts give the largest bit length).
+# (The exponents' maximum is checked; each value's bin then follows with three in-place passes
+# and one bincount, see :func:`reference.stats.exponent_histogram`.)
 # Rounding is done in int64 on values proven to stay below 2**62:
 #
 # - a value whose rounded result cannot fit 32 bits is first clamped to a value that saturates
@@ -247,17 +251,17 @@ def _shift_left(x: np.ndarray, k: int, out_fmt: DfpFormat, small: bool) -> np.nd
     return r
 
 
-def _finish(r: np.ndarray, n: int, nonzero: int, he: np.ndarray, zero_bucket: int, f_acc: int,
+def _finish(r: np.ndarray, n: int, nonzero: int, e: np.ndarray, f_acc: int,
             out_fmt: DfpFormat, cfg: CoreConfig, new_rng: np.ndarray) -> OpResult:
-    """Saturate the rounded values ``r`` (a fresh int64 array) and assemble the result."""
+    """Saturate the rounded values ``r`` and assemble the result (``e``: exponents, see
+    :func:`reference.stats.exponent_histogram`)."""
     bits = out_fmt.bits
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    q = np.maximum(r, lo)
-    np.minimum(q, hi, out=q)
+    q = np.maximum(r, -(1 << (bits - 1)))
+    np.minimum(q, (1 << (bits - 1)) - 1, out=q)
     overflow = int(np.count_nonzero(q != r))
     zeros = n - nonzero
     underflow = n - int(np.count_nonzero(q)) - zeros  # v == 0 always converts to 0
-    hist = exponent_histogram(he, zero_bucket, zeros, f_acc, cfg)
+    hist = exponent_histogram(e, zeros, f_acc, cfg)
     cmax = cfg.counter_max
     if n > cmax:
         np.minimum(hist, cmax, out=hist)
@@ -266,13 +270,17 @@ def _finish(r: np.ndarray, n: int, nonzero: int, he: np.ndarray, zero_bucket: in
 
 
 def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
-                   cfg: CoreConfig, rng: np.ndarray, op_width: Width) -> OpResult:
-    """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits)."""
+                   cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True) -> OpResult:
+    """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits).
+
+    ``bounded``: the caller guarantees |acc| < 2**52 (every op of this module does: 8/16-bit
+    accumulators have at most 48 bits, and 32-bit elementwise values without a product or an
+    alignment at most 32); otherwise it is checked.
+    """
     m = acc >> 63
     m ^= acc
     e = _exponents(m)
-    he = np.bincount(e.ravel(), minlength=1)
-    if he.size > _BIAS + 52:  # some |v| >= 2**52: float64 exponents may be inexact
+    if not bounded and e.size and int(e.max()) >= _BIAS + 52:  # some |v| >= 2**52: inexact exponents
         return _convert_pair(acc >> 32, acc & _M32, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
     n = acc.size
     nonzero = int(np.count_nonzero(acc))
@@ -288,7 +296,7 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
         r = _round_small(x, shift, rounding, u16)
     else:
         r = _shift_left(acc, -shift, out_fmt, small=True)
-    return _finish(r, n, nonzero, he, 0, f_acc, out_fmt, cfg, new_rng)
+    return _finish(r, n, nonzero, e, f_acc, out_fmt, cfg, new_rng)
 
 
 def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat,
@@ -301,11 +309,11 @@ def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out
     e = _exponents(mhi)
     e += 32
     np.maximum(e, _exponents(mlo), out=e)  # e == 32: m == 0 (a real exponent is >= _BIAS)
-    he = np.bincount(e.ravel(), minlength=33)
-    if he.size > _BIAS + 32 + 52:  # |hi| >= 2**52: beyond every accumulator; exact fallback
+    e_max = int(e.max()) if e.size else 0
+    if e_max >= _BIAS + 32 + 52:  # |hi| >= 2**52: beyond every accumulator; exact fallback
         acc = hi.astype(object) * (1 << 32) + lo.astype(object)
         return convert_acc_reference(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
-    max_bits = he.size - _BIAS  # every |v| < 2**max_bits (v in [-2**max_bits, 2**max_bits))
+    max_bits = e_max + 1 - _BIAS  # every |v| < 2**max_bits (v in [-2**max_bits, 2**max_bits))
     n = hi.size
     nonzero = int(np.count_nonzero(hi | lo))
     shift = f_acc - out_fmt.frac
@@ -344,7 +352,7 @@ def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out
         x = hi << 32
         x |= lo
         r = _shift_left(x, -shift, out_fmt, small=False)
-    return _finish(r, n, nonzero, he, 32, f_acc, out_fmt, cfg, new_rng)
+    return _finish(r, n, nonzero, e, f_acc, out_fmt, cfg, new_rng)
 
 
 def align_terms(terms: list[tuple[np.ndarray, DfpFormat | tuple[int, int]]], acc_bits: int):
@@ -528,8 +536,8 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
     if x.shape != y.shape:
         raise ValueError(f"axpy: x is {x.shape} but y is {y.shape}")
     w = _op_width(x.fmt, y.fmt, out_fmt)
-    afmt = DfpFormat(w, alpha_frac)
-    if not afmt.min_int <= int(alpha) <= afmt.max_int:
+    check_frac(alpha_frac, "alpha_frac")
+    if not -(1 << (w.bits - 1)) <= int(alpha) < 1 << (w.bits - 1):
         raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
     prod = x.data * int(alpha)  # |alpha * x| <= 2**62: exact in int64
     return _aligned_sum(prod, (alpha_frac + x.fmt.frac, 2 * w.bits), y.data, (y.fmt.frac, y.fmt.bits), +1,

@@ -98,31 +98,24 @@ def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cf
 F64_BIAS = 1023
 
 
-def exponent_histogram(he: np.ndarray, zero_bucket: int, zeros: int, f_acc: int, cfg: CoreConfig) -> np.ndarray:
-    """The (unsaturated) histogram of :func:`analyse` from counts of biased float64 exponents.
+def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -> np.ndarray:
+    """The (unsaturated) histogram of :func:`analyse` from biased float64 exponents; ``e`` is consumed.
 
-    ``he[x]`` counts the values whose ``m = v if v >= 0 else ~v`` has float64 biased exponent
-    ``x`` (so ``p(v) = x - F64_BIAS``), except ``he[zero_bucket]``, which counts the values with
-    ``m = 0`` (v = 0 or v = -1; ``zero_bucket`` lies below every real exponent, ``zeros`` of those
-    values are 0 and are not binned). ``he`` is modified. Bin ``i`` holds the exponents
-    ``p - F_acc = hist_min_exp + i`` (clamped at both ends), exactly as :func:`analyse`.
+    ``e`` holds, per value ``v``, the biased float64 exponent of ``m = v if v >= 0 else ~v``
+    (``bit_length(m) + F64_BIAS - 1``, so ``p(v) = e - F64_BIAS``), or anything at most
+    ``F64_BIAS - 1`` for ``m = 0`` (v = 0 or v = -1, p = -1). ``zeros`` of the values are 0:
+    they land in the bin of p = -1 and are taken out again. Bin ``i`` holds the exponents
+    ``p - F_acc = hist_min_exp + i``, clamped at both ends, exactly as :func:`analyse`.
     """
     nb = cfg.hist_bins
-    minus_one = int(he[zero_bucket]) - zeros  # values -1: p = -1
-    he[zero_bucket] = 0
     base = F64_BIAS + f_acc + cfg.hist_min_exp  # biased exponent of bin 0
-    c = np.cumsum(he)
-    size = he.size
-    hist = np.zeros(nb, dtype=np.int64)
-    lo, hi = base + 1, base + nb - 1  # bins 1 .. nb-2 are the exponents [lo, hi)
-    a, b = max(lo, 0), min(hi, size)
-    if a < b:
-        hist[1 + a - lo:1 + b - lo] = he[a:b]
-    if lo > 0:
-        hist[0] = c[min(lo, size) - 1]
-    hist[nb - 1] = c[-1] - (c[hi - 1] if 0 < hi <= size else (c[-1] if hi > size else 0))
-    if minus_one:
-        hist[min(max(-1 - f_acc - cfg.hist_min_exp, 0), nb - 1)] += minus_one
+    low = min(max(F64_BIAS - 1 - base, 0), nb - 1)  # bin of p = -1 (m = 0 is raised to it)
+    e -= base
+    np.maximum(e, low, out=e)
+    np.minimum(e, nb - 1, out=e)
+    hist = np.bincount(e.ravel(), minlength=nb)
+    if zeros:
+        hist[low] -= zeros
     return hist
 
 
@@ -206,9 +199,10 @@ class Database:
     def accumulate(self, tid: int, s: OpStats) -> None:
         self._check(tid)
         cur = self.entries.get(tid)
+        if cur is None:  # an empty entry plus s is s (entries are replaced, never modified in place)
+            self.entries[tid] = s
+            return
         cmax = self.cfg.counter_max
-        if cur is None:
-            cur = OpStats.empty(self.cfg)
         hist = cur.hist + s.hist
         total = cur.total + s.total
         if total > cmax:  # every count is at most its total: no counter can saturate otherwise
