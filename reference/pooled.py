@@ -43,7 +43,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,11 @@ from .memplan import BufferKind, BufferPool, Op, Plan, Strategy, check_plan, pla
 from .models import Model, ModelKind, build_model
 from .nets import Layer as NetLayer
 from .nets import LayerKind, Net, digits_cnn
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .layers import Layer
+    from .train import Hooks, Session, TrainConfig, TrainResult
 
 #: Arena granule of pooled plans: offsets stay aligned for float32 (and cache lines).
 POOL_ALIGN = 64
@@ -397,8 +402,8 @@ def evaluate(model: Model, be: FloatBackend, x: np.ndarray, y: np.ndarray, batch
     return correct / len(x)
 
 
-def train_pooled(cfg: Any, data: Any, strategy: Strategy, progress: bool = False, arena: bool = True,
-                 fused: bool = False) -> Any:
+def train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress: bool = False, arena: bool = True,
+                 fused: bool = False) -> TrainResult:
     """:func:`reference.train.train` for ``precision=fp32`` with every step run on ``strategy``'s plan.
 
     Same initialisation, shuffling, learning-rate schedule and evaluation as the trainer, so
@@ -422,7 +427,8 @@ def train_pooled(cfg: Any, data: Any, strategy: Strategy, progress: bool = False
         return _train_pooled(cfg, data, strategy, progress, arena, fused)
 
 
-def _train_pooled(cfg: Any, data: Any, strategy: Strategy, progress: bool, arena: bool, fused: bool) -> Any:
+def _train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress: bool, arena: bool,
+                  fused: bool) -> TrainResult:
     from tqdm import tqdm
 
     from .config import PRESETS
@@ -571,7 +577,7 @@ def layer_scratchpad_bytes(batch: int, width: Width = Width.W16, strategy: Strat
 # dfp modes: the paper's update order without the pool
 
 
-def layerwise_update_hooks(session: Any) -> Any:
+def layerwise_update_hooks(session: Session) -> Hooks:
     """:class:`reference.train.Hooks` that update each layer's parameters right after its backward.
 
     The order of the paper's schedule (and of every :class:`~reference.memplan.Strategy` but
@@ -591,11 +597,11 @@ def layerwise_update_hooks(session: Any) -> Any:
         def begin_epoch(self, lr: float) -> None:
             self.lr = lr
 
-        def _ready(self, layer: Any) -> None:
+        def _ready(self, layer: Layer) -> None:
             cfg = session.cfg
             sgd_step(session.be, layer.params(), self.lr, cfg.momentum, cfg.weight_decay)
 
-        def update(self, s: Any, lr: float) -> None:  # done per layer in _ready
+        def update(self, s: Session, lr: float) -> None:  # done per layer in _ready
             return None
 
     return _Layerwise()
