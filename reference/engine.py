@@ -235,17 +235,16 @@ class Engine:
         (All ids are computed at once by :func:`reference.stats.next_fracs`, the same function.)
         """
         changed: dict[int, TensorSetting] = {}
-        tids = [t for t in sorted(self.settings) if self.settings[t].auto and t in self.db.entries]
+        entries, settings = self.db.entries, self.settings
+        tids = sorted(t for t in entries if t in settings and settings[t].auto)
         if tids:
-            entries = self.db.entries
-            fracs = next_fracs(np.stack([entries[t].hist for t in tids]),
-                               np.array([self.settings[t].fmt.bits for t in tids]),
-                               np.array([self.settings[t].fmt.frac for t in tids]), self.cfg, self.threshold)
-            for tid, frac in zip(tids, fracs.tolist(), strict=True):
-                s = self.settings[tid]
+            cur = [settings[t] for t in tids]
+            fracs = next_fracs(np.stack([entries[t].hist for t in tids]), np.array([s.fmt.bits for s in cur]),
+                               np.array([s.fmt.frac for s in cur]), self.cfg, self.threshold)
+            for tid, s, frac in zip(tids, cur, fracs.tolist(), strict=True):
                 # an unchanged point position rewrites the same value: keep the (immutable) setting
                 new = s if frac == s.fmt.frac else replace(s, fmt=DfpFormat(s.fmt.width, frac))
-                self.settings[tid] = new
+                settings[tid] = new
                 del entries[tid]
                 changed[tid] = new
         if self.recorder is not None:

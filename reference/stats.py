@@ -127,15 +127,20 @@ def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:
     in ``(2**e, 2**(e+1)]`` for negative x (so -2**k is in the bin of exponent k - 1).
     """
     x = np.asarray(x, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
+    if not np.isfinite(x).all():
         raise ValueError("float_stats: non-finite value(s) in the input")
-    nz = x != 0
-    v = x[nz]
-    m, ex = np.frexp(np.abs(v))  # |x| = m * 2**ex, m in [0.5, 1)
-    e = ex - 1 - ((v < 0) & (m == 0.5))
-    bins = np.clip(e - cfg.hist_min_exp, 0, cfg.hist_bins - 1)
-    hist = np.bincount(bins.astype(np.int64), minlength=cfg.hist_bins).astype(np.int64)
-    return OpStats(hist=hist, zeros=int(x.size - np.count_nonzero(nz)), total=int(x.size))
+    nb, lo_exp = cfg.hist_bins, cfg.hist_min_exp
+    m, ex = np.frexp(x)  # x = m * 2**ex, |m| in [0.5, 1); (0, 0) for zeros
+    e = ex.astype(np.int64)
+    e -= 1 + lo_exp
+    e -= m == -0.5  # -2**k: exponent k - 1
+    np.maximum(e, 0, out=e)
+    np.minimum(e, nb - 1, out=e)
+    hist = np.bincount(e.ravel(), minlength=nb)
+    zeros = int(x.size - np.count_nonzero(x))
+    if zeros:  # they were binned at exponent -1
+        hist[min(max(-1 - lo_exp, 0), nb - 1)] -= zeros
+    return OpStats(hist=hist, zeros=zeros, total=int(x.size))
 
 
 def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
