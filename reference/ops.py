@@ -569,3 +569,110 @@ def scalar_to_dfp(value: float, width: Width) -> tuple[int, int]:
     f = best_frac_for(np.array([value]), width)
     q, _, _ = quantize_float(np.array([value]), DfpFormat(width, f), RoundingMode.NEAREST_EVEN, name="scalar")
     return int(q[0]), f
+
+
+# -- many independent AXPYs at once ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxpyJob:
+    """One AXPY of :func:`axpy_many`, with its alignment and conversion already resolved.
+
+    ``x``, ``y``: int64 data of one shape; ``alpha``: raw scalar; ``f_acc``, ``dx``, ``dy``:
+    the accumulator's point position and the terms' shifts (:func:`align_terms`); ``shift``:
+    ``f_acc - out_fmt.frac``, in [1, 62]; ``u16``: the random words (stochastic) or None.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    alpha: int
+    f_acc: int
+    dx: int
+    dy: int
+    shift: int
+    out_fmt: DfpFormat
+    u16: np.ndarray | None
+
+
+def _per_value(vals: list[int], sizes: list[int]):
+    """One value per job spread over its values (a scalar when all jobs share it)."""
+    if all(v == vals[0] for v in vals):
+        return vals[0]
+    return np.repeat(np.array(vals, dtype=np.int64), sizes)
+
+
+def _shift_per_value(x: np.ndarray, ds: list[int], sizes: list[int]) -> np.ndarray:
+    if all(d == ds[0] for d in ds):
+        return _shift_int64(x, ds[0])
+    left = np.repeat(np.array([max(d, 0) for d in ds], dtype=np.int64), sizes)
+    right = np.repeat(np.array([min(max(-d, 0), 63) for d in ds], dtype=np.int64), sizes)
+    return (x << left) >> right
+
+
+def axpy_many(jobs: list[AxpyJob], rounding: RoundingMode, cfg: CoreConfig) -> list[tuple[np.ndarray, OpStats]]:
+    """Outputs and statistics of independent AXPYs at widths up to 16 bits, in one set of passes.
+
+    Each job's result is exactly that of :func:`axpy` on its operands (the same aligned sum,
+    :func:`_round_small` with its own shift, saturation and statistics); the values of all jobs
+    are concatenated so that the per-call cost of NumPy is paid once per pass, not once per job.
+    """
+    k = len(jobs)
+    sizes = [j.x.size for j in jobs]
+    offs = np.cumsum([0] + sizes[:-1])
+    x = np.concatenate([j.x.ravel() for j in jobs]) if k > 1 else jobs[0].x.ravel()
+    y = np.concatenate([j.y.ravel() for j in jobs]) if k > 1 else jobs[0].y.ravel()
+    # |alpha * x| < 2**30 and every aligned term below 2**47 (16-bit operands, 48-bit accumulator)
+    acc = _shift_per_value(x * _per_value([j.alpha for j in jobs], sizes), [j.dx for j in jobs], sizes)
+    acc += _shift_per_value(y, [j.dy for j in jobs], sizes)
+    # statistics: bins of every value, offset by job * bins, as exponent_histogram does per job
+    nb = cfg.hist_bins
+    m = acc >> 63
+    m ^= acc
+    e = _exponents(m)
+    bases = [F64_BIAS + j.f_acc + cfg.hist_min_exp for j in jobs]
+    lows = [min(max(F64_BIAS - 1 - b, 0), nb - 1) for b in bases]
+    e -= _per_value(bases, sizes)
+    np.maximum(e, _per_value(lows, sizes), out=e)
+    np.minimum(e, nb - 1, out=e)
+    if k > 1:
+        e += np.repeat(np.arange(0, k * nb, nb, dtype=np.int64), sizes)
+    hist = np.bincount(e, minlength=k * nb).reshape(k, nb)
+    nonzero = np.add.reduceat(acc != 0, offs, dtype=np.int64).tolist()
+    # rounding (shift in [1, 62] for every job: no sticky reduction needed)
+    shifts = [j.shift for j in jobs]
+    s = _per_value(shifts, sizes)
+    if rounding == RoundingMode.FLOOR:
+        r = acc >> s
+    elif rounding == RoundingMode.NEAREST_EVEN:
+        r = acc >> s
+        r &= 1
+        r += acc
+        r += _per_value([(1 << (v - 1)) - 1 for v in shifts], sizes)
+        r >>= s
+    elif rounding == RoundingMode.STOCHASTIC:
+        u = np.concatenate([j.u16.ravel() for j in jobs]) if k > 1 else jobs[0].u16.ravel()
+        r = _shift_per_value(u, [v - STOCHASTIC_BITS for v in shifts], sizes)
+        r += acc
+        r >>= s
+    else:
+        raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
+    bits = [j.out_fmt.bits for j in jobs]
+    q = np.maximum(r, _per_value([-(1 << (b - 1)) for b in bits], sizes))
+    np.minimum(q, _per_value([(1 << (b - 1)) - 1 for b in bits], sizes), out=q)
+    overflow = np.add.reduceat(q != r, offs, dtype=np.int64).tolist()
+    qzero = np.add.reduceat(q == 0, offs, dtype=np.int64).tolist()
+    cmax = cfg.counter_max
+    out = []
+    for i, j in enumerate(jobs):
+        n = sizes[i]
+        zeros = n - nonzero[i]
+        h = hist[i].copy()
+        if zeros:
+            h[lows[i]] -= zeros
+        under, over = qzero[i] - zeros, overflow[i]
+        if n > cmax:
+            np.minimum(h, cmax, out=h)
+            zeros, over, under, n = min(zeros, cmax), min(over, cmax), min(under, cmax), cmax
+        o = int(offs[i])
+        out.append((q[o:o + sizes[i]].reshape(j.x.shape), OpStats(h, zeros, over, under, n)))
+    return out

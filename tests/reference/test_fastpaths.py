@@ -1,0 +1,452 @@
+"""The fast paths of the golden model give exactly the results of the straightforward paths.
+
+Issue #2 made dfp training faster with fused kernels; each is compared here, on seeded random
+inputs and on the corner cases (exact ties, the most negative values, saturation, shifts of
+every sign and size, every rounding mode incl. stochastic, every width), against the code it
+replaced, which stays in the package as the definition:
+
+- ``ops.convert_acc`` (int64 kernels, (hi, lo) pairs) vs ``ops.convert_acc_reference``
+  (``round_shift``, ``saturate``/``requantize_left``, ``stats.analyse``);
+- every op vs the same op built from ``align_terms``/``_int_matmul`` and the reference
+  conversion;
+- ``stats.next_frac``/``next_fracs`` vs the documented scan, ``stats.float_stats`` vs a
+  per-value ``math.frexp`` definition;
+- ``Engine.run_axpys`` and the batched ``sgd_step`` vs one ``Engine.run`` per command.
+
+Every random case derives from a printed seed, so a failure can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from reference import ops
+from reference.config import PRESETS, CoreConfig
+from reference.engine import AxpyCommand, Engine
+from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width, acc_width
+from reference.layers import DfpBackend, Param, Ref, TensorClass, TensorIds, sgd_step
+from reference.ops import Op
+from reference.rng import draw_beats, seed_states, xorshift32
+from reference.stats import OpStats, float_stats, next_frac, next_fracs
+
+CFG = CoreConfig()
+TINY = PRESETS["tiny"]
+SMALL_CNT = CoreConfig(counter_bits=16)  # counters that saturate on 2**16 values
+
+
+def same(a: ops.OpResult, b: ops.OpResult) -> bool:
+    return (np.array_equal(a.out.data, b.out.data) and a.out.data.dtype == b.out.data.dtype == np.int64
+            and a.out.fmt == b.out.fmt and a.stats.as_dict() == b.stats.as_dict()
+            and np.array_equal(a.rng, b.rng))
+
+
+def corner_values(bits: int, rs: np.random.Generator, n: int) -> list[int]:
+    """Values of at most ``bits`` bits (signed): extremes, powers of two +-1, ties for many shifts."""
+    top = 1 << (bits - 1)
+    vals = [0, 1, -1, 2, -2, top - 1, -top, -top + 1, top // 2, -top // 2]
+    for k in range(0, bits - 1, max(1, bits // 24)):
+        vals += [1 << k, -(1 << k), (1 << k) - 1, -(1 << k) + 1, 3 << k >> 1, -(3 << k >> 1)]
+    for s in (1, 2, 5, 15, 16, 17, 30, 47):  # exact halves and quarters at shift s
+        for q in (0, 1, 2, 3, -1, -2, -3, 5):
+            v = (2 * q + 1) << (s - 1)
+            if -top <= v < top:
+                vals += [v, -v, v + 1, v - 1]
+    vals += [int(x) for x in rs.integers(-top, top, n)] if bits <= 63 else \
+        [int(rs.integers(-(1 << 62), 1 << 62)) << (bits - 63) | int(rs.integers(0, 1 << (bits - 63))) for _ in range(n)]
+    return [v for v in vals if -top <= v < top]
+
+
+def as_array(vals: list[int], cols: int) -> np.ndarray:
+    rows = -(-len(vals) // cols)
+    vals = vals + [0] * (rows * cols - len(vals))
+    return np.array(vals, dtype=object).reshape(rows, cols)
+
+
+SHIFTS = [-70, -40, -33, -20, -16, -9, -1, 0, 1, 2, 15, 16, 17, 18, 29, 30, 31, 32, 33, 34, 35, 40, 47, 48, 49,
+          62, 63, 64, 79, 80, 81, 95, 140]
+
+
+@pytest.mark.parametrize("op_width", list(Width))
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+def test_convert_acc_equals_reference_on_corner_values(op_width, rounding):
+    seed = 1000 * int(op_width) + int(rounding)
+    rs = np.random.default_rng(seed)
+    abits = acc_width(op_width)
+    acc_obj = as_array(corner_values(abits, rs, 300), 13)
+    for out_w in Width:
+        if out_w.bits > op_width.bits:
+            continue
+        for shift in SHIFTS:
+            f_out = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
+            f_acc = f_out + shift
+            fmt = DfpFormat(out_w, f_out)
+            st = seed_states(int(rs.integers(0, 2**32)), CFG.rng_slots)
+            ref = ops.convert_acc_reference(acc_obj, f_acc, abits, fmt, rounding, CFG, st, op_width)
+            got = ops.convert_acc(acc_obj, f_acc, abits, fmt, rounding, CFG, st, op_width)
+            assert same(got, ref), (seed, out_w, shift)
+            # the (hi, lo) pair kernel directly, for every accumulator (object arrays beyond int64 included)
+            hi = (acc_obj >> 32).astype(np.int64)
+            lo = (acc_obj & ((1 << 32) - 1)).astype(np.int64)
+            pair = ops._convert_pair(hi, lo, f_acc, abits, fmt, rounding, CFG, st, op_width)
+            assert same(pair, ref), (seed, out_w, shift, "pair")
+            if abits <= 48:
+                small = ops._convert_int64(acc_obj.astype(np.int64), f_acc, abits, fmt, rounding, CFG, st, op_width)
+                assert same(small, ref), (seed, out_w, shift, "int64")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_convert_acc_int64_beyond_52_bits_and_saturating_counters(seed):
+    rs = np.random.default_rng(seed)
+    for _ in range(40):
+        bits = int(rs.integers(1, 64))
+        acc = rs.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(int(rs.integers(1, 300)), 7), dtype=np.int64)
+        w = Width(int(rs.integers(0, 3)))
+        fmt = DfpFormat(w, int(rs.integers(FRAC_MIN, FRAC_MAX + 1)))
+        f_acc = fmt.frac + int(rs.choice(SHIFTS))
+        rnd = RoundingMode(int(rs.integers(0, 3)))
+        cfg = SMALL_CNT if rs.random() < 0.5 else TINY
+        st = seed_states(int(rs.integers(0, 2**32)), cfg.rng_slots)
+        got = ops.convert_acc(acc, f_acc, 80, fmt, rnd, cfg, st, Width.W32)
+        ref = ops.convert_acc_reference(acc, f_acc, 80, fmt, rnd, cfg, st, Width.W32)
+        assert same(got, ref), (seed, bits, f_acc, fmt, rnd)
+
+
+def test_statistics_counters_saturate_like_analyse():
+    cfg = SMALL_CNT
+    acc = np.zeros((300, 300), dtype=np.int64)  # 90000 values > 2**16 - 1
+    acc[:, :7] = 5
+    acc[0, 0] = -(1 << 40)
+    fmt = DfpFormat(Width.W8, 0)
+    st = seed_states(1, cfg.rng_slots)
+    got = ops.convert_acc(acc, 3, 48, fmt, RoundingMode.NEAREST_EVEN, cfg, st, Width.W16)
+    ref = ops.convert_acc_reference(acc, 3, 48, fmt, RoundingMode.NEAREST_EVEN, cfg, st, Width.W16)
+    assert same(got, ref)
+    assert got.stats.total == cfg.counter_max and got.stats.zeros == cfg.counter_max
+
+
+# -- the ops against their straightforward composition ----------------------------------------
+
+
+def tensor(rs, width: Width, shape, frac=None) -> DfpTensor:
+    f = DfpFormat(width, int(rs.integers(FRAC_MIN, FRAC_MAX + 1)) if frac is None else frac)
+    kind = rs.integers(0, 3)
+    if kind == 0:
+        d = rs.integers(f.min_int, f.max_int + 1, shape)
+    elif kind == 1:  # extremes
+        d = rs.choice([f.min_int, f.max_int, 0, -1, 1, f.min_int + 1], shape)
+    else:  # small values: nothing saturates, many ties after small shifts
+        d = rs.integers(-4, 5, shape)
+    return DfpTensor(d.astype(np.int64), f)
+
+
+def reference_op(op: Op, srcs, out, rnd, cfg, rng, alpha=None) -> ops.OpResult:
+    """Each op as it was written before the fast paths: exact accumulator, then convert_acc_reference."""
+    w = max([t.fmt.width for t in srcs] + [out.width])
+    abits = acc_width(w)
+    if op == Op.MATMUL:
+        a, b = srcs
+        acc = ops._int_matmul(a.data, b.data, max(a.fmt.bits, b.fmt.bits))
+        return ops.convert_acc_reference(acc, a.fmt.frac + b.fmt.frac, abits, out, rnd, cfg, rng, w)
+    if op in (Op.ADD, Op.SUB):
+        a, b = srcs
+        (ta, tb), f_acc = ops.align_terms([(a.data, a.fmt), (b.data, b.fmt)], abits)
+        acc = ta + tb if op == Op.ADD else ta - tb
+        return ops.convert_acc_reference(np.broadcast_to(acc, a.shape), f_acc, abits, out, rnd, cfg, rng, w)
+    if op == Op.MUL:
+        a, b = srcs
+        acc = np.broadcast_to(a.data.astype(object) * b.data.astype(object), a.shape)
+        return ops.convert_acc_reference(acc, a.fmt.frac + b.fmt.frac, abits, out, rnd, cfg, rng, w)
+    if op == Op.AXPY:
+        x, y = srcs
+        raw, frac = alpha
+        prod = x.data.astype(object) * raw
+        (tp, ty), f_acc = ops.align_terms([(prod, (frac + x.fmt.frac, 2 * w.bits)), (y.data, y.fmt)], abits)
+        return ops.convert_acc_reference(tp + ty, f_acc, abits, out, rnd, cfg, rng, w)
+    if op == Op.RELU:
+        return ops.convert_acc_reference(np.maximum(srcs[0].data, 0), srcs[0].fmt.frac, abits, out, rnd, cfg, rng, w)
+    if op == Op.RELU_BACKWARD:
+        dy, x = srcs
+        return ops.convert_acc_reference(np.where(x.data > 0, dy.data, 0), dy.fmt.frac, abits, out, rnd, cfg, rng, w)
+    return ops.convert_acc_reference(srcs[0].data, srcs[0].fmt.frac, abits, out, rnd, cfg, rng, w)
+
+
+def run_op(op: Op, srcs, out, rnd, cfg, rng, alpha=None) -> ops.OpResult:
+    if op == Op.MATMUL:
+        return ops.matmul(*srcs, out, rnd, cfg, rng)
+    if op == Op.AXPY:
+        return ops.axpy(alpha[0], alpha[1], *srcs, out, rnd, cfg, rng)
+    fn = {Op.ADD: ops.add, Op.SUB: ops.sub, Op.MUL: ops.mul, Op.RELU: ops.relu,
+          Op.RELU_BACKWARD: ops.relu_backward, Op.CONVERT: ops.convert}[op]
+    return fn(*srcs, out, rnd, cfg, rng)
+
+
+@pytest.mark.parametrize("op", list(Op))
+@pytest.mark.parametrize("seed", range(4))
+def test_ops_equal_their_reference_composition(op, seed):
+    rs = np.random.default_rng([int(op), seed])
+    for _ in range(30):
+        wa, wb, wo = (Width(int(v)) for v in rs.integers(0, 3, 3))
+        if op not in (Op.MATMUL, Op.CONVERT):
+            wb = wa
+        m, k, n = (int(v) for v in rs.integers(1, 40, 3))
+        if op == Op.MATMUL:
+            k = int(rs.choice([k, 64, 1024, 1025, 3000]))
+            srcs = [tensor(rs, wa, (m, k)), tensor(rs, wb, (k, n))]
+        elif op in (Op.ADD, Op.SUB, Op.MUL):
+            srcs = [tensor(rs, wa, (m, n)), tensor(rs, wb, (1 if rs.random() < 0.3 else m, n))]
+        elif op in (Op.AXPY, Op.RELU_BACKWARD):
+            srcs = [tensor(rs, wa, (m, n)), tensor(rs, wb, (m, n))]
+        else:
+            srcs = [tensor(rs, wa, (m, n))]
+        w = max([t.fmt.width for t in srcs] + [wo])
+        alpha = None
+        if op == Op.AXPY:
+            lim = 1 << (w.bits - 1)
+            alpha = (int(rs.choice([-lim, lim - 1, 1, -1, int(rs.integers(-lim, lim))])),
+                     int(rs.integers(FRAC_MIN, FRAC_MAX + 1)))
+        # output point positions around the accumulator's, so that shifts of every sign occur
+        base = srcs[0].fmt.frac + (srcs[1].fmt.frac if op in (Op.MATMUL, Op.MUL) else 0)
+        f_out = int(np.clip(base + int(rs.integers(-40, 40)), FRAC_MIN, FRAC_MAX))
+        out = DfpFormat(wo, f_out)
+        rnd = RoundingMode(int(rs.integers(0, 3)))
+        cfg = TINY if rs.random() < 0.5 else CFG
+        st = seed_states(int(rs.integers(0, 2**32)), cfg.rng_slots)
+        got = run_op(op, srcs, out, rnd, cfg, st, alpha)
+        ref = reference_op(op, srcs, out, rnd, cfg, st, alpha)
+        assert same(got, ref), (op, seed, wa, wb, wo, out, rnd, alpha)
+
+
+# -- generators, policy, float statistics ------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_beats", [1, 2, 255, 256, 257, 511, 513, 1500])
+def test_draw_beats_across_table_blocks_equals_loop(n_beats):
+    s0 = seed_states(n_beats * 7919, 32)
+    for slots in (1, 8, 32):
+        words, final = draw_beats(s0, n_beats, slots)
+        s = s0.copy()
+        for b in range(n_beats):
+            s = xorshift32(s)
+            assert np.array_equal(words[b], (s[:slots] >> 16).astype(np.int64)), (n_beats, slots, b)
+        assert np.array_equal(final, s)
+
+
+def scan_next_frac(hist, bits: int, current: int, cfg: CoreConfig, threshold: int) -> int:
+    """The documented scan of :func:`reference.stats.next_frac`, in Python ints."""
+    h = [int(v) for v in hist]
+    n = sum(h)
+    if n == 0:
+        return current
+    over, istar = 0, 0
+    for i in range(len(h) - 1, -1, -1):
+        if over * 2**16 > n * threshold:
+            istar = i + 1
+            break
+        over += h[i]
+    return max(FRAC_MIN, min(FRAC_MAX, bits - 2 - (cfg.hist_min_exp + istar)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_next_frac_equals_the_documented_scan(seed):
+    rs = np.random.default_rng(seed)
+    cases = []
+    for _ in range(400):
+        cb = int(rs.choice([16, 32, 48]))
+        cfg = CoreConfig(counter_bits=cb, hist_bins=int(rs.choice([4, 64, 256])),
+                         hist_min_exp=int(rs.integers(-128, 65)))
+        nb = cfg.hist_bins
+        kind = rs.integers(0, 4)
+        if kind == 0:
+            h = rs.integers(0, 1 << cb, nb)
+        elif kind == 1:
+            h = np.where(rs.random(nb) < 0.1, rs.integers(0, 100, nb), 0)
+        elif kind == 2:
+            h = np.zeros(nb, dtype=np.int64)
+        else:  # an exact tie: over * 2**16 == n * threshold at the top bins
+            h = np.zeros(nb, dtype=np.int64)
+            h[-1], h[0] = 5, 65536 - 5
+        thr = 5 if kind == 3 else int(rs.choice([0, 1, 66, 65535, int(rs.integers(0, 65536))]))
+        w = Width(int(rs.integers(0, 3)))
+        cur = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
+        want = scan_next_frac(h, w.bits, cur, cfg, thr)
+        assert next_frac(OpStats(h.astype(np.int64)), w, cur, cfg, thr) == want, (seed, h, thr)
+        cases.append((cfg, h, w.bits, cur, thr, want))
+    for cfg in {c[0] for c in cases}:  # many tensors at once
+        group = [c for c in cases if c[0] == cfg and c[4] == 66] or [c for c in cases if c[0] == cfg][:1]
+        thr = group[0][4]
+        got = next_fracs(np.stack([c[1] for c in group]), np.array([c[2] for c in group]),
+                         np.array([c[3] for c in group]), cfg, thr)
+        assert got.tolist() == [scan_next_frac(c[1], c[2], c[3], cfg, thr) for c in group]
+
+
+def float_bin(x: float, cfg: CoreConfig) -> int | None:
+    if x == 0:
+        return None
+    m, ex = math.frexp(abs(x))
+    e = ex - 1 - (1 if x < 0 and m == 0.5 else 0)
+    return min(max(e - cfg.hist_min_exp, 0), cfg.hist_bins - 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float_stats_equals_per_value_definition(seed):
+    rs = np.random.default_rng(seed)
+    specials = [5e-324, -5e-324, -0.0, 0.0, 2.0**1023, -(2.0**1023), -1.0, -0.5, 0.5, 1.0, -0.75, 3.0, -(2.0**-60)]
+    for _ in range(60):
+        cfg = CoreConfig(hist_bins=int(rs.choice([4, 64, 256])), hist_min_exp=int(rs.integers(-128, 65)))
+        x = np.concatenate([rs.standard_normal(int(rs.integers(0, 40))) * 2.0 ** int(rs.integers(-80, 80)),
+                            rs.choice(specials, int(rs.integers(0, 20)))]).reshape(1, -1)
+        st = float_stats(x, cfg)
+        hist = [0] * cfg.hist_bins
+        for v in x.ravel():
+            b = float_bin(float(v), cfg)
+            if b is not None:
+                hist[b] += 1
+        assert st.hist.tolist() == hist and st.zeros == int(np.sum(x == 0)) and st.total == x.size
+
+
+# -- batched AXPYs and SGD ----------------------------------------------------------------------
+
+
+class OneByOne(Engine):
+    """An engine whose ``run`` is overridden, so that ``run_axpys`` runs one command at a time."""
+
+    def run(self, *args, **kwargs):
+        return super().run(*args, **kwargs)
+
+
+def engines(cfg: CoreConfig, seed: int, settings: dict[int, TensorSetting]) -> tuple[Engine, Engine]:
+    out = []
+    for cls in (Engine, OneByOne):
+        e = cls(cfg, seed)
+        for tid, s in settings.items():
+            e.set_setting(tid, s)
+        out.append(e)
+    return out[0], out[1]
+
+
+def same_state(a: Engine, b: Engine) -> bool:
+    return (np.array_equal(a.rng, b.rng) and a.db.entries.keys() == b.db.entries.keys()
+            and all(a.db.entries[t].as_dict() == b.db.entries[t].as_dict() for t in a.db.entries))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_run_axpys_equals_one_command_at_a_time(seed):
+    rs = np.random.default_rng(seed)
+    cfg = TINY if seed % 2 else CFG
+    width = Width(int(rs.integers(0, 3))) if seed % 3 else Width.W16
+    n_tids = cfg.tensor_ids
+    settings = {t: TensorSetting(DfpFormat(width, int(rs.integers(-10, 40))), RoundingMode(int(rs.integers(0, 3))))
+                for t in range(n_tids)}
+    if seed % 3 != 1:  # shifts beyond 62 (sticky reduction) and <= 0 (no rounding) in the same batch
+        settings[0] = TensorSetting(DfpFormat(width, FRAC_MIN), RoundingMode.STOCHASTIC)
+        settings[1] = TensorSetting(DfpFormat(width, FRAC_MAX), RoundingMode.STOCHASTIC)
+    fast, slow = engines(cfg, int(rs.integers(0, 2**32)), settings)
+    for _ in range(3):  # batches in a row: states carry over
+        cmds = []
+        shapes = []
+        for _ in range(int(rs.integers(1, 10))):
+            dst = int(rs.integers(0, 6))  # few ids: the special settings below are hit often
+            if cmds and rs.random() < 0.5:  # an operand is an earlier result
+                j = int(rs.integers(0, len(cmds)))
+                shape = shapes[j]
+                x, x_tid = j, cmds[j].dst
+            else:
+                shape = (int(rs.integers(1, 20)), int(rs.integers(1, 40)))
+                x, x_tid = tensor(rs, width, shape, int(rs.integers(-10, 40))), int(rs.integers(0, n_tids))
+            y = tensor(rs, width, shape, int(rs.integers(-10, 40)))
+            lim = 1 << (width.bits - 1)
+            alpha = (int(rs.integers(-lim, lim)), int(rs.integers(-5, 40)))
+            if rs.random() < 0.5:
+                x, y, x_tid = y, x, int(rs.integers(0, n_tids))
+                y_tid = cmds[y].dst if isinstance(y, int) else int(rs.integers(0, n_tids))
+            else:
+                y_tid = int(rs.integers(0, n_tids))
+            cmds.append(AxpyCommand(dst, x, y, x_tid, y_tid, alpha))
+            shapes.append(shape)
+        got = fast.run_axpys(cmds)
+        want = slow.run_axpys(cmds)
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g.data, w.data) and g.fmt == w.fmt, seed
+        assert same_state(fast, slow), seed
+
+
+def test_run_axpys_raises_like_run():
+    settings = {t: TensorSetting(DfpFormat(Width.W16, 8)) for t in range(4)}
+    fast, slow = engines(CFG, 3, settings)
+    a = DfpTensor(np.ones((2, 3), dtype=np.int64), DfpFormat(Width.W16, 8))
+    b = DfpTensor(np.ones((2, 4), dtype=np.int64), DfpFormat(Width.W16, 8))
+    bad = [
+        [AxpyCommand(1, a, b, 0, 0, (3, 2))],  # shapes differ
+        [AxpyCommand(9, a, a, 0, 0, (3, 2))],  # tensor id without a setting
+        [AxpyCommand(1, a, a, 0, 0, (1 << 20, 2))],  # alpha too wide
+        [AxpyCommand(1, DfpTensor(np.ones((2, 3), dtype=np.int64), DfpFormat(Width.W8, 0)), a, 0, 0, (3, 2))],
+    ]
+    for cmds in bad:
+        with pytest.raises(ValueError) as e_fast:
+            fast.run_axpys(cmds)
+        with pytest.raises(ValueError) as e_slow:
+            slow.run_axpys(cmds)
+        assert str(e_fast.value) == str(e_slow.value)
+
+
+@pytest.mark.parametrize("width", [Width.W8, Width.W16, Width.W32])
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+def test_batched_sgd_step_equals_per_command_sgd(width, rounding):
+    results = []
+    for cls in (Engine, OneByOne):
+        eng = cls(CFG, 77)
+        ids = TensorIds(CFG.tensor_ids)
+        params = [Param.make(ids, f"p{i}", shape) for i, shape in enumerate([(9, 8), (1, 8), (72, 16), (3, 1)])]
+        prs = np.random.default_rng(5)
+        for info in ids.infos:
+            rnd = RoundingMode.STOCHASTIC if info.cls == TensorClass.WEIGHT else rounding
+            frac = int(prs.integers(width.bits - 6, width.bits + 6))
+            eng.set_setting(info.tid, TensorSetting(DfpFormat(width, frac), rnd))
+        be = DfpBackend(eng, ids)
+        for step in range(3):
+            for p in params:
+                if p.value is None:
+                    p.value = be.load(p.w_tid, prs.standard_normal(p.shape) * 0.5)
+                p.grad = be.load(p.g_tid, prs.standard_normal(p.shape) * 0.1)
+            sgd_step(be, params, 0.05, 0.9 if step != 1 else 0.0, 1e-4 if step != 2 else 0.0)
+        results.append((eng, [(p.value.t.data, p.value.t.fmt, None if p.velocity is None else p.velocity.t.data)
+                              for p in params]))
+    (e1, r1), (e2, r2) = results
+    assert same_state(e1, e2)
+    for (v1, f1, m1), (v2, f2, m2) in zip(r1, r2, strict=True):
+        assert np.array_equal(v1, v2) and f1 == f2
+        assert (m1 is None and m2 is None) or np.array_equal(m1, m2)
+
+
+def test_batched_sgd_step_without_gradient_raises_after_earlier_params():
+    eng = Engine(CFG, 1)
+    ids = TensorIds(CFG.tensor_ids)
+    params = [Param.make(ids, f"p{i}", (2, 2)) for i in range(2)]
+    for info in ids.infos:
+        eng.set_setting(info.tid, TensorSetting(DfpFormat(Width.W16, 10)))
+    be = DfpBackend(eng, ids)
+    for p in params:
+        p.value = be.load(p.w_tid, np.ones(p.shape))
+    params[0].grad = be.load(params[0].g_tid, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="p1"):
+        sgd_step(be, params, 0.1, 0.9, 0.0)
+    assert params[0].grad is None  # the first parameter was updated, as one command at a time does
+
+
+def test_axpy_many_is_used_by_plain_dfp_sgd(monkeypatch):
+    calls = []
+    orig = ops.axpy_many
+    monkeypatch.setattr(ops, "axpy_many", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    eng = Engine(CFG, 1)
+    ids = TensorIds(CFG.tensor_ids)
+    p = Param.make(ids, "p", (4, 4))
+    for info in ids.infos:
+        eng.set_setting(info.tid, TensorSetting(DfpFormat(Width.W8, 4)))
+    be = DfpBackend(eng, ids)
+    p.value, p.grad = be.load(p.w_tid, np.ones((4, 4))), be.load(p.g_tid, np.ones((4, 4)))
+    sgd_step(be, [p], 0.1, 0.9, 1e-4)
+    assert calls and isinstance(p.value, Ref)
