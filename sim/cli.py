@@ -14,9 +14,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "model and checked bit for bit against the trace. Writes a results JSON (atomically).")
     p.add_argument("trace", metavar="TRACE", help="trace directory (RUN/trace)")
     p.add_argument("--engine", choices=("sim", "rtl"), default="sim",
-                   help="sim: the cycle simulator; rtl: the Verilated core through cocotb (not available yet)")
-    p.add_argument("--check", action="store_true", help="run sim and rtl and stop at the first difference "
-                   "(needs the RTL engine: not available yet)")
+                   help="sim: the cycle simulator; rtl: also run the same commands on the Verilated core through "
+                        "cocotb (built once per core config under build/rtl/), comparing every command's cycles "
+                        "and every STORE's data; writes RUN/rtl.json")
+    p.add_argument("--check", action="store_true", help="run sim and rtl, read every compute result and "
+                   "database entry back from the RTL and stop at the first difference (implies --engine rtl)")
+    p.add_argument("--rtl-commands", type=_positive_int, metavar="N", help="run only the first N scheduled "
+                   "commands on the RTL (a sampled check; the simulator still replays everything selected)")
+    p.add_argument("--rtl-baseline", action="store_true", help="also run the RTL program on a pure C++ "
+                   "Verilator build and report the speed ratio (the benchmark of docs/simulator.md)")
     p.add_argument("--timing-only", action="store_true", help="schedule and time only; do not execute the data")
     p.add_argument("--core", metavar="PRESET|TOML", help="core to replay on (default: the trace's); may differ "
                    "from the trace's only in spad_words and spad_banks")
@@ -56,11 +62,18 @@ def _load_energy(spec: str | None):
     return load_energy_table(spec)
 
 
+def _positive_int(text: str) -> int:
+    from reference.cli import _positive_int as p
+
+    return p(text)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from .replay import replay
     from .rtl_engine import RtlNotAvailable, ensure_available
 
-    if args.engine == "rtl" or args.check:
+    rtl = args.engine == "rtl" or args.check or args.rtl_commands is not None or args.rtl_baseline
+    if rtl:
         try:
             ensure_available()
         except RtlNotAvailable as exc:
@@ -77,6 +90,29 @@ def _replay(args: argparse.Namespace) -> int:
           f"energy {t['energy_pj']['total'] / 1e6:.3f} uJ (fp32 counterpart x{t['fp32_over_dfp_energy']:.2f}); "
           f"{'data bit-exact with the trace' if res['executed'] else 'timing only'}; "
           f"{res['speed']['cycles_per_s']:.3g} simulated cycles/s -> {path}")
+    if rtl:
+        return _replay_rtl(args)
+    return 0
+
+
+def _replay_rtl(args: argparse.Namespace) -> int:
+    from .rtl_engine import replay_rtl
+
+    res, path = replay_rtl(args.trace, None, _load_core(args.core), args.grow_spad, args.iterations, args.check,
+                           args.rtl_commands, progress=not args.quiet, baseline=args.rtl_baseline,
+                           log=lambda m: print(m, file=sys.stderr))
+    sp = res["speed"]
+    what = "cycles, STORE data, compute results, statistics and settings" if res["checked"] else \
+        "cycles and STORE data"
+    line = (f"rtl: {res['commands']:,} commands of iteration(s) {res['iterations']}, {sp['simulated_cycles']:,} "
+            f"cycles at {sp['cycles_per_s']:.3g} cycles/s")
+    if "cpp_baseline" in sp:
+        line += (f" ({sp['cocotb_over_cpp']:.1%} of pure C++ Verilator's {sp['cpp_baseline']['cycles_per_s']:.3g} "
+                 "cycles/s)")
+    if res["mismatch"]:
+        print(f"{line}\ndlu replay: RTL and simulator differ -> {path}\n  {res['mismatch']}", file=sys.stderr)
+        return 1
+    print(f"{line}; {what} identical to the simulator and the trace -> {path}")
     return 0
 
 

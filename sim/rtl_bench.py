@@ -6,7 +6,8 @@ Loaded by the simulator (cocotb), never imported by the rest of ``sim``. The hos
 cocotbext-axi (AXI4-Lite master for registers and the command FIFO, AXI4-Stream source and sink
 for LOAD and STORE data) and writes ``results.npz`` (write, then rename).
 
-Python stays out of the per-cycle loop where it can: the clock is cocotb's GPI clock, a
+Python stays out of the per-cycle loop where it can: the clock toggles inside the model (the
+``dlu_core_clocked`` wrapper of :func:`sim.rtl_engine.clocked_wrapper`), a
 command's completion is awaited with one ``Timer`` of the cycles :func:`reference.isa.cycles`
 predicts followed by ``STATUS`` polls, and the bus models sleep while their queues are empty.
 Only the beats of LOAD/STORE and the AXI4-Lite transactions wake Python every cycle.
@@ -33,10 +34,9 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, Timer
 
-CLOCK_NS = 10
+CLOCK_NS = 10  # the wrapper's period (sim.rtl_engine.CLOCK_NS)
 
 
 class Core:
@@ -149,7 +149,6 @@ async def replay(dut):
     prog = json.loads(prog_path.read_text())
     payloads = np.load(prog_path.with_name("payloads.npz"))
     manifest = json.loads(Path(prog["manifest"]).read_text())
-    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False))
     core = Core(dut, manifest)
     await core.reset()
     out: dict[str, np.ndarray] = {}
@@ -165,7 +164,13 @@ async def replay(dut):
             raise RtlStop(f"CONFIG_DIGEST reads {digest:#010x}, the manifest says {want:#010x}: wrong netlist")
         await core.wr(core.addr("THRESHOLD"), prog["threshold"])
         await core.wr(core.addr("SEED"), prog["seed"])
-        for step in prog["steps"]:
+        progress = prog_path.with_name("progress")
+        last = time.perf_counter()
+        for n, step in enumerate(prog["steps"]):
+            if time.perf_counter() - last > 0.5:  # for the host's progress bar: steps done, cycles run
+                progress.with_name(".progress").write_text(f"{n} {(get_sim_time('ns') - c0) / CLOCK_NS:.0f}")
+                os.replace(progress.with_name(".progress"), progress)
+                last = time.perf_counter()
             op = step["op"]
             if op == "setting":
                 await core.wr(core.addr("SETTINGS", step["tid"]), step["word"])
