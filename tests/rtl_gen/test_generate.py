@@ -127,10 +127,14 @@ def test_width_variant_manifest_and_headers(tmp_path, bits):
 
 
 def test_example_width_configs_load():
-    """configs/default-w{8,16,32}.toml: the default preset with one width."""
+    """configs/default-w<bits>[-<bits>].toml: the default preset with the widths of the file name."""
+    import dataclasses
+
     from reference.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    for bits in (8, 16, 32):
-        cfg = load_config(root / f"default-w{bits}.toml")
-        assert cfg == PRESETS["default"].__class__(widths=(bits,))
+    names = sorted(p.name for p in root.glob("default-w*.toml"))
+    assert {"default-w8.toml", "default-w16.toml", "default-w32.toml"} <= set(names)
+    for name in names:
+        widths = tuple(int(b) for b in name.removeprefix("default-w").removesuffix(".toml").split("-"))
+        assert load_config(root / name) == dataclasses.replace(PRESETS["default"], widths=widths), name
