@@ -270,16 +270,21 @@ def _finish(r: np.ndarray, n: int, nonzero: int, e: np.ndarray, f_acc: int,
 
 
 def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
-                   cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True) -> OpResult:
+                   cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True,
+                   nonneg: bool = False) -> OpResult:
     """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits).
 
     ``bounded``: the caller guarantees |acc| < 2**52 (every op of this module does: 8/16-bit
     accumulators have at most 48 bits, and 32-bit elementwise values without a product or an
-    alignment at most 32); otherwise it is checked.
+    alignment at most 32); otherwise it is checked. ``nonneg``: every value is >= 0 (RELU), so
+    ``m = v``.
     """
-    m = acc >> 63
-    m ^= acc
-    e = _exponents(m)
+    if nonneg:
+        e = _exponents(acc)
+    else:
+        m = acc >> 63
+        m ^= acc
+        e = _exponents(m)
     if not bounded and e.size and int(e.max()) >= _BIAS + 52:  # some |v| >= 2**52: inexact exponents
         return _convert_pair(acc >> 32, acc & _M32, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
     n = acc.size
@@ -546,7 +551,8 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
 
 def relu(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     w = _op_width(x.fmt, out_fmt)
-    return _convert_int64(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    return _convert_int64(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w,
+                          nonneg=True)
 
 
 def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:

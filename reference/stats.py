@@ -110,6 +110,24 @@ def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -
     nb = cfg.hist_bins
     base = F64_BIAS + f_acc + cfg.hist_min_exp  # biased exponent of bin 0
     low = min(max(F64_BIAS - 1 - base, 0), nb - 1)  # bin of p = -1 (m = 0 is raised to it)
+    if e.size >= _FOLD_MIN_VALUES:
+        # Count the exponents themselves, then fold the counts into bins: three passes over
+        # the values fewer, a few more over the ~1100 possible exponents.
+        he = np.bincount(e.ravel())
+        c = np.cumsum(he)
+        size = he.size
+        hist = np.zeros(nb, dtype=np.int64)
+        m0 = int(c[min(F64_BIAS - 1, size - 1)])  # every exponent below F64_BIAS is m = 0: p = -1
+        lo, hi = base + 1, base + nb - 1  # bins 1 .. nb-2 are the exponents [lo, hi)
+        a, b = max(lo, F64_BIAS), min(hi, size)
+        if a < b:
+            hist[1 + a - lo:1 + b - lo] = he[a:b]
+        if lo > F64_BIAS:
+            hist[0] = c[min(lo, size) - 1] - m0
+        top_from = max(hi, F64_BIAS)
+        hist[nb - 1] = c[-1] - (c[top_from - 1] if top_from <= size else c[-1])
+        hist[low] += m0 - zeros
+        return hist
     e -= base
     np.maximum(e, low, out=e)
     np.minimum(e, nb - 1, out=e)
@@ -117,6 +135,10 @@ def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -
     if zeros:
         hist[low] -= zeros
     return hist
+
+
+#: From this many values on, :func:`exponent_histogram` counts exponents and folds the counts.
+_FOLD_MIN_VALUES = 2048
 
 
 def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:

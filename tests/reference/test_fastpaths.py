@@ -450,3 +450,29 @@ def test_axpy_many_is_used_by_plain_dfp_sgd(monkeypatch):
     p.value, p.grad = be.load(p.w_tid, np.ones((4, 4))), be.load(p.g_tid, np.ones((4, 4)))
     sgd_step(be, [p], 0.1, 0.9, 1e-4)
     assert calls and isinstance(p.value, Ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_large_arrays_fold_exponent_counts_like_analyse(seed):
+    """From 2048 values on the histogram is folded from exponent counts: every clamp position."""
+    rs = np.random.default_rng(100 + seed)
+    for _ in range(12):
+        bits = int(rs.choice([3, 20, 47, 70]))
+        rows = int(rs.integers(2048 // 16, 4000 // 16))
+        vals = corner_values(bits, rs, rows * 16)
+        acc = as_array(vals[: rows * 16], 16)
+        for cfg in (CFG, TINY, CoreConfig(hist_bins=4, hist_min_exp=60)):
+            f_out = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
+            f_acc = int(rs.integers(-100, 130))
+            fmt = DfpFormat(Width(int(rs.integers(0, 3))), f_out)
+            rnd = RoundingMode(int(rs.integers(0, 3)))
+            st = seed_states(int(rs.integers(0, 2**32)), cfg.rng_slots)
+            ref = ops.convert_acc_reference(acc, f_acc, 80, fmt, rnd, cfg, st, Width.W32)
+            assert same(ops.convert_acc(acc, f_acc, 80, fmt, rnd, cfg, st, Width.W32), ref), (seed, bits, f_acc)
+            hi = (acc >> 32).astype(np.int64)
+            lo = (acc & ((1 << 32) - 1)).astype(np.int64)
+            assert same(ops._convert_pair(hi, lo, f_acc, 80, fmt, rnd, cfg, st, Width.W32), ref), (seed, bits, f_acc)
+            if bits <= 47:
+                data = np.clip(acc.astype(np.int64), -(1 << 31), (1 << 31) - 1)
+                x = DfpTensor(data, DfpFormat(Width.W32, f_acc % 60))
+                assert same(ops.relu(x, fmt, rnd, cfg, st), reference_op(Op.RELU, [x], fmt, rnd, cfg, st))
