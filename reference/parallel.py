@@ -85,7 +85,7 @@ from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shi
 from .layers import Backend, DfpBackend, FloatBackend, Layer, Param, Ref, TensorClass, sgd_step
 from .models import Model
 from .stats import msb_position
-from .train import Hooks, Session, TrainConfig, evaluate_session, open_session, run_epochs
+from .train import Hooks, Session, TrainConfig, evaluate_session, open_session, reformat_state, run_epochs
 
 #: Bits of the low limb when 32-bit accumulators (up to 80 bits) travel as two int64 values.
 LIMB_BITS = 40
@@ -454,6 +454,7 @@ class GradExchanger:
         sgd_step(self.be, layer.params(), self.lr, cfg.momentum, cfg.weight_decay)
         if self.engine is not None:
             _update_formats_of(self.engine, {t for p in layer.params() for t in (p.w_tid, p.g_tid, p.v_tid)})
+            reformat_state(layer.params(), self.engine)
         self.updated.add(li)
 
     def ready(self, li: int) -> None:

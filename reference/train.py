@@ -13,6 +13,10 @@ tensor id's initial setting; after every iteration :meth:`Engine.update_formats`
 POLICY_UPDATE command) moves each auto-update id to the policy's choice. The two host-loaded
 tensors (the input images and the loss gradient) are not auto-updated: the host applies the
 same policy to the float data of each batch before converting it.
+
+State carried to the next iteration (weights and velocities) is then re-formatted by the host
+to its id's new setting (:func:`reformat_state`: round to nearest even, saturate), because the
+core reads every operand in the format its settings-register entry holds.
 """
 
 from __future__ import annotations
@@ -30,12 +34,24 @@ import numpy as np
 from .config import PRESETS
 from .data import Dataset
 from .engine import Engine
-from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, RoundingMode, TensorSetting, Width
+from .formats import (
+    FRAC_MAX,
+    FRAC_MIN,
+    DfpFormat,
+    DfpTensor,
+    RoundingMode,
+    TensorSetting,
+    Width,
+    requantize_left,
+    round_shift,
+    saturate,
+)
 from .layers import (
     Backend,
     DfpBackend,
     FloatBackend,
     Layer,
+    Param,
     Ref,
     TensorClass,
     sgd_step,
@@ -523,6 +539,41 @@ class TensorLog:
                 for t in sorted(self.tensors)}
 
 
+def reformat(t: DfpTensor, fmt: DfpFormat) -> DfpTensor:
+    """``t`` in format ``fmt`` (same width): rounded to nearest even, saturated; exact when ``fmt`` has more
+    fraction bits and the values fit."""
+    if fmt.width != t.fmt.width:
+        raise ValueError(f"reformat: {t.fmt} -> {fmt} changes the width; the policy never does")
+    shift = t.fmt.frac - fmt.frac
+    if shift > 0:
+        q, _ = saturate(round_shift(t.data, shift, RoundingMode.NEAREST_EVEN, t.fmt.bits), fmt)
+    else:
+        q, _ = requantize_left(t.data, -shift, fmt)
+    return DfpTensor(q, fmt)
+
+
+def reformat_state(params: list[Param], engine: Engine) -> int:
+    """After POLICY_UPDATE: the weights and velocities of ``params`` whose id's point position moved, re-formatted.
+
+    The core reads an operand in the format of its settings-register entry, so a value carried
+    into the next iteration must be in that format when it is next read. The host holds these
+    values between iterations (the scratchpad empties; see docs/simulator.md) and re-formats its
+    copy: an arithmetic right shift rounded to nearest even, or an exact left shift, saturated.
+    Returns how many tensors it re-formatted.
+    """
+    n = 0
+    for p in params:
+        for attr in ("value", "velocity"):
+            r: Ref | None = getattr(p, attr)
+            if r is None or not isinstance(r.t, DfpTensor):
+                continue
+            fmt = engine.settings[r.tid].fmt
+            if r.t.fmt != fmt:
+                setattr(p, attr, Ref(reformat(r.t, fmt), r.tid))
+                n += 1
+    return n
+
+
 def train_step(s: Session, idx: np.ndarray, lr: float, it: int, hooks: Hooks, log: TensorLog | None = None,
                epoch_end: bool = False) -> tuple[float, int]:
     """Iteration ``it`` on the mini-batch ``s.data.x_train[idx]``; returns its loss and correct predictions.
@@ -550,6 +601,7 @@ def train_step(s: Session, idx: np.ndarray, lr: float, it: int, hooks: Hooks, lo
         if log is not None:
             log.record(engine, it, epoch_end)
         hooks.update_formats(engine)
+        reformat_state(model.params(), engine)
     if tracing:
         s.recorder.end_iteration()
     return loss, c

@@ -256,3 +256,32 @@ def test_full_digits_training_reaches_96_percent(precision):
     """Accuracy floor on the real split (measured 96.9-97.8 % for seed 0, see docs/training.md)."""
     res = train(TrainConfig(precision=precision, epochs=15, seed=0), load_digits_split())
     assert res.metrics["final"]["test_acc"] >= 0.96, f"{precision.value} seed 0: {res.metrics['final']}"
+
+
+def test_reformat_rounds_to_nearest_even_and_saturates():
+    from reference.formats import DfpFormat, DfpTensor
+    from reference.train import reformat
+
+    t = DfpTensor(np.array([[6, 5, 7, -5, -6, 127, -128]], dtype=np.int64), DfpFormat(Width.W8, 4))
+    # frac 4 -> 3: halve; ties 2.5 -> 2, 3.5 -> 4, -2.5 -> -2
+    assert reformat(t, DfpFormat(Width.W8, 3)).data.tolist() == [[3, 2, 4, -2, -3, 64, -64]]
+    # frac 4 -> 5: double, exact, saturated at the limits
+    assert reformat(t, DfpFormat(Width.W8, 5)).data.tolist() == [[12, 10, 14, -10, -12, 127, -128]]
+    with pytest.raises(ValueError, match="changes the width"):
+        reformat(t, DfpFormat(Width.W16, 4))
+
+
+@pytest.mark.parametrize("precision", [Precision.DFP8, Precision.DFP16])
+def test_state_carried_between_iterations_is_in_its_settings_format(precision, small):
+    """The core reads every operand in its settings-register format: after POLICY_UPDATE the host
+    re-formats weights and velocities, so a whole traced run has no operand whose recorded
+    point position differs from its id's setting when the command runs (seed 0)."""
+    from sim.core import fitting_config, schedule
+
+    res = train(TrainConfig(precision=precision, epochs=1, seed=0, trace_iters=IterSpec.parse("all")), small)
+    trace = res.trace
+    assert len(trace.iterations) >= 5
+    scheds = schedule(trace, fitting_config(trace))
+    changed = sum(len(r.changed) > 0 for it in trace.iterations for r in it.records if hasattr(r, "changed"))
+    assert changed, "the policy moved some point positions"
+    assert [s.fmt_mismatches for s in scheds] == [0] * len(scheds)

@@ -73,10 +73,27 @@ def test_dlu_replay_command(trace_dir, tmp_path, capsys):
     assert load_results(out)["iterations"] == [1]
     assert main(["replay", str(trace_dir), "--quiet", "--iterations", "9"]) == 2
     assert "selects none of the traced iterations [0, 1]" in capsys.readouterr().err
-    assert main(["replay", str(trace_dir), "--engine", "rtl"]) == 3
-    assert "not available yet" in capsys.readouterr().err
+    assert main(["replay", str(trace_dir), "--quiet", "--check", "--iterations", "0", "--rtl-commands", "6"]) == 0
+    assert "6 commands of iteration(s) [0]" in capsys.readouterr().out
+    rtl = json.loads((trace_dir.parent / "rtl.json").read_text())
+    assert rtl["checked"] and rtl["mismatch"] is None and rtl["commands"] == 6
+    assert rtl["command_cycles"]["rtl"] == rtl["command_cycles"]["sim"] > 0
+    # iteration 1 of this hand-made trace reads the weight in the format it had before POLICY_UPDATE
+    assert main(["replay", str(trace_dir), "--quiet", "--engine", "rtl"]) == 2
+    assert "not executable as recorded" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_dlu_replay_says_when_the_rtl_engine_cannot_run(trace_dir, monkeypatch, capsys):
+    import sim.rtl_engine as eng
+
+    def missing() -> None:
+        raise eng.RtlNotAvailable("the RTL engine needs cocotb (pinned in pyproject.toml: run make)")
+
+    monkeypatch.setattr(eng, "ensure_available", missing)
+    assert main(["replay", str(trace_dir), "--quiet", "--engine", "rtl"]) == 3
+    assert "needs cocotb" in capsys.readouterr().err
 
 
 def test_default_cnn_trace_needs_a_larger_scratchpad_and_replays_bit_exact():
