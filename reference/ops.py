@@ -424,6 +424,8 @@ def _matmul_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     are recombined into ``hi * 2**32 + lo`` in int64.
     """
     f8 = np.float64
+    if a.shape[1] <= _SPLIT_ONE_MAX_K:
+        return _matmul_pair_split_one(a, b)
     ah, al = (a >> 16).astype(f8), (a & 0xFFFF).astype(f8)
     bh, bl = (b >> 16).astype(f8), (b & 0xFFFF).astype(f8)
     p_hh = (ah @ bh).astype(np.int64)
@@ -435,6 +437,31 @@ def _matmul_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p_hh += t >> 32
     t &= _M32
     return p_hh, t
+
+
+#: Up to this K, splitting one operand suffices: |hi half * other| <= 2**15 * 2**31 and
+#: |lo half * other| < 2**16 * 2**31 bound every partial sum of the two products by K * 2**47 <= 2**53.
+_SPLIT_ONE_MAX_K = 64
+
+
+def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_matmul_pair` for K <= 64: the smaller operand is split in 16-bit halves (two
+    float64 products, exact by the bound above) and the products recombined in int64."""
+    f8 = np.float64
+    if a.size <= b.size:
+        bf = b.astype(f8)
+        p_h = ((a >> 16).astype(f8) @ bf).astype(np.int64)
+        t = ((a & 0xFFFF).astype(f8) @ bf).astype(np.int64)
+    else:
+        af = a.astype(f8)
+        p_h = (af @ (b >> 16).astype(f8)).astype(np.int64)
+        t = (af @ (b & 0xFFFF).astype(f8)).astype(np.int64)
+    # value = p_h * 2**16 + t with |p_h| < 2**52, |t| < 2**53
+    t += (p_h & 0xFFFF) << 16
+    p_h >>= 16
+    p_h += t >> 32
+    t &= _M32
+    return p_h, t
 
 
 #: 8-bit operands: every partial sum of a product with K <= 2**10 is an integer of magnitude at
@@ -643,7 +670,7 @@ def axpy_many(jobs: list[AxpyJob], rounding: RoundingMode, cfg: CoreConfig) -> l
     if k > 1:
         e += np.repeat(np.arange(0, k * nb, nb, dtype=np.int64), sizes)
     hist = np.bincount(e, minlength=k * nb).reshape(k, nb)
-    nonzero = np.add.reduceat(acc != 0, offs, dtype=np.int64).tolist()
+    nonzero = np.add.reduceat(acc != 0, offs, dtype=np.int64)
     # rounding (shift in [1, 62] for every job: no sticky reduction needed)
     shifts = [j.shift for j in jobs]
     s = _per_value(shifts, sizes)
@@ -665,20 +692,16 @@ def axpy_many(jobs: list[AxpyJob], rounding: RoundingMode, cfg: CoreConfig) -> l
     bits = [j.out_fmt.bits for j in jobs]
     q = np.maximum(r, _per_value([-(1 << (b - 1)) for b in bits], sizes))
     np.minimum(q, _per_value([(1 << (b - 1)) - 1 for b in bits], sizes), out=q)
-    overflow = np.add.reduceat(q != r, offs, dtype=np.int64).tolist()
-    qzero = np.add.reduceat(q == 0, offs, dtype=np.int64).tolist()
+    overflow = np.add.reduceat(q != r, offs, dtype=np.int64)
+    zeros = np.array(sizes, dtype=np.int64) - nonzero
+    under = np.add.reduceat(q == 0, offs, dtype=np.int64) - zeros  # v == 0 always converts to 0
+    hist[np.arange(k), lows] -= zeros
     cmax = cfg.counter_max
+    if max(sizes) > cmax:
+        for v in (hist, zeros, overflow, under):
+            np.minimum(v, cmax, out=v)
+    counts = zip(zeros.tolist(), overflow.tolist(), under.tolist(), strict=True)
     out = []
-    for i, j in enumerate(jobs):
-        n = sizes[i]
-        zeros = n - nonzero[i]
-        h = hist[i].copy()
-        if zeros:
-            h[lows[i]] -= zeros
-        under, over = qzero[i] - zeros, overflow[i]
-        if n > cmax:
-            np.minimum(h, cmax, out=h)
-            zeros, over, under, n = min(zeros, cmax), min(over, cmax), min(under, cmax), cmax
-        o = int(offs[i])
-        out.append((q[o:o + sizes[i]].reshape(j.x.shape), OpStats(h, zeros, over, under, n)))
+    for j, o, n, h, (z, ov, un) in zip(jobs, offs.tolist(), sizes, hist, counts, strict=True):
+        out.append((q[o:o + n].reshape(j.x.shape), OpStats(h, z, ov, un, min(n, cmax))))
     return out

@@ -476,3 +476,23 @@ def test_large_arrays_fold_exponent_counts_like_analyse(seed):
                 data = np.clip(acc.astype(np.int64), -(1 << 31), (1 << 31) - 1)
                 x = DfpTensor(data, DfpFormat(Width.W32, f_acc % 60))
                 assert same(ops.relu(x, fmt, rnd, cfg, st), reference_op(Op.RELU, [x], fmt, rnd, cfg, st))
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 2000])
+@pytest.mark.parametrize("fill", ["min", "max", "mixed"])
+def test_32bit_matmul_pairs_at_the_worst_case_magnitudes(k, fill):
+    """Every product at +-2**62 and K up to the split bounds: the partial sums stay exact."""
+    f = DfpFormat(Width.W32, 0)
+    lo, hi = f.min_int, f.max_int
+    rs = np.random.default_rng(k)
+    vals = {"min": np.full((3, k), lo), "max": np.full((3, k), hi), "mixed": rs.choice([lo, hi, lo + 1, -1], (3, k))}
+    a = DfpTensor(vals[fill], f)
+    for b_rows in (np.full((k, 4), lo), rs.choice([lo, hi, 1, -1], (k, 4))):
+        b = DfpTensor(b_rows, f)
+        for out in (DfpFormat(Width.W32, -32), DfpFormat(Width.W32, -20), DfpFormat(Width.W8, -32)):
+            st = seed_states(k, CFG.rng_slots)
+            for rnd in RoundingMode:
+                got = ops.matmul(a, b, out, rnd, CFG, st)
+                assert same(got, reference_op(Op.MATMUL, [a, b], out, rnd, CFG, st)), (k, fill, out, rnd)
+                bt, at = DfpTensor(b.data.T.copy(), f), DfpTensor(a.data.T.copy(), f)  # the other operand split
+                assert same(ops.matmul(bt, at, out, rnd, CFG, st), reference_op(Op.MATMUL, [bt, at], out, rnd, CFG, st))
