@@ -129,7 +129,7 @@ def convert_acc(
     if acc.dtype == object:
         return convert_acc_reference(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
     return _convert_int64(np.asarray(acc, dtype=np.int64), f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width,
-                          bounded=False)
+                          bounded=False, owned=False)
 
 
 def convert_acc_reference(
@@ -251,17 +251,24 @@ def _shift_left(x: np.ndarray, k: int, out_fmt: DfpFormat, small: bool) -> np.nd
     return r
 
 
-def _finish(r: np.ndarray, n: int, nonzero: int, e: np.ndarray, f_acc: int,
+def _finish(r: np.ndarray, n: int, nonzero: int, hist: np.ndarray, fits: bool, exact: bool,
             out_fmt: DfpFormat, cfg: CoreConfig, new_rng: np.ndarray) -> OpResult:
-    """Saturate the rounded values ``r`` and assemble the result (``e``: exponents, see
-    :func:`reference.stats.exponent_histogram`)."""
-    bits = out_fmt.bits
-    q = np.maximum(r, -(1 << (bits - 1)))
-    np.minimum(q, (1 << (bits - 1)) - 1, out=q)
-    overflow = int(np.count_nonzero(q != r))
+    """Saturate the rounded values ``r`` (a fresh array) and assemble the result.
+
+    ``fits``: every value of ``r`` is known to lie in the output range (from the largest
+    exponent), so nothing saturates; ``exact``: moreover ``r`` is the accumulator times a power
+    of two, so no non-zero value became 0.
+    """
     zeros = n - nonzero
-    underflow = n - int(np.count_nonzero(q)) - zeros  # v == 0 always converts to 0
-    hist = exponent_histogram(e, zeros, f_acc, cfg)
+    if fits:
+        q, overflow = r, 0
+        underflow = 0 if exact else n - int(np.count_nonzero(q)) - zeros
+    else:
+        bits = out_fmt.bits
+        q = np.maximum(r, -(1 << (bits - 1)))
+        np.minimum(q, (1 << (bits - 1)) - 1, out=q)
+        overflow = int(np.count_nonzero(q != r))
+        underflow = n - int(np.count_nonzero(q)) - zeros  # v == 0 always converts to 0
     cmax = cfg.counter_max
     if n > cmax:
         np.minimum(hist, cmax, out=hist)
@@ -269,15 +276,28 @@ def _finish(r: np.ndarray, n: int, nonzero: int, e: np.ndarray, f_acc: int,
     return OpResult(DfpTensor._trusted(q, out_fmt), OpStats(hist, zeros, overflow, underflow, n), new_rng)
 
 
+def _fits(e_max: int | None, shift: int, out_fmt: DfpFormat) -> bool:
+    """Whether every converted value lies in the output range, known from the largest exponent.
+
+    Every m < 2**L with ``L = max(e_max - (F64_BIAS - 1), 0)``, i.e. v in [-2**L, 2**L). A right shift s
+    gives |result| <= 2**(L - s) (or at most 1 when L < s): fits when L - s <= W - 2. A left
+    shift k gives values in [-2**(L + k), 2**(L + k) - 2**k]: fits when L + k <= W - 1.
+    """
+    if e_max is None:
+        return False
+    big = max(e_max - (_BIAS - 1), 0)  # all m = 0: v in {-1, 0} = [-2**0, 2**0)
+    return big - shift <= out_fmt.bits - (2 if shift > 0 else 1)
+
+
 def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
                    cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True,
-                   nonneg: bool = False) -> OpResult:
+                   nonneg: bool = False, owned: bool = True) -> OpResult:
     """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits).
 
     ``bounded``: the caller guarantees |acc| < 2**52 (every op of this module does: 8/16-bit
     accumulators have at most 48 bits, and 32-bit elementwise values without a product or an
     alignment at most 32); otherwise it is checked. ``nonneg``: every value is >= 0 (RELU), so
-    ``m = v``.
+    ``m = v``. ``owned``: ``acc`` is a fresh array that the result may keep.
     """
     if nonneg:
         e = _exponents(acc)
@@ -289,7 +309,9 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
         return _convert_pair(acc >> 32, acc & _M32, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
     n = acc.size
     nonzero = int(np.count_nonzero(acc))
+    hist, e_max = exponent_histogram(e, n - nonzero, f_acc, cfg)
     shift = f_acc - out_fmt.frac
+    fits = _fits(e_max, shift, out_fmt)
     new_rng = rng
     if shift > 0:
         u16 = None
@@ -299,9 +321,11 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
         if shift > 62:
             x, shift = _reduce_sticky(acc, shift - 17), 17
         r = _round_small(x, shift, rounding, u16)
+    elif fits:
+        r = acc << -shift if shift else (acc if owned else acc.copy())
     else:
         r = _shift_left(acc, -shift, out_fmt, small=True)
-    return _finish(r, n, nonzero, e, f_acc, out_fmt, cfg, new_rng)
+    return _finish(r, n, nonzero, hist, fits, shift <= 0, out_fmt, cfg, new_rng)
 
 
 def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat,
@@ -321,7 +345,9 @@ def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out
     max_bits = e_max + 1 - _BIAS  # every |v| < 2**max_bits (v in [-2**max_bits, 2**max_bits))
     n = hi.size
     nonzero = int(np.count_nonzero(hi | lo))
+    hist, _ = exponent_histogram(e, n - nonzero, f_acc, cfg)
     shift = f_acc - out_fmt.frac
+    fits = _fits(e_max, shift, out_fmt)
     new_rng = rng
     rows, cols = hi.shape
     if shift > 0:
@@ -357,7 +383,7 @@ def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out
         x = hi << 32
         x |= lo
         r = _shift_left(x, -shift, out_fmt, small=False)
-    return _finish(r, n, nonzero, e, f_acc, out_fmt, cfg, new_rng)
+    return _finish(r, n, nonzero, hist, fits, shift <= 0, out_fmt, cfg, new_rng)
 
 
 def align_terms(terms: list[tuple[np.ndarray, DfpFormat | tuple[int, int]]], acc_bits: int):
@@ -592,7 +618,7 @@ def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> O
 
 def convert(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     w = _op_width(x.fmt, out_fmt)
-    return _convert_int64(x.data, x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    return _convert_int64(x.data, x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w, owned=False)
 
 
 def scalar_to_dfp(value: float, width: Width) -> tuple[int, int]:

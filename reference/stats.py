@@ -98,8 +98,11 @@ def analyse(acc: np.ndarray, f_acc: int, q: np.ndarray, overflow: np.ndarray, cf
 F64_BIAS = 1023
 
 
-def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -> np.ndarray:
+def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -> tuple[np.ndarray, int | None]:
     """The (unsaturated) histogram of :func:`analyse` from biased float64 exponents; ``e`` is consumed.
+
+    Returns (histogram, largest exponent) when the largest exponent comes for free (large
+    arrays), else (histogram, None).
 
     ``e`` holds, per value ``v``, the biased float64 exponent of ``m = v if v >= 0 else ~v``
     (``bit_length(m) + F64_BIAS - 1``, so ``p(v) = e - F64_BIAS``), or anything at most
@@ -127,14 +130,14 @@ def exponent_histogram(e: np.ndarray, zeros: int, f_acc: int, cfg: CoreConfig) -
         top_from = max(hi, F64_BIAS)
         hist[nb - 1] = c[-1] - (c[top_from - 1] if top_from <= size else c[-1])
         hist[low] += m0 - zeros
-        return hist
+        return hist, size - 1
     e -= base
     np.maximum(e, low, out=e)
     np.minimum(e, nb - 1, out=e)
     hist = np.bincount(e.ravel(), minlength=nb)
     if zeros:
         hist[low] -= zeros
-    return hist
+    return hist, None
 
 
 #: From this many values on, :func:`exponent_histogram` counts exponents and folds the counts.

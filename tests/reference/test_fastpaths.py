@@ -496,3 +496,28 @@ def test_32bit_matmul_pairs_at_the_worst_case_magnitudes(k, fill):
                 assert same(got, reference_op(Op.MATMUL, [a, b], out, rnd, CFG, st)), (k, fill, out, rnd)
                 bt, at = DfpTensor(b.data.T.copy(), f), DfpTensor(a.data.T.copy(), f)  # the other operand split
                 assert same(ops.matmul(bt, at, out, rnd, CFG, st), reference_op(Op.MATMUL, [bt, at], out, rnd, CFG, st))
+
+
+@pytest.mark.parametrize("out_w", list(Width))
+def test_range_shortcut_at_its_boundary(out_w):
+    """Large arrays whose largest exponent decides that nothing saturates: every shift around the
+    boundary, values at +-2**L, all-(-1) arrays (m = 0), for both accumulator representations."""
+    rs = np.random.default_rng(int(out_w))
+    for top in (0, 1, 5, out_w.bits - 2, out_w.bits - 1, out_w.bits, 20, 40):
+        edge = [-(1 << top), (1 << top) - 1, -1, 0] if top else [-1, 0]
+        acc = np.array(edge * 512 + [int(v) for v in rs.integers(-(1 << top), 1 << top, 2048)], dtype=object)
+        acc = acc.reshape(-1, 32)
+        for shift in range(-out_w.bits - 2, top + 3):
+            for rnd in RoundingMode:
+                fmt = DfpFormat(out_w, 10)
+                st = seed_states(top, CFG.rng_slots)
+                ref = ops.convert_acc_reference(acc, 10 + shift, 80, fmt, rnd, CFG, st, Width.W32)
+                assert same(ops.convert_acc(acc, 10 + shift, 80, fmt, rnd, CFG, st, Width.W32), ref), (top, shift, rnd)
+                hi = (acc >> 32).astype(np.int64)
+                lo = (acc & ((1 << 32) - 1)).astype(np.int64)
+                got = ops._convert_pair(hi, lo, 10 + shift, 80, fmt, rnd, CFG, st, Width.W32)
+                assert same(got, ref), (top, shift, rnd, "pair")
+    a = np.full((64, 64), -1, dtype=np.int64)  # convert keeps its input intact when nothing changes
+    x = DfpTensor(a, DfpFormat(out_w, 3))
+    res = ops.convert(x, DfpFormat(out_w, 3), RoundingMode.NEAREST_EVEN, CFG, seed_states(1, CFG.rng_slots))
+    assert res.out.data is not a and np.array_equal(res.out.data, a)
