@@ -16,7 +16,7 @@ JUNIT_ARGS  = -o junit_family=xunit1 --junitxml
 .PHONY: venv demo test regress bench lint gen clean help
 
 help:
-	@echo "make demo     train on digits, trace, replay, generate Verilog, write the report"
+	@echo "make demo     train on digits, trace, replay on sim and RTL, generate Verilog, write the report"
 	@echo "make test     quick test tier (CI): unit, property, Amaranth and cocotb smoke tests"
 	@echo "make regress  full cocotb regression with many seeds and coverage"
 	@echo "make bench    accuracy/speed benchmarks; figures go to docs/"
@@ -42,8 +42,15 @@ test: $(STAMP)
 regress: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --timeout 3600 -m "slow or not slow" $(JUNIT_ARGS)=build/junit-regress.xml $(REGRESS_ARGS)
 
+BENCH_TRACE = build/bench/cnn-dfp8/trace
 bench: $(STAMP)
 	$(VENV)/bin/dlu bench
+	$(VENV)/bin/dlu train --model cnn --precision dfp8 --epochs 1 --trace-iters all --out build/bench \
+	  --name cnn-dfp8 --force --quiet --no-plots
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --timing-only --out build/bench/timing.json
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --iterations 0-2 --engine rtl --rtl-baseline
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --iterations 0-2 --check --rtl-baseline
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

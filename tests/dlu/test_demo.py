@@ -1,4 +1,4 @@
-"""``dlu demo``: runs end to end and writes its runs, a replayed trace and the report."""
+"""``dlu demo``: runs end to end (training, reference, simulator and RTL replays, Verilog) and writes its reports."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ from dlu.cli import main
 def test_demo_writes_runs_and_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["cnn-dfp16", "cnn-dfp8", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["cnn-dfp16", "cnn-dfp8", "report", "report.md", "rtl"]
     report = (out / "report.md").read_text()
     assert "dfp16: test accuracy" in report and "dfp8: test accuracy" in report
     assert "bit-exact" in report and "2 policy updates in 2 iteration(s)" in report
+    assert report.count("data bit-exact with the trace") == 2
+    assert "identical to the simulator and the trace" in report
     assert (out / "cnn-dfp8" / "trace" / "manifest.json").is_file()
-    assert f"[demo] report: {out / 'report.md'}" in capsys.readouterr().out
+    assert (out / "cnn-dfp8" / "rtl.json").is_file() and (out / "cnn-dfp16" / "sim.json").is_file()
+    assert (out / "rtl" / "dlu_core.v").is_file() and (out / "rtl" / "manifest.json").is_file()
+    html = out / "report" / "report.html"
+    assert html.is_file() and "<img" in html.read_text()
+    assert f"[demo] report: {html}" in capsys.readouterr().out
 
 
 def test_demo_rejects_zero_epochs(tmp_path, capsys):
