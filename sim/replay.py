@@ -106,6 +106,9 @@ def results(trace: Trace, cfg: CoreConfig | None = None, execute: bool = True, t
                                                      and c.pass_.value == g["pass"])))
     cycles = sum(c.cycles for c in cmds)
     meta = trace.meta.get("train_config", {})
+    planned = planned_scratchpad(trace)
+    for g in groups:
+        g["planned_scratchpad_bytes"] = planned.get((g["layer"], g["pass"])) if planned else None
     return {
         "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
         "engine": "sim", "executed": execute, "source": source,
@@ -114,6 +117,7 @@ def results(trace: Trace, cfg: CoreConfig | None = None, execute: bool = True, t
         "energy_table": table.to_dict(),
         "iterations": [it.iteration for it in trace.iterations],
         "peak_macs_per_cycle": peak,
+        "scratchpad_bytes": cfg.spad_banks * cfg.spad_words * cfg.word_bits // 8,
         "totals": _summary(cmds, fp32, cfg, table, peak),
         "by_layer_pass": groups,
         "by_iteration": [{"iteration": it.iteration, "cycles": sum(c.cycles for c in it.commands),
@@ -123,6 +127,29 @@ def results(trace: Trace, cfg: CoreConfig | None = None, execute: bool = True, t
         "tensors": tensor_evolution(trace),
         "speed": {"wall_s": wall, "cycles_per_s": cycles / wall if wall > 0 else None},
     }
+
+
+def planned_scratchpad(trace: Trace) -> dict[tuple[str, str], int]:
+    """Per (layer, pass), the bytes the memory planner's REORDER schedule needs at once for the traced model.
+
+    :func:`reference.pooled.scratchpad_by_layer_pass` for the trace's model, batch and widest
+    data width (whole tensors, as the planner counts them; the scheduler may tile a command
+    through one bank instead). Empty when the trace does not say which model it ran.
+    """
+    meta = trace.meta.get("train_config", {})
+    data = str(trace.meta.get("data", ""))
+    hwc = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}.get(data.split(":", 1)[0])
+    if not meta.get("model") or not meta.get("batch") or hwc is None:
+        return {}
+    from reference.models import build_model
+    from reference.pooled import net_of_model, scratchpad_by_layer_pass
+
+    spec = meta.get("precision_spec") or {}
+    bits = [v["width"] for v in spec.values() if isinstance(v, dict) and "width" in v]
+    width = Width.from_bits(max(bits)) if bits else Width.W32
+    model = build_model(meta["model"], hwc, 10)
+    return scratchpad_by_layer_pass(int(meta["batch"]), width, net=net_of_model(model),
+                                    momentum=float(meta.get("momentum", 0)) != 0)
 
 
 def _umask() -> int:

@@ -235,10 +235,16 @@ def write_report(results: list[dict[str, Any]], out: str | Path) -> Path:
             lrows.append([g["layer"], g["pass"], g["commands"], g["cycles"], g["compute_cycles"],
                           g["overhead_cycles"], g["transfer_cycles"], g["utilization"], g["macs"],
                           g["bus_bytes"], g["spad_bytes"], g["energy_pj"]["total"] / 1e6,
-                          g["fp32"]["energy_pj"]["total"] / 1e6, g["fp32"]["cycles"]])
+                          g["fp32"]["energy_pj"]["total"] / 1e6, g["fp32"]["cycles"],
+                          "" if g.get("planned_scratchpad_bytes") is None else g["planned_scratchpad_bytes"]])
         parts.append(_table(["layer", "pass", "commands", "cycles", "compute", "overhead", "transfer",
                              "utilization", "MACs", "bus bytes", "spad bytes", "energy (uJ)", "fp32 energy (uJ)",
-                             "fp32 cycles"], lrows))
+                             "fp32 cycles", "planned scratchpad bytes"], lrows))
+        if "scratchpad_bytes" in res:
+            parts.append("<p>planned scratchpad bytes: what the memory planner's REORDER schedule "
+                         "(reference.pooled.scratchpad_by_layer_pass) holds at once for the layer and pass, whole "
+                         f"tensors at the trace's widest width; this core's scratchpad has {res['scratchpad_bytes']:,}"
+                         " bytes (the scheduler tiles what does not fit one bank).</p>")
         for kind, fn in (("cycles", _plot_cycles), ("energy", _plot_energy), ("frac", _plot_fracs)):
             name = f"{kind}_{lab}.png"
             fn(res, out / name, lab)

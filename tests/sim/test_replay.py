@@ -114,3 +114,25 @@ def test_default_cnn_trace_needs_a_larger_scratchpad_and_replays_bit_exact():
     for layer in ("conv1", "conv2", "fc1", "fc2"):
         assert {(layer, p) for p in ("forward", "backward", "update")} <= layers
     assert out["totals"]["fp32_over_dfp_energy"] > 1
+
+
+def test_results_carry_the_memory_planners_scratchpad_per_layer_and_pass(tmp_path):
+    """Issue #6: the simulator reports the scratchpad each layer needs under the optimized schedule."""
+    from reference.data import load_digits_split
+    from reference.formats import Width
+    from reference.memplan import Strategy
+    from reference.pooled import scratchpad_by_layer_pass
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.core import fitting_config
+    from sim.report import write_report
+
+    d = load_digits_split()
+    res = train(TrainConfig(precision=Precision.DFP16, epochs=1, seed=0, trace_iters=IterSpec.parse("0")), d)
+    out = results(res.trace, fitting_config(res.trace), execute=False)
+    want = scratchpad_by_layer_pass(32, Width.W16, Strategy.REORDER, momentum=True)
+    got = {(g["layer"], g["pass"]): g["planned_scratchpad_bytes"] for g in out["by_layer_pass"]}
+    assert got[("conv1", "update")] == want[("conv1", "update")] > 0
+    assert all(v == want[k] for k, v in got.items() if k in want)
+    assert sum(v is not None for v in got.values()) >= 10
+    assert out["scratchpad_bytes"] == 4 * 2048 * 256 // 8
+    assert "planned scratchpad bytes" in write_report([out], tmp_path / "report").read_text()
