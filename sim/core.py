@@ -57,6 +57,8 @@ from reference.trace import IterationTrace, LoadRecord, OpRecord, PolicyRecord, 
 
 from .alloc import BankAllocator
 
+_COMPUTE = frozenset(int(o) for o in Op)
+
 
 class NotExecutable(ValueError):
     """A trace command this core cannot execute as recorded."""
@@ -125,7 +127,7 @@ class SimCommand:
     @property
     def kind(self) -> str:
         op = self.cmd.opcode
-        return Op(op).name if op in set(Op) else Ctl(op).name
+        return Op(op).name if op in _COMPUTE else Ctl(op).name
 
 
 def _base_name(name: str) -> str:
@@ -262,6 +264,7 @@ class _Scheduler:
         self.k = -1
         self.attr: tuple[str, Pass] = ("-", Pass.CONTROL)
         self.fmt_mismatches = 0
+        self._words: dict[int, int] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def _ov(self, s: TensorSetting) -> TensorSetting:
@@ -278,7 +281,10 @@ class _Scheduler:
         return -(-v.shape[1] // self.cfg.values_per_beat(self._w(v)))
 
     def words(self, v: _Value) -> int:
-        return isa.tensor_words(v.shape[0], v.shape[1], DfpFormat(self._w(v), 0), self.cfg)
+        w = self._words.get(v.vid)
+        if w is None:
+            w = self._words[v.vid] = isa.tensor_words(v.shape[0], v.shape[1], DfpFormat(self._w(v), 0), self.cfg)
+        return w
 
     def big(self, v: _Value) -> bool:
         return self.words(v) > self.cfg.spad_words
@@ -309,7 +315,7 @@ class _Scheduler:
         extra: dict[str, int] = {}
         if op in (Ctl.LOAD, Ctl.STORE):
             extra = {"bus_words": cmd.k, ("spad_write_words" if op == Ctl.LOAD else "spad_read_words"): cmd.k}
-        elif op in set(Op):
+        elif op in _COMPUTE:
             extra = self._activity(cmd, cyc)
         self.out.append(SimCommand(cmd, cyc, self.iteration, self.k if record is None else record, layer, pass_,
                                    width, **extra, vid=moved[0], row0=moved[1], rows=moved[2]))
