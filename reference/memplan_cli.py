@@ -11,6 +11,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from reference.cli import _positive_int
+
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 MIB = 2**20
@@ -31,16 +33,6 @@ def parse_bytes(text: str) -> int:
     if value < 1:
         raise ValueError(f"--budget: {text!r}: must be at least one byte")
     return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return v
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
