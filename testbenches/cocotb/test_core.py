@@ -283,6 +283,18 @@ class CoreTB(tbutil.Clocked):
                 "total": vals[h + 3]}
 
 
+async def start(dut, name: str):
+    """A reset core whose identity is checked, with its seeded ``random.Random``, bench, model and checker."""
+    from testbenches.cocotb.core_model import CoreModel
+
+    rng, _ = tbutil.test_rng(name, dut._log)
+    tb = CoreTB(dut, rng)
+    await tb.reset()
+    await tb.check_identity()
+    model = CoreModel(tb.cfg, seed=0)
+    return rng, tb, model, Checker(tb, model, dut._log)
+
+
 def find_register_list(manifest: dict) -> list[dict]:
     """The register map in the manifest (a list of {name, offset, ...}), wherever the generator put it."""
     for key in ("registers", "register_map", "regmap"):
@@ -498,15 +510,9 @@ async def random_command_stream(dut):
     from reference.formats import RoundingMode, Width
     from reference.isa import Command, Ctl, ErrorCode
     from reference.ops import Op
-    from testbenches.cocotb.core_model import CoreModel
 
-    rng, _ = tbutil.test_rng("random_command_stream", dut._log)
-    tb = CoreTB(dut, rng)
+    rng, tb, model, chk = await start(dut, "random_command_stream")
     cfg = tb.cfg
-    await tb.reset()
-    await tb.check_identity()
-    model = CoreModel(cfg, seed=0)
-    chk = Checker(tb, model, dut._log)
     # a defined starting state: seed, threshold, every database entry cleared
     seed = rng.getrandbits(32)
     await tb.wr(tb.addr("SEED"), seed)
@@ -605,15 +611,9 @@ async def control_and_data_movement(dut):
     empty database, illegal commands of every kind and illegal settings, each with its cycle count."""
     from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
     from reference.isa import Command, Ctl, ErrorCode
-    from testbenches.cocotb.core_model import CoreModel
 
-    rng, _ = tbutil.test_rng("control_and_data_movement", dut._log)
-    tb = CoreTB(dut, rng)
+    rng, tb, model, chk = await start(dut, "control_and_data_movement")
     cfg = tb.cfg
-    await tb.reset()
-    await tb.check_identity()
-    model = CoreModel(cfg, seed=0)
-    chk = Checker(tb, model, dut._log)
     # register read-back through the core's own AXI port (the block bench covers it in detail)
     seed = rng.getrandbits(32)
     await tb.wr(tb.addr("SEED"), seed)
