@@ -253,9 +253,10 @@ class _Scheduler:
     """Turns one iteration's records into timed commands (no data is computed here)."""
 
     def __init__(self, cfg: CoreConfig, names: dict[int, str], width_override: Width | None,
-                 iteration: int, it: IterationTrace) -> None:
+                 iteration: int, it: IterationTrace,
+                 analysed: tuple[list[_Value], dict[int, _OpPlan]] | None = None) -> None:
         self.cfg, self.names, self.wo, self.iteration, self.it = cfg, names, width_override, iteration, it
-        self.values, self.plans = _analyse(it)
+        self.values, self.plans = analysed if analysed is not None else _analyse(it)
         self.alloc = BankAllocator(cfg)
         self.settings = {t: self._ov(s) for t, s in it.settings_at_start.items()}
         self.out: list[SimCommand] = []
@@ -584,8 +585,12 @@ class SimScheduleIteration:
 
 
 def schedule(trace: Trace, cfg: CoreConfig | None = None, width_override: Width | None = None,
-             ) -> list[SimScheduleIteration]:
+             reuse: bool = True) -> list[SimScheduleIteration]:
     """Timed command streams of every traced iteration (no data computed).
+
+    Training iterations are alike: with ``reuse`` an iteration whose structure (records, tensor
+    ids, shapes, widths, value lifetimes: :func:`_structure`) equals an earlier one's takes that
+    schedule with its own iteration number, AXPY scalars and data instead of being scheduled again.
 
     Parameters
     ----------
@@ -607,7 +612,63 @@ def schedule(trace: Trace, cfg: CoreConfig | None = None, width_override: Width 
     """
     cfg = check_compatible(trace.cfg, cfg)
     names = {int(k): str(v) for k, v in trace.meta.get("tensor_names", {}).items()}
-    return [_Scheduler(cfg, names, width_override, it.iteration, it).run() for it in trace.iterations]
+    out = []
+    cache: dict[tuple, SimScheduleIteration] = {}
+    for it in trace.iterations:
+        values, plans = _analyse(it)
+        key = _structure(it, values, plans) if reuse else None
+        hit = cache.get(key) if key is not None else None
+        if hit is None:
+            sch = _Scheduler(cfg, names, width_override, it.iteration, it, (values, plans)).run()
+            if key is not None:
+                cache[key] = sch
+        else:
+            sch = _rebase(hit, it, values)
+        out.append(sch)
+    return out
+
+
+def _structure(it: IterationTrace, values: list[_Value], plans: dict[int, _OpPlan]) -> tuple:
+    """Everything of an iteration the schedule depends on: the records' kinds, tensor ids, shapes
+    and widths, which operand is which value, and the values' lifetimes; not the integers, the
+    point positions or AXPY's scalar (which only fill command fields, see :func:`_rebase`)."""
+    recs: list[tuple] = []
+    for k, rec in enumerate(it.records):
+        if isinstance(rec, OpRecord):
+            p = plans[k]
+            recs.append((int(rec.op), rec.dst, rec.src_tids, p.srcs, p.sources, p.dst))
+        elif isinstance(rec, SettingRecord):
+            recs.append(("S", rec.tid, rec.setting.fmt.width))
+        elif isinstance(rec, PolicyRecord):
+            recs.append(("P", tuple(sorted((t, s.fmt.width) for t, s in rec.changed.items()))))
+        else:
+            recs.append(("L", rec.dst))
+    vals = tuple((v.tid, v.shape, v.width, v.on_chip, v.producer, tuple(v.uses), tuple(v.host_needs), v.live_out)
+                 for v in values)
+    return (tuple(recs), vals, tuple(sorted((t, s.fmt.width) for t, s in it.settings_at_start.items())))
+
+
+def _rebase(sch: SimScheduleIteration, it: IterationTrace, values: list[_Value]) -> SimScheduleIteration:
+    """The schedule ``sch`` of a structurally identical iteration, for ``it``: its number, its AXPY
+    scalars, its data, and its count of operands whose point position is not their id's setting."""
+    cmds = []
+    for c in sch.commands:
+        cmd = c.cmd
+        if cmd.opcode in _COMPUTE:
+            alpha, alpha_frac = it.records[c.record].alpha or (0, 0)  # type: ignore[union-attr]
+            if (cmd.alpha, cmd.alpha_frac) != (alpha, alpha_frac):
+                cmd = replace(cmd, alpha=alpha, alpha_frac=alpha_frac)
+        cmds.append(replace(c, cmd=cmd, iteration=it.iteration))
+    settings = dict(it.settings_at_start)
+    mismatches = 0
+    for rec in it.records:
+        if isinstance(rec, SettingRecord):
+            settings[rec.tid] = rec.setting
+        elif isinstance(rec, OpRecord):
+            mismatches += sum(settings[t].fmt.frac != u.fmt.frac for t, u in zip(rec.src_tids, rec.srcs, strict=True))
+        elif isinstance(rec, PolicyRecord):
+            settings.update(rec.changed)
+    return SimScheduleIteration(it.iteration, cmds, sch.steps, mismatches, [v.data for v in values])
 
 
 def fitting_config(trace: Trace, cfg: CoreConfig | None = None, max_spad_words: int = 1 << 16) -> CoreConfig:
@@ -726,6 +787,9 @@ class CycleSim:
 
         ``progress(cycles)`` is called after each record with the cycles just simulated.
 
+        BLAS runs single-threaded, as in :func:`reference.train.train`: the matrices are small,
+        and OpenBLAS's spinning worker threads made the executed replay 3.3x slower here.
+
         Raises
         ------
         DoesNotFit
@@ -739,7 +803,10 @@ class CycleSim:
         cfg = check_compatible(trace.cfg, self.cfg)
         its = schedule(trace, cfg)
         if execute:
-            _execute(trace, cfg, its, progress)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1):
+                _execute(trace, cfg, its, progress)
         elif progress is not None:
             progress(sum(c.cycles for it in its for c in it.commands))
         return SimResult(cfg, its, execute, time.perf_counter() - t0)

@@ -245,3 +245,33 @@ def test_operands_the_core_could_not_read_are_reported():
     with pytest.raises(NotExecutable, match="operand tid 1 holds 8-bit data but its setting is 16-bit"):
         run(lambda eng: eng.set_setting(1, TensorSetting(DfpFormat(Width.W16, 4))))
     assert run(lambda eng: eng.set_setting(1, TensorSetting(DfpFormat(Width.W8, 4)))).counters.commands == 3
+
+
+def test_reused_schedules_equal_fresh_ones_command_for_command():
+    """``schedule(reuse=True)`` copies the schedule of a structurally equal earlier iteration: it must
+    give exactly the commands (AXPY scalars included), steps, mismatch counts and data of scheduling
+    every iteration afresh, at the trace's widths and for the fp32 counterpart (seed 0)."""
+    from reference.data import load_digits_split
+    from reference.formats import Width
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.core import fitting_config, schedule
+
+    d = load_digits_split()
+    trace = train(TrainConfig(precision=Precision.DFP8, epochs=1, seed=0, trace_iters=IterSpec.parse("0-5")),
+                  d).trace
+    cfg = fitting_config(trace)
+    for wo in (None, Width.W32):
+        fresh, reused = schedule(trace, cfg, wo, reuse=False), schedule(trace, cfg, wo)
+        assert [s.iteration for s in reused] == list(range(6))
+        for a, b in zip(fresh, reused, strict=True):
+            assert a.commands == b.commands and a.steps == b.steps and a.fmt_mismatches == b.fmt_mismatches
+            assert all(x is y for x, y in zip(a.tensors, b.tensors, strict=True))
+    # an iteration whose AXPY scalar differs from the schedule it reuses gets its own scalar
+    from dataclasses import replace
+
+    it = trace.iterations[4]
+    k = next(i for i, r in enumerate(it.records) if getattr(r, "op", None) is not None and r.op.name == "AXPY")
+    it.records[k] = replace(it.records[k], alpha=(3, 7))
+    got = [c.cmd for c in schedule(trace, cfg)[4].commands if c.record == k]
+    assert got and all((c.alpha, c.alpha_frac) == (3, 7) for c in got)
+    assert [c.cmd for c in schedule(trace, cfg)[3].commands if c.record == k] != got
