@@ -550,7 +550,9 @@ def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_
     """Convert ``x +/- y`` (int64 arrays, y possibly one broadcast row) aligned as :func:`align_terms`."""
     f_acc = _align_frac([fx, fy], acc_bits)
     dx, dy = f_acc - fx[0], f_acc - fy[0]
-    if acc_bits <= 48:  # the aligned terms and their sum stay below 2**47
+    # |term| < 2**(w - 1 + max(d, 0)) for a w-bit term shifted by d; their sum one bit more
+    bound = max(fx[1] - 1 + max(dx, 0), fy[1] - 1 + max(dy, 0)) + 1
+    if acc_bits <= 48 or bound <= 52:  # the sum stays below 2**52 (2**47 for 8/16-bit accumulators)
         tx, ty = _shift_int64(x, dx), _shift_int64(y, dy)
         acc = tx + ty if sign > 0 else tx - ty
         if acc.shape != x.shape:
