@@ -596,7 +596,7 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
     if x.shape != y.shape:
         raise ValueError(f"axpy: x is {x.shape} but y is {y.shape}")
     w = _op_width(x.fmt, y.fmt, out_fmt)
-    check_frac(alpha_frac, "alpha_frac")
+    check_frac(alpha_frac)  # as DfpFormat(w, alpha_frac) did
     if not -(1 << (w.bits - 1)) <= int(alpha) < 1 << (w.bits - 1):
         raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
     prod = x.data * int(alpha)  # |alpha * x| <= 2**62: exact in int64

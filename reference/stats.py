@@ -194,6 +194,20 @@ def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
                           np.array([current]), cfg, threshold)[0])
 
 
+def _scan(hist: list[int], bits: int, current: int, cfg: CoreConfig, threshold: int) -> int:
+    """The scan of :func:`next_frac` (``n`` summed in int64, as it always was), in Python ints."""
+    n = int(np.asarray(hist, dtype=np.int64).sum())
+    if n == 0:
+        return current
+    over, istar = 0, 0
+    for i in range(len(hist) - 1, -1, -1):
+        if over * (1 << THRESHOLD_BITS) > n * threshold:
+            istar = i + 1
+            break
+        over += hist[i]
+    return max(FRAC_MIN, min(FRAC_MAX, bits - 2 - (cfg.hist_min_exp + istar)))
+
+
 def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: CoreConfig,
                threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
     """:func:`next_frac` of many tensors: histograms [T, bins], widths in bits [T], current F [T].
@@ -201,11 +215,16 @@ def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: Co
     ``over(i)`` is non-increasing in ``i``, so the bins failing the test are exactly
     ``0 .. i* - 1`` and ``i*`` is their count. ``over(i) * 2**16 > n * threshold`` is tested as
     ``over(i) > floor(n * threshold / 2**16)`` (both sides integers), computed without
-    overflow: ``n < 2**54`` (64-bit histograms of 48-bit counters), ``threshold < 2**16``.
+    overflow: ``n < 2**56`` (up to 256 bins of 48-bit counters), ``threshold < 2**16``. Histograms
+    with counts beyond 48 bits or below 0 take the scan itself.
     """
     if not 0 <= threshold < (1 << THRESHOLD_BITS):
         raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
     h = np.asarray(hists, dtype=np.int64)
+    if h.size and (int(h.max()) >= 1 << 48 or int(h.min()) < 0):  # beyond 48-bit counters: Python ints
+        return np.array([_scan(row, int(b), int(cur), cfg, threshold)
+                         for row, b, cur in zip(h.tolist(), np.asarray(bits).tolist(),
+                                                np.asarray(current).tolist(), strict=True)], dtype=np.int64)
     c = np.cumsum(h, axis=1)
     n = c[:, -1]
     over = n[:, None] - c  # over[:, i] = sum of the bins above i
@@ -228,21 +247,14 @@ class Database:
 
     def accumulate(self, tid: int, s: OpStats) -> None:
         self._check(tid)
-        cur = self.entries.get(tid)
-        if cur is None:  # an empty entry plus s is s (entries are replaced, never modified in place)
-            self.entries[tid] = s
-            return
+        cur = self.entries.get(tid) or OpStats.empty(self.cfg)
         cmax = self.cfg.counter_max
-        hist = cur.hist + s.hist
-        total = cur.total + s.total
-        if total > cmax:  # every count is at most its total: no counter can saturate otherwise
-            np.minimum(hist, cmax, out=hist)
         self.entries[tid] = OpStats(
-            hist=hist,
+            hist=np.minimum(cur.hist + s.hist, cmax),
             zeros=min(cur.zeros + s.zeros, cmax),
             overflow=min(cur.overflow + s.overflow, cmax),
             underflow=min(cur.underflow + s.underflow, cmax),
-            total=min(total, cmax),
+            total=min(cur.total + s.total, cmax),
         )
 
     def read(self, tid: int) -> OpStats:

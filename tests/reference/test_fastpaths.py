@@ -521,3 +521,31 @@ def test_range_shortcut_at_its_boundary(out_w):
     x = DfpTensor(a, DfpFormat(out_w, 3))
     res = ops.convert(x, DfpFormat(out_w, 3), RoundingMode.NEAREST_EVEN, CFG, seed_states(1, CFG.rng_slots))
     assert res.out.data is not a and np.array_equal(res.out.data, a)
+
+
+def test_next_fracs_beyond_48_bit_counts_takes_the_scan():
+    rs = np.random.default_rng(9)
+    cfg = CoreConfig(counter_bits=48)
+    for _ in range(200):
+        h = rs.integers(0, 1 << 55, cfg.hist_bins)  # sums stay below 2**63: the scan's int64 sum is exact
+        h[rs.integers(0, cfg.hist_bins, 5)] = rs.integers(0, 3, 5)
+        thr = int(rs.integers(0, 1 << 16))
+        cur = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
+        assert next_frac(OpStats(h), Width.W16, cur, cfg, thr) == scan_next_frac(h, 16, cur, cfg, thr)
+
+
+def test_database_saturates_every_counter_on_its_own():
+    """Counters that are not consistent with each other (as a hardware test drives them) saturate alone."""
+    from reference.stats import Database
+
+    cfg = CoreConfig(counter_bits=16, hist_bins=4)
+    db = Database(cfg)
+    rs = np.random.default_rng(4)
+    want = {"hist": [0] * 4, "zeros": 0, "overflow": 0, "underflow": 0, "total": 0}
+    for _ in range(30):
+        s = OpStats(rs.integers(0, 30000, 4), *(int(v) for v in rs.integers(0, 30000, 4)))
+        db.accumulate(3, s)
+        d = s.as_dict()
+        want = {k: ([min(a + b, cfg.counter_max) for a, b in zip(want[k], d[k], strict=True)] if k == "hist"
+                    else min(want[k] + d[k], cfg.counter_max)) for k in want}
+        assert db.read(3).as_dict() == want
