@@ -440,18 +440,29 @@ def _int_matmul(a: np.ndarray, b: np.ndarray, bits: int) -> np.ndarray:
     return mm(ah, bh) * (1 << 32) + (mm(ah, bl) + mm(al, bh)) * (1 << 16) + mm(al, bl)
 
 
-def _matmul_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _matmul_pair(a: np.ndarray, b: np.ndarray, amax: int | None = None,
+                 bmax: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact product of operands of at most 32 bits as an (hi, lo) accumulator pair.
 
     Each operand is split into a signed high and an unsigned low 16-bit half. The partial
     products ``ah @ bh`` (terms below 2**30), ``ah @ bl + al @ bh`` (one product of the
     concatenated halves, 2K terms below 2**31) and ``al @ bl`` (terms below 2**32) have every
     partial sum below 2**48 (K <= 2**16), so float64 BLAS forms them exactly in any order; they
-    are recombined into ``hi * 2**32 + lo`` in int64.
+    are recombined into ``hi * 2**32 + lo`` in int64. When the operands' magnitudes (``amax``,
+    ``bmax``; 2**31 if not given) allow it, only one operand is split (two products, see
+    :func:`_matmul_pair_split_one`).
     """
     f8 = np.float64
-    if a.shape[1] <= _SPLIT_ONE_MAX_K:
-        return _matmul_pair_split_one(a, b)
+    k = a.shape[1]
+    # Splitting only one operand: its halves are below 2**16 in magnitude, so every partial sum of
+    # the two products is below K * 2**16 * max|other| (at most K * 2**47 for 32-bit operands).
+    amax = 1 << 31 if amax is None else amax
+    bmax = 1 << 31 if bmax is None else bmax
+    split_a_ok, split_b_ok = k * bmax << 16 <= 1 << 53, k * amax << 16 <= 1 << 53
+    if split_a_ok and (a.size <= b.size or not split_b_ok):
+        return _matmul_pair_split_one(a, b, split_a=True)
+    if split_b_ok:
+        return _matmul_pair_split_one(a, b, split_a=False)
     ah, al = (a >> 16).astype(f8), (a & 0xFFFF).astype(f8)
     bh, bl = (b >> 16).astype(f8), (b & 0xFFFF).astype(f8)
     p_hh = (ah @ bh).astype(np.int64)
@@ -465,16 +476,11 @@ def _matmul_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p_hh, t
 
 
-#: Up to this K, splitting one operand suffices: |hi half * other| <= 2**15 * 2**31 and
-#: |lo half * other| < 2**16 * 2**31 bound every partial sum of the two products by K * 2**47 <= 2**53.
-_SPLIT_ONE_MAX_K = 64
-
-
-def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_matmul_pair` for K <= 64: the smaller operand is split in 16-bit halves (two
-    float64 products, exact by the bound above) and the products recombined in int64."""
+def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray, split_a: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_matmul_pair` with one operand split in 16-bit halves (two float64 products, exact
+    when K * 2**16 * max|other operand| <= 2**53, checked by the caller), recombined in int64."""
     f8 = np.float64
-    if a.size <= b.size:
+    if split_a:
         bf = b.astype(f8)
         p_h = ((a >> 16).astype(f8) @ bf).astype(np.int64)
         t = ((a & 0xFFFF).astype(f8) @ bf).astype(np.int64)
@@ -482,7 +488,7 @@ def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np
         af = a.astype(f8)
         p_h = (af @ (b >> 16).astype(f8)).astype(np.int64)
         t = (af @ (b & 0xFFFF).astype(f8)).astype(np.int64)
-    # value = p_h * 2**16 + t with |p_h| < 2**52, |t| < 2**53
+    # value = p_h * 2**16 + t with |p_h| < 2**52, |t| <= 2**53
     t += (p_h & 0xFFFF) << 16
     p_h >>= 16
     p_h += t >> 32
@@ -506,7 +512,11 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
     in_bits = max(a.fmt.bits, b.fmt.bits)
     args = (a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
     if in_bits > 16:
-        return _convert_pair(*_matmul_pair(a.data, b.data), *args)
+        amax, bmax = _maxabs(a.data), _maxabs(b.data)
+        if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
+            acc = (a.data.astype(np.float64) @ b.data.astype(np.float64)).astype(np.int64)
+            return _convert_int64(acc, *args)
+        return _convert_pair(*_matmul_pair(a.data, b.data, amax, bmax), *args)
     ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
     acc = (a.data.astype(ft) @ b.data.astype(ft)).astype(np.int64)
     return _convert_int64(acc, *args)

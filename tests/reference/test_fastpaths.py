@@ -549,3 +549,26 @@ def test_database_saturates_every_counter_on_its_own():
         want = {k: ([min(a + b, cfg.counter_max) for a, b in zip(want[k], d[k], strict=True)] if k == "hist"
                     else min(want[k] + d[k], cfg.counter_max)) for k in want}
         assert db.read(3).as_dict() == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_32bit_matmul_product_choice_by_magnitude(seed):
+    """One product, one operand split or both split, chosen from the operands' magnitudes: all exact."""
+    rs = np.random.default_rng(300 + seed)
+    f = DfpFormat(Width.W32, 5)
+    for k in (1, 64, 65, 200, 2048, 65536 // 8):
+        for abits, bbits in ((1, 31), (2, 20), (20, 20), (31, 2), (26, 32), (32, 32), (32, 1)):
+            m, n = int(rs.integers(1, 4)), int(rs.integers(1, 4))
+            a = DfpTensor(rs.integers(-(1 << (abits - 1)), 1 << (abits - 1), (m, k)), f)
+            b = DfpTensor(rs.integers(-(1 << (bbits - 1)), 1 << (bbits - 1), (k, n)), f)
+            out = DfpFormat(Width(int(rs.integers(0, 3))), int(rs.integers(-32, 20)))
+            rnd = RoundingMode(int(rs.integers(0, 3)))
+            st = seed_states(k + abits, CFG.rng_slots)
+            assert same(ops.matmul(a, b, out, rnd, CFG, st), reference_op(Op.MATMUL, [a, b], out, rnd, CFG, st)), \
+                (seed, k, abits, bbits)
+    ones = DfpTensor(np.ones((1, 2048), dtype=np.int64), DfpFormat(Width.W32, 0))  # a bias gradient
+    dy = DfpTensor(rs.choice([f.min_int, f.max_int], (2048, 8)), f)
+    out = DfpFormat(Width.W32, -10)
+    st = seed_states(1, CFG.rng_slots)
+    assert same(ops.matmul(ones, dy, out, RoundingMode.NEAREST_EVEN, CFG, st),
+                reference_op(Op.MATMUL, [ones, dy], out, RoundingMode.NEAREST_EVEN, CFG, st))
