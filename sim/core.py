@@ -688,7 +688,7 @@ def fitting_config(trace: Trace, cfg: CoreConfig | None = None, max_spad_words: 
 
 
 #: Config fields that change data, statistics or generator use; a replay core must match the trace's.
-NUMERIC_FIELDS = ("lanes", "hist_bins", "hist_min_exp", "tensor_ids", "counter_bits")
+NUMERIC_FIELDS = ("lanes", "hist_bins", "hist_min_exp", "tensor_ids", "counter_bits", "widths")
 
 
 def check_compatible(trace_cfg: CoreConfig, cfg: CoreConfig | None) -> CoreConfig:

@@ -30,6 +30,7 @@ from reference.isa import (
     IllegalCommand,
     check_command,
     cycles,
+    decode_setting,
     macs,
     operand_shapes,
 )
@@ -78,9 +79,9 @@ class CoreModel:
     def write_setting(self, tid: int, word: int) -> bool:
         """Host write of a settings entry; returns False (and records BAD_SETTING) if illegal."""
         try:
-            s = TensorSetting.decode(word)
-        except ValueError:
-            self._fail(ErrorCode.BAD_SETTING)
+            s = decode_setting(word, self.cfg)
+        except IllegalCommand as exc:
+            self._fail(exc.code)
             return False
         self.settings[tid] = s
         return True

@@ -164,6 +164,8 @@ def test_oversize_matmul_operand_does_not_fit_with_a_clear_message():
 def test_replay_core_may_differ_only_in_the_scratchpad():
     with pytest.raises(ValueError, match="lanes=4 differs"):
         check_compatible(TINY, dataclasses.replace(TINY, lanes=4))
+    with pytest.raises(ValueError, match="widths=.8,. differs"):
+        check_compatible(TINY, dataclasses.replace(TINY, widths=(8,)))
     assert check_compatible(TINY, dataclasses.replace(TINY, spad_banks=5)).spad_banks == 5
 
 
