@@ -708,6 +708,8 @@ def replay_rtl(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreCo
     cfg = check_compatible(trace.cfg, cfg)
     scheds = schedule(trace, cfg)
     cmds = [c for s in scheds for c in s.commands][:limit]
+    ensure_available()
+    build_core(cfg, log=log)  # before the progress bar, which counts simulated cycles only
     bar = None
     if progress:
         from tqdm import tqdm
