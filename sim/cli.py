@@ -96,11 +96,15 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _replay_rtl(args: argparse.Namespace) -> int:
-    from .rtl_engine import replay_rtl
+    from .rtl_engine import RtlFailed, replay_rtl
 
-    res, path = replay_rtl(args.trace, None, _load_core(args.core), args.grow_spad, args.iterations, args.check,
-                           args.rtl_commands, progress=not args.quiet, baseline=args.rtl_baseline,
-                           log=lambda m: print(m, file=sys.stderr))
+    try:
+        res, path = replay_rtl(args.trace, None, _load_core(args.core), args.grow_spad, args.iterations, args.check,
+                               args.rtl_commands, progress=not args.quiet, baseline=args.rtl_baseline,
+                               log=lambda m: print(m, file=sys.stderr))
+    except RtlFailed as exc:  # the simulator crashed, or the core never finished a command
+        print(f"dlu replay: error: {exc}", file=sys.stderr)
+        return 1
     sp = res["speed"]
     what = "cycles, STORE data, compute results, statistics and settings" if res["checked"] else \
         "cycles and STORE data"

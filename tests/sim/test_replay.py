@@ -96,6 +96,18 @@ def test_dlu_replay_says_when_the_rtl_engine_cannot_run(trace_dir, monkeypatch, 
     assert "needs cocotb" in capsys.readouterr().err
 
 
+def test_dlu_replay_reports_a_failed_rtl_run_in_one_line(trace_dir, monkeypatch, capsys):
+    import sim.rtl_engine as eng
+
+    def hung(*args, **kwargs):
+        raise eng.RtlFailed("rtl: command 0_3: not done after 10000 STATUS polls (log build/rtl/x/sim.log)")
+
+    monkeypatch.setattr(eng, "run_program", hung)
+    assert main(["replay", str(trace_dir), "--quiet", "--engine", "rtl", "--iterations", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "dlu replay: error: rtl: command 0_3: not done" in err and "Traceback" not in err
+
+
 def test_default_cnn_trace_needs_a_larger_scratchpad_and_replays_bit_exact():
     """The real training path: the digits CNN in dfp8, iteration 0 traced (seed 0)."""
     from reference.data import load_digits_split
