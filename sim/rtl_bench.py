@@ -18,6 +18,8 @@ Steps (``program.json``)
     write ``SETTINGS[t]``.
 ``{"op": "settings", "tids": [...], "key": "r3"}``
     read ``SETTINGS[t]`` back for each ``t``: result array ``key``.
+``{"op": "rng", "states": [...]}`` / ``{"op": "rng_read", "key": "g0", "n": slots}``
+    write / read ``RNG_STATE[i]`` for every generator slot (cores with that window).
 ``{"op": "cmd", "i": i, "words": [...], "expect": c, "load": key|null, "store": k, "db": tid|null}``
     push command ``i``; for a LOAD send payload ``key``; for a STORE receive ``k`` words;
     wait until done; results ``c{i}`` = [busy - stall cycles, STATUS.error], ``s{i}`` = the
@@ -176,6 +178,12 @@ async def replay(dut):
                 await core.wr(core.addr("SETTINGS", step["tid"]), step["word"])
             elif op == "settings":
                 out[step["key"]] = np.array([await core.rd(core.addr("SETTINGS", t)) for t in step["tids"]],
+                                            dtype=np.int64)
+            elif op == "rng":
+                for i, v in enumerate(step["states"]):
+                    await core.wr(core.addr("RNG_STATE", i), v)
+            elif op == "rng_read":
+                out[step["key"]] = np.array([await core.rd(core.addr("RNG_STATE", i)) for i in range(step["n"])],
                                             dtype=np.int64)
             elif op == "cmd":
                 await _run_cmd(core, step, payloads, out)

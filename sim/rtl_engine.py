@@ -103,6 +103,7 @@ class RtlRun:
 
     results: dict[int, list[RtlCommandResult]]
     settings_checks: list[tuple[int, str, dict[int, int], dict[int, int]]] = field(default_factory=list)
+    rng_checks: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
     cycles: int = 0
     sim_wall_s: float = 0.0
     wall_s: float = 0.0
@@ -319,6 +320,8 @@ class _Program:
     check_reads: dict[str, tuple[int, int, Width]] = field(default_factory=dict)
     #: key of a settings read -> (iteration, where, expected {tid: encoded setting})
     settings_reads: dict[str, tuple[int, str, dict[int, int]]] = field(default_factory=dict)
+    #: key of a generator-state read -> (iteration, expected states at its end)
+    rng_reads: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
 
 
 def _names(trace: Trace) -> dict[int, str]:
@@ -326,15 +329,22 @@ def _names(trace: Trace) -> dict[int, str]:
 
 
 def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, check: bool,
-                  limit: int | None = None) -> _Program:
+                  limit: int | None = None, load_rng: bool = False) -> _Program:
     """The host's steps for ``scheds`` (iterations of ``trace`` in order), at most ``limit`` scheduled commands.
+
+    An iteration that does not follow the previous one (or the first, unless it starts from
+    the seeded generators) starts from the trace's state: the host writes its settings, clears
+    the database (CLEAR_STATS) and, with ``load_rng`` (the core has an ``RNG_STATE`` window),
+    writes each generator's state. After every iteration the generator states are read back
+    (``load_rng``) and compared with the trace.
 
     Raises
     ------
     NotExecutable
-        The first iteration does not start from the state a reset core has; iterations are
-        not contiguous; or an operand's recorded point position is not its tensor id's setting
-        when the command runs (the core reads every operand in its setting's format).
+        An iteration's start state cannot be put into the core (generator states without
+        ``load_rng``; a non-empty database); or an operand's recorded point position is not its
+        tensor id's setting when the command runs (the core reads every operand in its
+        setting's format).
     """
     from reference import isa
     from reference.isa import Command
@@ -347,27 +357,30 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
     for pos, sch in enumerate(scheds):
         it = by_it[sch.iteration]
         where = f"iteration {it.iteration}"
-        if pos == 0:
+        follows = pos > 0 and it.iteration == scheds[pos - 1].iteration + 1
+        if follows and {t: s.encode() for t, s in it.settings_at_start.items()} != {
+                t: s.encode() for t, s in settings.items()}:
+            raise NotExecutable(f"rtl: {where}: the trace's settings at start are not those the previous "
+                                "iteration left")
+        if not follows:
             if it.db_at_start:
                 raise NotExecutable(f"rtl: {where} starts with a non-empty distribution database; the core has no "
-                                    "register path to load one: start the RTL at iteration 0 of a run")
-            fresh = seed_states(trace.seed, cfg.rng_slots)
-            if not np.array_equal(np.asarray(it.rng_at_start, dtype=np.uint32), fresh):
+                                    "register path to load one")
+            fresh = np.array_equal(np.asarray(it.rng_at_start, dtype=np.uint32),
+                                   seed_states(trace.seed, cfg.rng_slots))
+            if not (fresh and pos == 0) and not load_rng:
                 raise NotExecutable(f"rtl: {where} does not start from the generators' seeded state (seed "
-                                    f"{trace.seed}); the core can only reseed them: start the RTL at iteration 0 "
-                                    "of a run, or trace the iterations before it")
-            for tid, s in sorted(it.settings_at_start.items()):
-                prog.steps.append({"op": "setting", "tid": tid, "word": s.encode()})
+                                    f"{trace.seed}) and this core has no RNG_STATE window to load it: start the "
+                                    "RTL at iteration 0 of a run, or trace the iterations before it")
+            if pos > 0:  # a reset core's database is empty; later, clear what earlier iterations left
+                clear = Command(Ctl.CLEAR_STATS, broadcast_b=True)
+                prog.steps.append({"op": "cmd", "i": f"{pos}_clear", "words": [int(w) for w in clear.encode()],
+                                   "expect": isa.cycles(clear, {}, cfg), "load": None, "store": 0, "db": None})
+            if load_rng:
+                prog.steps.append({"op": "rng", "states": [int(x) for x in it.rng_at_start]})
             settings = dict(it.settings_at_start)
-        else:
-            prev = scheds[pos - 1].iteration
-            if it.iteration != prev + 1:
-                raise NotExecutable(f"rtl: iterations {prev} and {it.iteration} are not consecutive; the RTL "
-                                    "carries its own state from one iteration to the next")
-            if {t: s.encode() for t, s in it.settings_at_start.items()} != {t: s.encode() for t, s in
-                                                                               settings.items()}:
-                raise NotExecutable(f"rtl: {where}: the trace's settings at start are not those the previous "
-                                    "iteration left")
+            for tid, st in sorted(settings.items()):
+                prog.steps.append({"op": "setting", "tid": tid, "word": st.encode()})
         key = f"r{len(prog.settings_reads)}"
         prog.settings_reads[key] = (it.iteration, "start", {t: s.encode() for t, s in settings.items()})
         prog.steps.append({"op": "settings", "tids": sorted(settings), "key": key})
@@ -423,6 +436,13 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
                     prog.steps.append({"op": "settings", "tids": sorted(settings), "key": key})
                 n_cmds += 1
                 j += 1
+        if load_rng:  # the generators after the iteration: the next traced iteration's start, or the last draw
+            nxt = by_it.get(it.iteration + 1)
+            ops = [r for r in it.records if isinstance(r, OpRecord)]
+            want = nxt.rng_at_start if nxt is not None else (ops[-1].rng_after if ops else it.rng_at_start)
+            key = f"g{pos}"
+            prog.rng_reads[key] = (it.iteration, [int(x) for x in want])
+            prog.steps.append({"op": "rng_read", "key": key, "n": cfg.rng_slots})
     return prog
 
 
@@ -506,7 +526,9 @@ def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, c
     """
     ensure_available()
     t0 = time.perf_counter()
-    prog = build_program(trace, scheds, cfg, check, limit)
+    _, man = build_core(cfg, root, log)
+    load_rng = "RNG_STATE" in {r["name"] for r in json.loads(man.read_text())["register_map"]}
+    prog = build_program(trace, scheds, cfg, check, limit, load_rng=load_rng)
     res, tm = run_program(prog, cfg, trace, root, log, on_cycles=on_cycles)
     out: dict[int, list[RtlCommandResult]] = {}
     snap: dict[tuple[int, int], np.ndarray] = {}
@@ -530,6 +552,9 @@ def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, c
         out.setdefault(pos, []).append(RtlCommandResult(j, took, o, stats, err))
     run = RtlRun(out, cycles=int(tm["cycles"]), sim_wall_s=tm["sim_wall_s"], wall_s=time.perf_counter() - t0,
                  build_s=tm["build_s"], checked=check, program=prog)
+    for key, (iteration, want_states) in prog.rng_reads.items():
+        if key in res:
+            run.rng_checks.append((iteration, want_states, [int(x) for x in res[key]]))
     for key, (iteration, where, want) in prog.settings_reads.items():
         if key in res:
             got = {t: int(v) for t, v in zip(sorted(want), res[key], strict=True)}
@@ -558,6 +583,11 @@ def check_run(trace: Trace, scheds: list[SimScheduleIteration], run: RtlRun) -> 
         for iteration, where, want, got in run.settings_checks:
             if iteration == sch.iteration and where != "start":
                 _compare_settings(iteration, where, want, got, names)
+        for iteration, want_states, got_states in run.rng_checks:
+            if iteration == sch.iteration and want_states != got_states:
+                i = next(i for i, (a, b) in enumerate(zip(want_states, got_states, strict=True)) if a != b)
+                raise RtlMismatch(f"iteration {iteration}: stochastic-rounding generator {i} ends at "
+                                  f"{got_states[i]:#010x} on the RTL, {want_states[i]:#010x} in the trace")
         n += len(res)
     return n
 
@@ -599,6 +629,10 @@ def _cpp_entries(prog: _Program, cfg: CoreConfig, manifest: dict) -> list[tuple[
             e.append((_OPS["wr"], addr("SETTINGS", s["tid"]), s["word"]))
         elif s["op"] == "settings":
             e += [(_OPS["rd"], addr("SETTINGS", t), 0) for t in s["tids"]]
+        elif s["op"] == "rng":
+            e += [(_OPS["wr"], addr("RNG_STATE", i), v) for i, v in enumerate(s["states"])]
+        elif s["op"] == "rng_read":
+            e += [(_OPS["rd"], addr("RNG_STATE", i), 0) for i in range(s["n"])]
         else:
             counters = [(_OPS["rd"], addr("PERF_BUSY"), 0), (_OPS["rd"], addr("PERF_STALL"), 0)]
             e += counters
