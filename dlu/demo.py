@@ -86,6 +86,7 @@ def _demo(args: argparse.Namespace) -> int:
         res, path = replay_rtl(tdir, cfg=core, iterations="0", check=True, progress=True)
         if res["mismatch"]:
             raise RuntimeError(f"demo: the RTL and the simulator differ: {res['mismatch']} ({path})")
+        sims[Precision.DFP8]["rtl"] = res
         lines.append(f"- RTL (Verilator through cocotb), iteration 0 of the dfp8 trace: {res['commands']} commands, "
                      f"{res['command_cycles']['rtl']:,} command cycles; cycles, results, statistics and settings "
                      f"identical to the simulator and the trace (`{path}`)")

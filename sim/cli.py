@@ -128,7 +128,12 @@ def resolve_input(spec: str, core=None, energy=None) -> dict:
     if p.is_file():
         return load_results(p)
     if (p / "sim.json").is_file():
-        return load_results(p / "sim.json")
+        res = load_results(p / "sim.json")
+        if (p / "rtl.json").is_file():  # a run directory replayed on the RTL too
+            import json
+
+            res["rtl"] = json.loads((p / "rtl.json").read_text())
+        return res
     trace_dir = p if (p / "manifest.json").is_file() else p / "trace"
     if not (trace_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"report: {spec} is neither a results JSON, a run directory nor a trace directory")

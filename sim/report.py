@@ -220,6 +220,14 @@ def write_report(results: list[dict[str, Any]], out: str | Path) -> Path:
     for res, lab in zip(results, labels, strict=True):
         parts.append(f"<h2>{html.escape(lab)}</h2><p>source: {html.escape(str(res.get('source', '')))}; core "
                      f"{html.escape(str(res['config']))}</p>")
+        rtl = res.get("rtl")
+        if rtl:
+            what = "cycles, STORE data, results, statistics and settings" if rtl["checked"] else "cycles and STORE data"
+            verdict = (f"<b>differs</b>: {html.escape(rtl['mismatch'])}" if rtl["mismatch"] else
+                       f"{what} identical to the simulator and the trace")
+            parts.append(f"<p>RTL replay (Verilated core through cocotb): {rtl['commands']} commands of iteration(s) "
+                         f"{rtl['iterations']}, {rtl['command_cycles']['rtl']:,} command cycles; {verdict}; "
+                         f"{rtl['speed']['cycles_per_s']:,.0f} simulated cycles/s.</p>")
         prows = []
         for p in PASSES:
             gs = [g for g in res["by_layer_pass"] if g["pass"] == p]

@@ -18,7 +18,7 @@ def test_demo_writes_runs_and_a_report(tmp_path, capsys):
     assert (out / "cnn-dfp8" / "rtl.json").is_file() and (out / "cnn-dfp16" / "sim.json").is_file()
     assert (out / "rtl" / "dlu_core.v").is_file() and (out / "rtl" / "manifest.json").is_file()
     html = out / "report" / "report.html"
-    assert html.is_file() and "<img" in html.read_text()
+    assert html.is_file() and "<img" in html.read_text() and "RTL replay (Verilated core" in html.read_text()
     assert f"[demo] report: {html}" in capsys.readouterr().out
 
 
