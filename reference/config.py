@@ -123,8 +123,15 @@ class CoreConfig:
         return dataclasses.asdict(self) | {"widths": list(self.widths)}
 
     def digest(self) -> str:
-        """Hash of the parameters, written into the manifest and traces."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Hash of the parameters, written into the manifest and traces.
+
+        A core of every width hashes without ``widths``, as before that field existed, so traces
+        and manifests written then still match their config.
+        """
+        fields = self.to_dict()
+        if self.widths == tuple(w.bits for w in Width):
+            del fields["widths"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
