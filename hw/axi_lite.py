@@ -13,6 +13,7 @@ from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
 
 from . import regmap
 from .database import DatabaseHostSignature
+from .rng import RngHostSignature
 from .settings import SettingsHostSignature, check_config
 
 #: AXI4-Lite response codes.
@@ -84,6 +85,8 @@ class AxiLiteSlave(wiring.Component):
         Interrupt: CONTROL.irq_enable and STATUS.irq_pending.
     seed : Out(32), seed_load : Out(1)
         SEED register and its write strobe (to the generator bank).
+    rng : Out(RngHostSignature(cfg.rng_slots))
+        The RNG_STATE window (to the generator bank): ``we`` in the cycle a write is accepted.
     threshold : Out(16)
         THRESHOLD register (to the policy controller).
     cmds : Out(stream.Signature(COMMAND_LAYOUT))
@@ -103,6 +106,7 @@ class AxiLiteSlave(wiring.Component):
             "irq": Out(1),
             "seed": Out(32),
             "seed_load": Out(1),
+            "rng": Out(RngHostSignature(cfg.rng_slots)),
             "threshold": Out(THRESHOLD_BITS, init=DEFAULT_THRESHOLD),
             "cmds": Out(stream.Signature(COMMAND_LAYOUT)),
             "ctl": Out(HostControlSignature()),
@@ -144,6 +148,9 @@ class AxiLiteSlave(wiring.Component):
         waddr_word = aw_addr >> 2
         in_settings_w = ((aw_addr >= settings_win.offset) & (aw_addr < settings_win.end))
         m.d.comb += [self.settings.wdata.eq(w_data[:SETTING_BITS])]
+        rng_win = regs["RNG_STATE"]
+        in_rng_w = (aw_addr >= rng_win.offset) & (aw_addr < rng_win.end)
+        m.d.comb += [self.rng.waddr.eq((aw_addr - rng_win.offset) >> 2), self.rng.wdata.eq(w_data)]
 
         wr = aw_ok & w_ok & ~self.s_axil_bvalid
         ar_addr = Signal(self.addr_bits)
@@ -184,6 +191,9 @@ class AxiLiteSlave(wiring.Component):
             with m.Elif(aw_addr == off["THRESHOLD"]):
                 m.d.sync += self.threshold.eq(w_data[:THRESHOLD_BITS])
                 respond()
+            with m.Elif(in_rng_w):
+                m.d.comb += self.rng.we.eq(1)
+                respond()
             with m.Elif(in_settings_w):
                 # The settings port has one address: a read of the window in its data cycle
                 # goes first, the write waits one cycle.
@@ -215,6 +225,8 @@ class AxiLiteSlave(wiring.Component):
         stride_bits = db_win.stride.bit_length() - 1
         m.d.comb += self.db.addr.eq(rel >> stride_bits)
         in_db = (ar_addr >= db_win.offset) & (ar_addr < db_win.end)
+        in_rng_r = (ar_addr >= rng_win.offset) & (ar_addr < rng_win.end)
+        m.d.comb += self.rng.raddr.eq((ar_addr - rng_win.offset) >> 2)
         within = Signal(stride_bits)
         m.d.comb += within.eq(rel)
         counter = Signal(range(db_win.stride // 4 + 1))
@@ -257,7 +269,9 @@ class AxiLiteSlave(wiring.Component):
                 with m.Case(off[name] + 4):
                     m.d.comb += rdata.eq(self.ctl.perf[i][32:])
             with m.Default():
-                with m.If(in_settings_r):
+                with m.If(in_rng_r):
+                    m.d.comb += rdata.eq(self.rng.rdata)
+                with m.Elif(in_settings_r):
                     m.d.comb += rdata.eq(self.settings.rdata.setting.as_value()
                                          | (self.settings.rdata.valid << settings_win.field("valid").lsb))
                 with m.Elif(in_db):

@@ -19,7 +19,7 @@ from reference.formats import RoundingMode, Width, acc_width
 from reference.ops import Op
 
 from .requantizer import Requantizer
-from .rng import XorshiftBank
+from .rng import RngHostSignature, XorshiftBank
 from .settings import check_config, width_mux
 from .simd_mac import ACC_MAX, PRODUCT_BITS, SUB_LANES, SimdMacLane
 from .statistics import StatisticsBlock
@@ -164,6 +164,8 @@ class ComputeUnit(wiring.Component):
         AXPY scalar, a ``W_op``-bit integer.
     seed, seed_load : In
         Load the stochastic-rounding generators (:func:`reference.rng.seed_states`).
+    rng : In(RngHostSignature(cfg.rng_slots))
+        Host read and write of single generator states (the RNG_STATE window, :class:`hw.rng.XorshiftBank`).
     operands : In(stream.Signature(operand_layout(cfg)))
         MATMUL: one beat per k (a: A[m, k] in every slot, b: B[k, n0:n0 + V], ``last`` at
         k = K - 1); other ops: one beat per output beat with ``last`` set (RELU_BACKWARD:
@@ -197,6 +199,7 @@ class ComputeUnit(wiring.Component):
             "a_shift": In(signed(9)), "b_shift": In(signed(9)), "out_shift": In(signed(10)),
             "f_acc": In(signed(10)), "alpha": In(signed(32)),
             "seed": In(32), "seed_load": In(1),
+            "rng": In(RngHostSignature(cfg.rng_slots)),
             "operands": In(stream.Signature(operand_layout(cfg))),
             "results": Out(stream.Signature(result_layout(cfg))),
             "stats_clear": In(1),
@@ -314,6 +317,7 @@ class ComputeUnit(wiring.Component):
         # ---- stage 2: conversion, generators, statistics ------------------------------------
         stochastic = (self.rounding == RoundingMode.STOCHASTIC) & (self.out_shift > 0)
         m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(take2 & stochastic)]
+        wiring.connect(m, wiring.flipped(self.rng), gen.host)
         m.d.comb += [stats.valid.eq(take2), stats.f_acc.eq(self.f_acc),
                      stats.clear.eq(self.stats_clear)]
         for name in ("hist", "zeros", "overflow", "underflow", "total"):

@@ -32,6 +32,7 @@ from . import regmap
 from .axi_lite import AxiLiteSlave, axil_members
 from .axi_stream import AxiStreamBridge
 from .database import DistributionDatabase
+from .rng import RngHostSignature
 from .scratchpad import Scratchpad
 from .sequencer import ComputeControlSignature, Sequencer
 from .settings import PolicyController, SettingsRegister, check_config
@@ -47,8 +48,8 @@ class DLUCore(wiring.Component):
     with_compute_unit
         ``True`` (the core): instantiate :class:`hw.compute_unit.ComputeUnit`. ``False``: leave
         it out and bring the sequencer's compute-unit port out to the top level as ``cu`` (and
-        the generator seed as ``cu_seed``/``cu_seed_load``), for testing the system around an
-        external or modelled datapath.
+        the generator seed as ``cu_seed``/``cu_seed_load`` and the RNG_STATE window's port as
+        ``cu_rng``), for testing the system around an external or modelled datapath.
 
     Members
     -------
@@ -85,7 +86,8 @@ class DLUCore(wiring.Component):
             "busy": Out(1),
         }
         if not with_compute_unit:
-            members |= {"cu": Out(ComputeControlSignature(cfg)), "cu_seed": Out(32), "cu_seed_load": Out(1)}
+            members |= {"cu": Out(ComputeControlSignature(cfg)), "cu_seed": Out(32), "cu_seed_load": Out(1),
+                        "cu_rng": Out(RngHostSignature(cfg.rng_slots))}
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -153,7 +155,9 @@ class DLUCore(wiring.Component):
                 else:
                     m.d.comb += getattr(seq.cu, name).eq(getattr(cu, name))
             m.d.comb += [cu.seed.eq(axil.seed), cu.seed_load.eq(axil.seed_load)]
+            wiring.connect(m, axil.rng, cu.rng)
         else:
             wiring.connect(m, wiring.flipped(self.cu), seq.cu)
             m.d.comb += [self.cu_seed.eq(axil.seed), self.cu_seed_load.eq(axil.seed_load)]
+            wiring.connect(m, axil.rng, wiring.flipped(self.cu_rng))
         return m

@@ -22,12 +22,15 @@ from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
 #: Value of the ID register's upper 24 bits: ASCII "DLU".
 ID_MAGIC = 0x444C55
 #: Register-map version, the ID register's low byte. Bump on any change of this file's map.
-REGMAP_VERSION = 1
+REGMAP_VERSION = 2
 #: Depth of the command FIFO, in commands.
 CMD_FIFO_DEPTH = 8
 #: Width of the performance counters (saturating), read as two words.
 PERF_COUNTER_BITS = 48
 
+#: The RNG_STATE window (one word per stochastic-rounding generator); room for 512 generators
+#: below SETTINGS_BASE.
+RNG_STATE_BASE = 0x800
 SETTINGS_BASE = 0x1000
 DATABASE_BASE = 0x10000
 
@@ -139,6 +142,13 @@ def register_map(cfg: CoreConfig) -> tuple[Register, ...]:
         regs.append(Register(name, 0x040 + 8 * i, Access.RO,
                              f"{doc}; {PERF_COUNTER_BITS} bits, saturating; low word, then high word",
                              count=2, stride=4))
+    regs.append(Register("RNG_STATE", RNG_STATE_BASE, Access.RW,
+                         "state of stochastic-rounding generator i (reference.rng: the xorshift32 of slot i); "
+                         "a write sets it, a written 0 stores 1 (as reference.rng.seed_states), effective "
+                         "at the end of the cycle the write is accepted (before BVALID); write only while "
+                         "STATUS.done (a write during a command changes that command's random words); "
+                         "a read returns the current state; a SEED write sets all of them to "
+                         "reference.rng.seed_states(SEED), CONTROL.soft_reset to seed_states(0)", count=cfg.rng_slots))
     regs.append(Register("SETTINGS", SETTINGS_BASE, Access.RW,
                          "settings register, one word per tensor id; an illegal code is not written "
                          "and sets STATUS.error = BAD_SETTING", (

@@ -11,10 +11,12 @@ from amaranth.sim import Simulator
 from hw import regmap
 from hw.axi_lite import AxiLiteSlave
 from hw.database import DistributionDatabase
+from hw.rng import XorshiftBank
 from hw.settings import SettingsRegister
 from reference.config import PRESETS, CoreConfig
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import Command
+from reference.rng import seed_states
 from reference.stats import DEFAULT_THRESHOLD
 
 from .axil import AxiLiteMaster
@@ -29,13 +31,17 @@ class Harness(wiring.Component):
         self.axil = AxiLiteSlave(cfg)
         self.settings = SettingsRegister(cfg)
         self.db = DistributionDatabase(cfg)
+        self.bank = XorshiftBank(cfg.rng_slots)
         super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.axil, m.submodules.settings, m.submodules.db = self.axil, self.settings, self.db
+        m.submodules.bank = self.bank
         wiring.connect(m, self.axil.settings, self.settings.host)
         wiring.connect(m, self.axil.db, self.db.host)
+        wiring.connect(m, self.axil.rng, self.bank.host)
+        m.d.comb += [self.bank.seed.eq(self.axil.seed), self.bank.seed_load.eq(self.axil.seed_load)]
         return m
 
 
@@ -223,5 +229,39 @@ def test_control_strobes_perf_status_and_irq():
         await bus.write(ctx, ctl.offset, ctl.field("irq_ack").mask)  # also clears irq_enable
         assert ctx.get(h.axil.irq) == 0
         assert await bus.read(ctx, st.offset) & st.field("irq_pending").mask == 0
+
+    run(h, tb)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rng_state_window_writes_and_reads_every_generator(seed):
+    """Random states written through RNG_STATE reach the bank (it holds them as BVALID arrives)
+    and read back; a written 0 reads back 1; a SEED write then reseeds every generator; the
+    word after the window is unmapped (SLVERR)."""
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    win = REGS["RNG_STATE"]
+    assert win.count == CFG.rng_slots and win.stride == 4 and win.access == regmap.Access.RW
+    rng = np.random.default_rng(seed)
+    states = [int(x) for x in rng.integers(0, 1 << 32, size=CFG.rng_slots, dtype=np.uint64)]
+    zero_slot = int(rng.integers(0, CFG.rng_slots))
+    states[zero_slot] = 0
+
+    async def tb(ctx):
+        assert [await bus.read(ctx, win.offset + 4 * j) for j in range(win.count)] == \
+            [int(x) for x in seed_states(0, CFG.rng_slots)]
+        for j in rng.permutation(win.count):
+            assert await bus.write(ctx, win.offset + 4 * int(j), states[j]) == 0
+            assert int(ctx.get(h.bank.states[int(j)])) == (states[j] or 1), f"slot {j}"
+        want = [s or 1 for s in states]
+        assert want[zero_slot] == 1
+        assert [await bus.read(ctx, win.offset + 4 * j) for j in range(win.count)] == want
+        assert [int(x) for x in ctx.get(h.bank.states)] == want
+        assert await bus.write(ctx, REGS["SEED"].offset, 0x2468ACE0) == 0
+        await ctx.tick()
+        assert [await bus.read(ctx, win.offset + 4 * j) for j in range(win.count)] == \
+            [int(x) for x in seed_states(0x2468ACE0, CFG.rng_slots)]
+        assert (await bus.read_resp(ctx, win.end))[1] == 2
+        assert await bus.write(ctx, win.end, 5) == 2
 
     run(h, tb)

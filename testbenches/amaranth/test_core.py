@@ -297,6 +297,88 @@ def test_matmul_k64_reaches_90_percent_of_peak(with_cu):
 
 
 @pytest.mark.skipif(not _cu_functional(), reason="hw/compute_unit.py is not functional yet")
+@pytest.mark.parametrize("seed", [11, 12])
+def test_rng_state_window_starts_stochastic_rounding_from_written_states(seed):
+    """Random generator states (one of them 0) written through RNG_STATE read back (0 as 1); a
+    stochastic MATMUL at 8 bits and a stochastic MUL at 16 bits then STORE exactly what
+    reference computes from those states, and RNG_STATE reads reference's final states; the
+    results differ from those of the reset states; CONTROL.soft_reset returns the states to
+    seed_states(0)."""
+    from reference.formats import DfpTensor
+    from reference.rng import seed_states
+
+    rng = np.random.default_rng(seed)
+    S = CFG.rng_slots
+    win = REGS["RNG_STATE"]
+    states = [int(x) for x in rng.integers(0, 1 << 32, size=S, dtype=np.uint64)]
+    states[int(rng.integers(0, S))] = 0
+    written = np.array([x or 1 for x in states], dtype=np.uint32)
+    sw = CFG.spad_words
+    v8, v16 = CFG.values_per_beat(Width.W8), CFG.values_per_beat(Width.W16)
+    f8a, f8b, f16 = DfpFormat(Width.W8, 4), DfpFormat(Width.W8, 3), DfpFormat(Width.W16, 6)
+    settings = {0: TensorSetting(f8a).encode(), 1: TensorSetting(f8b).encode(),
+                2: TensorSetting(DfpFormat(Width.W8, 2), RoundingMode.STOCHASTIC).encode(),  # shift 5
+                3: TensorSetting(f16).encode(),
+                4: TensorSetting(DfpFormat(Width.W16, 4), RoundingMode.STOCHASTIC).encode()}  # shift 8
+    a = DfpTensor(rng.integers(-12, 13, size=(2, 5)), f8a)
+    b = DfpTensor(rng.integers(-12, 13, size=(5, v8)), f8b)
+    x = DfpTensor(rng.integers(-1000, 1001, size=(1, 2 * v16 + 3)), f16)
+    y = DfpTensor(rng.integers(-1000, 1001, size=(1, 2 * v16 + 3)), f16)
+    loads = [CoreModel.pack_rows(t, CFG) for t in (a, b, x, y)]
+    prog = [Command(Ctl.LOAD, addr_d=0, k=len(loads[0])), Command(Ctl.LOAD, addr_d=sw, k=len(loads[1])),
+            Command(Ctl.LOAD, addr_d=16, k=len(loads[2])), Command(Ctl.LOAD, addr_d=sw + 16, k=len(loads[3])),
+            Command(int(Op.MATMUL), tid_d=2, tid_a=0, tid_b=1, addr_a=0, addr_b=sw, addr_d=2 * sw,
+                    m=2, n=v8, k=5),
+            Command(int(Op.MUL), tid_d=4, tid_a=3, tid_b=3, addr_a=16, addr_b=sw + 16, addr_d=2 * sw + 16,
+                    m=1, n=2 * v16 + 3),
+            Command(Ctl.STORE, addr_a=2 * sw, k=2), Command(Ctl.STORE, addr_a=2 * sw + 16, k=3)]
+
+    def run_model(start):
+        model = CoreModel(CFG)
+        model.rng = np.array(start, dtype=np.uint32)
+        for t, w in settings.items():
+            model.write_setting(t, w)
+        q = deque(loads)
+        outs = [model.execute(c, list(q.popleft()) if c.opcode == Ctl.LOAD else None) for c in prog]
+        return model, [(w, mk) for o in outs if o.store_words is not None
+                       for w, mk in zip(o.store_words, o.store_masks, strict=True)]
+
+    model, want = run_model(written)
+    _, from_reset = run_model(seed_states(0, S))
+    assert [w & mk for w, mk in want] != [w & mk for w, mk in from_reset], "the states must matter here"
+    assert model.error == ErrorCode.NONE
+    dut = DLUCore(CFG)
+    obs = {"starts": [], "store": [], "irq_cycles": 0, "durations": {}}
+    got = {}
+
+    async def tb(ctx):
+        h = Host(dut, ctx)
+        for j in rng.permutation(S):
+            await h.write("RNG_STATE", states[j], int(j))
+        got["read"] = [await h.read("RNG_STATE", j) for j in range(S)]
+        for t, w in settings.items():
+            await h.write("SETTINGS", w, t)
+        for c in prog:
+            await h.push(c)
+        await h.wait_done()
+        got["error"] = field("STATUS", "error", await h.read("STATUS"))
+        got["final"] = [await h.read("RNG_STATE", j) for j in range(S)]
+        await h.write("CONTROL", REGS["CONTROL"].field("soft_reset").mask)
+        got["after_reset"] = [await h.read("RNG_STATE", j) for j in range(S)]
+
+    simulate(dut, tb, [w for ws in loads for w in ws], obs)
+    assert win.count == S
+    assert got["read"] == [int(s) for s in written], f"seed {seed}"
+    assert got["error"] == ErrorCode.NONE
+    assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want], \
+        f"seed {seed}"
+    assert len(obs["store"]) == len(want)
+    assert got["final"] == [int(s) for s in model.rng], f"seed {seed}"
+    assert got["final"] != got["read"]
+    assert got["after_reset"] == [int(s) for s in seed_states(0, S)]
+
+
+@pytest.mark.skipif(not _cu_functional(), reason="hw/compute_unit.py is not functional yet")
 def test_odd_configuration_with_compute_unit():
     """The real ComputeUnit in a core with one lane, 3 banks, 6 tensor ids, 8 bins, 16-bit counters."""
     from .test_sequencer import ODD
