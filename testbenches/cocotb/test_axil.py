@@ -1,7 +1,8 @@
-"""The AXI4-Lite register interface with the settings register and the database behind it.
+"""The AXI4-Lite register interface with the settings register, the database and the generators behind it.
 
 DUT: :class:`RegisterBlock`, a bench-only top wiring ``hw.axi_lite.AxiLiteSlave`` to
-``hw.settings.SettingsRegister`` and ``hw.database.DistributionDatabase`` as in the core; the
+``hw.settings.SettingsRegister``, ``hw.database.DistributionDatabase`` and ``hw.rng.XorshiftBank``
+(SEED and the RNG_STATE window) as in the core; the
 sequencer side (``ctl`` status inputs, ``cmds`` stream, database commit port) is exposed as
 top-level ports that this bench drives and watches.
 
@@ -30,6 +31,7 @@ def make_top(cfg):
     from hw.axi_lite import COMMAND_LAYOUT, AxiLiteSlave, axil_members
     from hw.database import DatabaseCommitSignature, DistributionDatabase
     from hw.regmap import PERF_COUNTER_BITS, PERF_COUNTERS, address_bits
+    from hw.rng import XorshiftBank
     from hw.settings import SettingsRegister
     from reference.stats import THRESHOLD_BITS
 
@@ -49,6 +51,7 @@ def make_top(cfg):
             m.submodules.axil = ax = AxiLiteSlave(cfg)
             m.submodules.settings = st = SettingsRegister(cfg, read_ports=1)
             m.submodules.db = db = DistributionDatabase(cfg)
+            m.submodules.bank = bank = XorshiftBank(cfg.rng_slots)
             for name in axil_members(address_bits(cfg)):
                 port, mine = getattr(ax, name), getattr(self, name)
                 if name in ("s_axil_awready", "s_axil_wready", "s_axil_bresp", "s_axil_bvalid", "s_axil_arready",
@@ -58,11 +61,13 @@ def make_top(cfg):
                     m.d.comb += port.eq(mine)
             wiring.connect(m, ax.settings, st.host)
             wiring.connect(m, ax.db, db.host)
+            wiring.connect(m, ax.rng, bank.host)
             wiring.connect(m, ax.cmds, wiring.flipped(self.cmds))
             wiring.connect(m, wiring.flipped(self.commit), db.commit)
             m.d.comb += [
                 self.irq.eq(ax.irq), self.seed.eq(ax.seed), self.seed_load.eq(ax.seed_load),
                 self.threshold.eq(ax.threshold),
+                bank.seed.eq(ax.seed), bank.seed_load.eq(ax.seed_load),
                 self.clear_error.eq(ax.ctl.clear_error), self.soft_reset.eq(ax.ctl.soft_reset),
                 self.clear_perf.eq(ax.ctl.clear_perf), self.setting_error.eq(ax.ctl.setting_error),
                 ax.ctl.busy.eq(self.busy), ax.ctl.done.eq(self.done), ax.ctl.fifo_level.eq(self.fifo_level),
@@ -186,6 +191,32 @@ async def register_map_read_write(dut):
         await tb.write(ro.offset, rng.getrandbits(32))
         after, _ = await tb.read(ro.offset)
         assert after == before, f"read-only {ro.name} changed from {before:#x} to {after:#x} by a write"
+
+
+@cocotb.test(timeout_time=20_000_000, timeout_unit="ns")
+async def rng_state_window(dut):
+    """RNG_STATE: random states (some 0) written to every generator in random order read back, a
+    written 0 as 1; a SEED write then reseeds all of them (reference.rng.seed_states)."""
+    from reference.rng import seed_states
+
+    rng, _ = tbutil.test_rng("rng_state_window", dut._log)
+    tb = TB(dut, rng)
+    await tb.reset()
+    n = tb.regs["RNG_STATE"].count
+    assert n == tb.cfg.rng_slots
+    got = [(await tb.read(tb.off("RNG_STATE", j)))[0] for j in range(n)]
+    assert got == [int(x) for x in seed_states(0, n)], f"RNG_STATE after reset reads {got}"
+    for _ in range(tbutil.iterations(10)):
+        states = [0 if rng.random() < 0.15 else rng.getrandbits(32) for _ in range(n)]
+        for j in rng.sample(range(n), n):
+            assert await tb.write(tb.off("RNG_STATE", j), states[j]) == 0
+        got = [(await tb.read(tb.off("RNG_STATE", j)))[0] for j in range(n)]
+        assert got == [s or 1 for s in states], f"RNG_STATE reads {got} after writing {states}"
+        seed = rng.getrandbits(32)
+        assert await tb.write(tb.off("SEED"), seed) == 0
+        await tb.falling(2)
+        got = [(await tb.read(tb.off("RNG_STATE", j)))[0] for j in range(n)]
+        assert got == [int(x) for x in seed_states(seed, n)], f"RNG_STATE after SEED {seed:#x} reads {got}"
 
 
 @cocotb.test(timeout_time=20_000_000, timeout_unit="ns")

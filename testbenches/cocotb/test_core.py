@@ -10,8 +10,9 @@ command: ``STATUS.error`` (illegal commands and settings raise their code; a cle
 to 0), the busy cycles it took (``PERF_BUSY`` minus the stream-stall cycles ``PERF_STALL``)
 against :func:`reference.isa.cycles`; for every compute command the result tensor (read back
 with STORE, unspecified padding masked) and the destination's database entry; after
-POLICY_UPDATE the settings register; at the end every database entry, the settings and the
-MAC/value counters.
+POLICY_UPDATE the settings register; at the end every database entry, the settings, the
+MAC/value counters and the generator states (RNG_STATE; the command stream starts from random
+states written there).
 """
 
 from __future__ import annotations
@@ -468,6 +469,24 @@ async def soft_reset(tb, model):
     fcov.sample_ctl("soft_reset")
 
 
+async def write_rng_states(tb, model):
+    """Random states (some 0) into every generator through the RNG_STATE window, read back: a
+    written 0 reads 1 (reference.rng.seed_states' rule); the model continues from them."""
+    n = tb.regs["RNG_STATE"]["count"]
+    assert n == tb.cfg.rng_slots, f"RNG_STATE has {n} entries, CoreConfig.rng_slots is {tb.cfg.rng_slots}"
+    states = [0 if tb.rng.random() < 0.1 else tb.rng.getrandbits(32) for _ in range(n)]
+    for j, s in enumerate(states):
+        await tb.wr(tb.addr("RNG_STATE", j), s)
+    model.rng = np.array([s or 1 for s in states], dtype=np.uint32)
+    got = [await tb.rd(tb.addr("RNG_STATE", j)) for j in range(n)]
+    assert got == [int(x) for x in model.rng], f"RNG_STATE reads {got} after writing {states}"
+
+
+async def check_rng_states(tb, model, what: str):
+    got = [await tb.rd(tb.addr("RNG_STATE", j)) for j in range(tb.cfg.rng_slots)]
+    assert got == [int(x) for x in model.rng], f"{what}: RNG_STATE reads {got}, reference {list(model.rng)}"
+
+
 def illegal_command(cfg, rng, model):
     """A command :func:`reference.isa.check_command` rejects, for each ErrorCode but BAD_SETTING."""
     from reference.isa import Command, Ctl
@@ -517,6 +536,8 @@ async def random_command_stream(dut):
     seed = rng.getrandbits(32)
     await tb.wr(tb.addr("SEED"), seed)
     model.reseed(seed)
+    await check_rng_states(tb, model, "after the SEED write")
+    await write_rng_states(tb, model)  # the stochastic commands below start from these states
     await chk.run(Command(int(Ctl.CLEAR_STATS), broadcast_b=True), what="CLEAR_STATS all")
     n_cmds = tbutil.iterations(40)
     def feasible(b):
@@ -593,7 +614,8 @@ async def random_command_stream(dut):
             hits[got] += 1
         fcov.sample_ctl("LOAD")
         fcov.sample_ctl("STORE")
-    # final sweep: every database entry and the counters
+    # final sweep: the generators, every database entry and the counters
+    await check_rng_states(tb, model, "after the command stream")
     for tid in range(cfg.tensor_ids):
         got = await tb.read_db_entry(tid)
         assert got == stats_dict(model.db.read(tid)), f"final database entry {tid}: {got}"
