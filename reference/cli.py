@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=_float, default=0.9)
     p.add_argument("--weight-decay", type=_float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--core", default="default", metavar="PRESET|TOML",
+                   help="core the dfp modes run on (lanes, histogram, tensor ids; the trace records it): a preset "
+                        "(default, tiny) or a TOML file as for dlu gen --config")
     p.add_argument("--grad-order", choices=("input-first", "weights-first"), default="input-first")
     p.add_argument("--memplan", choices=("conventional", "reorder", "early-free", "inplace"),
                    help="fp32 only: run every step on this memory schedule, all tensors in one planned arena "
@@ -80,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
         spec = load_precision(args.config, prec.width)
     cfg = TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
                       lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
-                      weight_decay=args.weight_decay, seed=args.seed,
+                      weight_decay=args.weight_decay, seed=args.seed, core=args.core,
                       trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
     name = args.name or f"{args.model}-{args.precision}-s{args.seed}"
     from pathlib import Path

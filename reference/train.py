@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import PRESETS
+from .config import load_config
 from .data import Dataset
 from .engine import Engine
 from .formats import (
@@ -262,8 +262,10 @@ class TrainConfig:
             raise ValueError(f"train: momentum={self.momentum!r}: must be < 1")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MASK32:
             raise ValueError(f"train: seed={self.seed!r}: must be an integer in [0, 2**32)")
-        if self.core not in PRESETS:
-            raise ValueError(f"train: core={self.core!r}: not one of {sorted(PRESETS)}")
+        try:
+            load_config(self.core)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"train: core={self.core!r}: {exc}") from None
         if self.precision == Precision.FP32 and (self.spec is not None or not self.trace_iters.empty):
             raise ValueError("train: precision=fp32 takes no precision config and no trace (use a dfp mode)")
 
@@ -374,7 +376,7 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
         s.engine.recorder = s.recorder
     log = TensorLog() if s.engine is not None else None
     epochs = run_epochs(s, Hooks(on_grads_ready), log, progress)
-    core = PRESETS[cfg.core]
+    core = load_config(cfg.core)
     epoch_times = [e.time_s for e in epochs]
     epoch_cpu = [e.cpu_s for e in epochs]
     metrics: dict[str, Any] = {
@@ -441,7 +443,7 @@ def open_session(cfg: TrainConfig, data: Dataset,
     ValueError
         The batch exceeds the training set.
     """
-    core = PRESETS[cfg.core]
+    core = load_config(cfg.core)
     spec = cfg.precision_spec()
     model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
     init_rng = np.random.default_rng([cfg.seed, 1])

@@ -285,3 +285,13 @@ def test_state_carried_between_iterations_is_in_its_settings_format(precision, s
     changed = sum(len(r.changed) > 0 for it in trace.iterations for r in it.records if hasattr(r, "changed"))
     assert changed, "the policy moved some point positions"
     assert [s.fmt_mismatches for s in scheds] == [0] * len(scheds)
+
+
+def test_core_is_a_preset_or_a_toml_file(tmp_path, small):
+    with pytest.raises(ValueError, match="core='nope': config: 'nope' is neither a preset"):
+        TrainConfig(core="nope")
+    f = tmp_path / "core.toml"
+    f.write_text('preset = "default"\nlanes = 4\n')
+    res = train(TrainConfig(precision=Precision.DFP8, epochs=1, seed=0, core=str(f),
+                            trace_iters=IterSpec.parse("0")), small)
+    assert res.trace.cfg.lanes == 4 and res.trace.cfg.tensor_ids == 64

@@ -148,3 +148,30 @@ def test_rtl_check_catches_a_corrupted_trace(rtl_run):
             check_run(trace, sched, run)
     finally:
         run.results[0][3] = slow
+
+
+def test_rtl_starts_any_traced_iteration_from_the_traces_state(tmp_path):
+    """Iterations 1 and 3 of a run (not 0, not contiguous) on the tiny core: the host writes each
+    one's settings and generator states (RNG_STATE) and clears the database; the check compares
+    everything, including the generator states read back after each iteration (seed 0)."""
+    pytest.importorskip("cocotb")
+    from reference.data import Dataset, load_digits_split
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.core import fitting_config
+
+    d = load_digits_split()
+    small = Dataset("digits-128", d.x_train[:128], d.y_train[:128], d.x_test[:32], d.y_test[:32], d.image_hwc)
+    core = tmp_path / "core.toml"
+    core.write_text('preset = "tiny"\ntensor_ids = 64\n')  # the CNN needs more ids than tiny's 8
+    trace = train(TrainConfig(precision=Precision.DFP8, epochs=1, seed=0, core=str(core),
+                              trace_iters=IterSpec.parse("1,3")), small).trace
+    cfg = fitting_config(trace)
+    sched = schedule(trace, cfg)
+    run = run_rtl(trace, sched, cfg, check=True)
+    assert check_run(trace, sched, run) == sum(len(s.commands) for s in sched)
+    assert [i for i, _, _ in run.rng_checks] == [1, 3]
+    assert any(w != list(trace.iterations[0].rng_at_start) for _, w, _ in run.rng_checks), "the states moved"
+    it, want, got = run.rng_checks[0]
+    run.rng_checks[0] = (it, [want[0] ^ 1, *want[1:]], got)
+    with pytest.raises(RtlMismatch, match="iteration 1: stochastic-rounding generator 0 ends at"):
+        check_run(trace, sched, run)
