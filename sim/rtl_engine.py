@@ -7,12 +7,11 @@ Verilator build, see :mod:`rtl_gen.verilate`), runs the program through cocotb
 (:mod:`sim.rtl_bench`, the core's AXI ports only) and returns what the RTL did per command
 (:class:`RtlCommandResult`). :func:`compare_iteration` is the ``--check`` comparison.
 
-What the RTL can start from: the core comes out of reset with an empty database and
-generators reseeded through ``SEED``, and the host writes the settings register. So a replay
-starts at a traced iteration whose database is empty and whose generators are in their seeded
-state (iteration 0 of a run); later iterations follow on the RTL's own state and must be
-traced contiguously. Loading a database or generator state mid-run has no register path
-(:class:`NotExecutable` says so).
+What the RTL can start from: any traced iteration. A reset core has an empty database; for an
+iteration that does not follow the previous one the host writes its settings, clears the
+database and, through the ``RNG_STATE`` window, writes the generators' states
+(:func:`build_program`); a contiguous iteration continues on the RTL's own state. A non-empty
+``db_at_start`` cannot be loaded (:class:`NotExecutable` says so).
 
 cocotb and ``hw``/``rtl_gen`` are imported only inside the functions that need them.
 """

@@ -445,7 +445,8 @@ async def run_compute(chk: Checker, stim: Stimulus, op, width, rounding, target_
 async def soft_reset(tb, model):
     """CONTROL.soft_reset with an error pending; afterwards (regmap): no settings are valid, the
     performance counters and STATUS.error are 0, the scratchpad and database keep their contents.
-    The generators' state after it is not specified, so SEED is rewritten before anything else."""
+    The generators restart from seed_states(0) (regmap; checked by the Amaranth core bench); this
+    bench rewrites SEED before anything else, so its model needs no copy of that rule."""
     from reference.isa import Command
 
     await tb.push(Command(opcode=15))  # an illegal command, so an error is pending
