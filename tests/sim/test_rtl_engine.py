@@ -175,3 +175,35 @@ def test_rtl_starts_any_traced_iteration_from_the_traces_state(tmp_path):
     run.rng_checks[0] = (it, [want[0] ^ 1, *want[1:]], got)
     with pytest.raises(RtlMismatch, match="iteration 1: stochastic-rounding generator 0 ends at"):
         check_run(trace, sched, run)
+
+
+MIXED = """[precision]
+width = 8
+[precision.weight]
+width = 16
+[precision.gradient]
+width = 16
+[precision.velocity]
+width = 16
+[precision.error]
+rounding = "floor"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,precision,mixed,iters", [
+    ("cnn", "dfp8", False, "0-1,4"), ("cnn", "dfp16", False, "2,5"), ("mlp", "dfp32", False, "1"),
+    ("cnn", "dfp8", True, "1-2")])
+def test_dlu_replay_check_on_the_default_core(tmp_path, capsys, model, precision, mixed, iters):
+    """make regress: real training runs (seed 0) replayed on the default core with --check."""
+    pytest.importorskip("cocotb")
+    from dlu.cli import main
+
+    args = ["train", "--model", model, "--precision", precision, "--epochs", "1", "--limit-train", "256",
+            "--trace-iters", iters, "--out", str(tmp_path), "--name", "run", "--quiet", "--no-plots"]
+    if mixed:
+        (tmp_path / "mixed.toml").write_text(MIXED)
+        args += ["--config", str(tmp_path / "mixed.toml")]
+    assert main(args) == 0
+    assert main(["replay", str(tmp_path / "run" / "trace"), "--grow-spad", "--check", "--quiet"]) == 0
+    assert "identical to the simulator and the trace" in capsys.readouterr().out
