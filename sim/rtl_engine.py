@@ -762,7 +762,7 @@ def replay_rtl(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreCo
     res: dict = {
         "format": RESULTS_FORMAT, "version": RESULTS_VERSION, "trace": str(trace_dir), "config": cfg.to_dict(),
         "trace_config": trace.cfg.to_dict(), "checked": check,
-        "iterations": [s.iteration for s in scheds][: len(run.results) or None],
+        "iterations": [scheds[p].iteration for p in sorted(run.results)],
         "commands": n,
         "command_cycles": {"rtl": sum(r.cycles for rs in run.results.values() for r in rs),
                            "sim": sum(c.cycles for c in cmds[:n])},
