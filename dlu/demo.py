@@ -76,11 +76,18 @@ def _demo(args: argparse.Namespace) -> int:
     from reference.config import CoreConfig
 
     core = CoreConfig(**sims[Precision.DFP8]["config"])
-    if args.no_rtl:
-        lines.append("- RTL replay: skipped (--no-rtl)")
-    else:
-        from sim.rtl_engine import replay_rtl
+    from sim.rtl_engine import RtlNotAvailable, ensure_available, replay_rtl
 
+    skip = "--no-rtl" if args.no_rtl else None
+    if skip is None:
+        try:
+            ensure_available()
+        except RtlNotAvailable as exc:
+            skip = str(exc)
+            print(f"[demo] skipping the RTL step: {skip}", flush=True)
+    if skip is not None:
+        lines.append(f"- RTL replay: skipped ({skip})")
+    else:
         print(f"[demo] replaying iteration 0 of {tdir} on the Verilated core with --check (the first run builds "
               "it) ...", flush=True)
         res, path = replay_rtl(tdir, cfg=core, iterations="0", check=True, progress=True)

@@ -25,3 +25,17 @@ def test_demo_writes_runs_and_a_report(tmp_path, capsys):
 def test_demo_rejects_zero_epochs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "0"]) == 2
     assert "--epochs=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_without_the_rtl_tools_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
+    import sim.rtl_engine as eng
+
+    def missing() -> None:
+        raise eng.RtlNotAvailable("the RTL engine needs Verilator >= 5.036: not found")
+
+    monkeypatch.setattr(eng, "ensure_available", missing)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    assert "[demo] skipping the RTL step: the RTL engine needs Verilator" in capsys.readouterr().out
+    assert "- RTL replay: skipped (the RTL engine needs Verilator" in (out / "report.md").read_text()
+    assert (out / "report" / "report.html").is_file()
