@@ -447,7 +447,8 @@ class _Scheduler:
                 raise DoesNotFit(
                     f"sim: {where}: operand {r} {list(v.shape)} at {self._w(v).bits} bits needs {w} words in one "
                     f"bank, which has {cfg.spad_words}; MATMUL's b and a broadcast row are never split (a K split "
-                    f"would round partial sums). Use a core config with spad_words >= {1 << (w - 1).bit_length()}.")
+                    f"would round partial sums). Use a core config with spad_words >= {1 << (w - 1).bit_length()} "
+                    f"(dlu replay --core FILE.toml, or --grow-spad).")
             if self.wpr(v) > cfg.spad_words:
                 raise DoesNotFit(f"sim: {where}: one row of {r} needs {self.wpr(v)} words, a bank has "
                                  f"{cfg.spad_words}")
