@@ -38,6 +38,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, Timer
 
+from sim.rtl_engine import from_int_words, to_int_words
+
 CLOCK_NS = 10  # the wrapper's period (sim.rtl_engine.CLOCK_NS)
 
 
@@ -99,18 +101,6 @@ class Core:
         return out
 
 
-def _words(arr: np.ndarray) -> list[int]:
-    """uint32 ``[k, lanes]`` -> ``k`` integers of ``lanes * 32`` bits (lane ``l`` at bits ``32l``)."""
-    lanes = arr.shape[1]
-    return [int.from_bytes(np.ascontiguousarray(row, dtype="<u4").tobytes(), "little") for row in arr] \
-        if lanes else []
-
-
-def _unwords(ints: list[int], lanes: int) -> np.ndarray:
-    buf = b"".join(int(x).to_bytes(4 * lanes, "little") for x in ints)
-    return np.frombuffer(buf, dtype="<u4").reshape(len(ints), lanes).astype(np.uint32)
-
-
 class RtlStop(Exception):
     """The core did not finish a command within its poll budget."""
 
@@ -123,7 +113,7 @@ async def _run_cmd(core: Core, step: dict, payloads, out: dict) -> None:
     for w in step["words"]:
         await core.wr(core.addr("CMD_PUSH"), w)
     if step.get("load"):
-        await core.src.send(AxiStreamFrame(tdata=_words(payloads[step["load"]])))
+        await core.src.send(AxiStreamFrame(tdata=to_int_words(payloads[step["load"]])))
     got = None
     if step.get("store"):
         frame = await core.sink.recv(compact=False)
@@ -139,7 +129,7 @@ async def _run_cmd(core: Core, step: dict, payloads, out: dict) -> None:
     took = (await core.busy_minus_stall() - before) & 0xFFFFFFFF
     out[f"c{i}"] = np.array([took, err], dtype=np.int64)
     if got is not None:
-        out[f"s{i}"] = _unwords(got, core.cfg["lanes"])
+        out[f"s{i}"] = from_int_words(got, core.cfg["lanes"])
     if step.get("db") is not None:
         out[f"d{i}"] = np.array(await core.db_entry(step["db"]), dtype=np.int64)
 

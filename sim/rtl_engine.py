@@ -225,7 +225,13 @@ def unpack_rows(words: np.ndarray, rows: int, cols: int, width: Width, cfg: Core
 
 def to_int_words(packed: np.ndarray) -> list[int]:
     """Words of :func:`pack_rows` as Python integers of ``lanes * 32`` bits (lane ``l`` at bits ``[32l, 32l+32)``)."""
-    return [sum(int(x) << (32 * lane) for lane, x in enumerate(row)) for row in np.asarray(packed)]
+    return [int.from_bytes(row.tobytes(), "little") for row in np.asarray(packed, dtype="<u4")]
+
+
+def from_int_words(words: list[int], lanes: int) -> np.ndarray:
+    """Inverse of :func:`to_int_words`: uint32 ``[len(words), lanes]``."""
+    buf = b"".join(int(x).to_bytes(4 * lanes, "little") for x in words)
+    return np.frombuffer(buf, dtype="<u4").reshape(len(words), lanes).astype(np.uint32)
 
 
 class RtlMismatch(AssertionError):
@@ -445,9 +451,9 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
     return prog
 
 
-def run_program(prog: _Program, cfg: CoreConfig, trace: Trace, root: Path = BUILD_ROOT, log=print,
-                keep: bool = False, on_cycles=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Build the core (cached) and run ``prog`` on it; returns the raw results and timings.
+def run_program(prog: _Program, trace: Trace, bdir: Path, man: Path, keep: bool = False,
+                on_cycles=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Run ``prog`` on the core :func:`build_core` built in ``bdir`` (manifest ``man``); raw results and timings.
 
     ``on_cycles(n)`` is called from time to time with the simulated cycles since the last call.
     """
@@ -455,9 +461,6 @@ def run_program(prog: _Program, cfg: CoreConfig, trace: Trace, root: Path = BUIL
 
     from rtl_gen.verilate import sim_path_env
 
-    t0 = time.perf_counter()
-    bdir, man = build_core(cfg, root, log)
-    build_s = time.perf_counter() - t0
     runs = bdir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     rdir = Path(tempfile.mkdtemp(prefix="replay-", dir=runs))
@@ -503,18 +506,20 @@ def run_program(prog: _Program, cfg: CoreConfig, trace: Trace, root: Path = BUIL
             keep = True
             raise RtlFailed(f"rtl: {err} (log {rdir / 'sim.log'})")
         cycles, sim_wall = (float(x) for x in res.pop("_speed"))
-        return res, {"build_s": build_s, "run_s": run_s, "cycles": cycles, "sim_wall_s": sim_wall}
+        return res, {"run_s": run_s, "cycles": cycles, "sim_wall_s": sim_wall}
     finally:
         if not keep:
             shutil.rmtree(rdir, ignore_errors=True)
 
 
 def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, check: bool = False,
-            limit: int | None = None, root: Path = BUILD_ROOT, log=print, on_cycles=None) -> RtlRun:
+            limit: int | None = None, root: Path = BUILD_ROOT, log=print, on_cycles=None,
+            built: tuple[Path, Path] | None = None) -> RtlRun:
     """Run the scheduled commands of ``scheds`` on the Verilated core of ``cfg``.
 
     ``check`` also reads every compute command's result and its database entry back. ``limit``
-    stops after that many scheduled commands (a sampled replay).
+    stops after that many scheduled commands (a sampled replay). ``built``: the (build dir,
+    manifest) of :func:`build_core` when the caller has built the core already.
 
     Raises
     ------
@@ -525,10 +530,11 @@ def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, c
     """
     ensure_available()
     t0 = time.perf_counter()
-    _, man = build_core(cfg, root, log)
+    bdir, man = built if built is not None else build_core(cfg, root, log)
+    build_s = time.perf_counter() - t0
     load_rng = "RNG_STATE" in {r["name"] for r in json.loads(man.read_text())["register_map"]}
     prog = build_program(trace, scheds, cfg, check, limit, load_rng=load_rng)
-    res, tm = run_program(prog, cfg, trace, root, log, on_cycles=on_cycles)
+    res, tm = run_program(prog, trace, bdir, man, on_cycles=on_cycles)
     out: dict[int, list[RtlCommandResult]] = {}
     snap: dict[tuple[int, int], np.ndarray] = {}
     h = cfg.hist_bins
@@ -550,7 +556,7 @@ def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, c
             stats = OpStats(d[:h].copy(), int(d[h]), int(d[h + 1]), int(d[h + 2]), int(d[h + 3]))
         out.setdefault(pos, []).append(RtlCommandResult(j, took, o, stats, err))
     run = RtlRun(out, cycles=int(tm["cycles"]), sim_wall_s=tm["sim_wall_s"], wall_s=time.perf_counter() - t0,
-                 build_s=tm["build_s"], checked=check, program=prog)
+                 build_s=build_s, checked=check, program=prog)
     for key, (iteration, want_states) in prog.rng_reads.items():
         if key in res:
             run.rng_checks.append((iteration, want_states, [int(x) for x in res[key]]))
@@ -653,19 +659,23 @@ def _cpp_entries(prog: _Program, cfg: CoreConfig, manifest: dict) -> list[tuple[
     return e
 
 
-def cpp_baseline(prog: _Program, cfg: CoreConfig, root: Path = BUILD_ROOT, log=print) -> dict[str, float]:
-    """Run ``prog``'s bus operations on a Verilator ``--binary`` build (cached); returns cycles and wall time."""
+def cpp_baseline(prog: _Program, cfg: CoreConfig, root: Path = BUILD_ROOT, log=print,
+                 built: tuple[Path, Path] | None = None) -> dict[str, float]:
+    """Run ``prog``'s bus operations on a Verilator ``--binary`` build (cached); returns cycles and wall time.
+
+    ``built``: the (build dir, manifest) of :func:`build_core` when the caller has them.
+    """
     import hashlib
 
     from hw.regmap import address_bits
     from rtl_gen.verilate import locked, verilator_bin
 
-    bdir, man_path = build_core(cfg, root, log)
+    bdir, man_path = built if built is not None else build_core(cfg, root, log)
     manifest = json.loads(man_path.read_text())
-    fields = {f["name"]: f["lsb"] for f in next(r for r in manifest["register_map"] if r["name"] == "STATUS")["fields"]}
+    status = next(r for r in manifest["register_map"] if r["name"] == "STATUS")
+    fields = {f["name"]: f["lsb"] for f in status["fields"]}
     w = cfg.word_bits
-    params = {"W": w, "AW": address_bits(cfg), "N": CPP_MAX_ENTRIES,
-              "STATUS": next(r for r in manifest["register_map"] if r["name"] == "STATUS")["offset"],
+    params = {"W": w, "AW": address_bits(cfg), "N": CPP_MAX_ENTRIES, "STATUS": status["offset"],
               "DONE_BIT": fields["done"], "BUSY_BIT": fields["busy"]}
     verilog = man_path.with_name(f"{TOP}.v")
     cdir = bdir / "cpp"
@@ -742,7 +752,9 @@ def replay_rtl(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreCo
     scheds = schedule(trace, cfg)
     cmds = [c for s in scheds for c in s.commands][:limit]
     ensure_available()
-    build_core(cfg, log=log)  # before the progress bar, which counts simulated cycles only
+    t0 = time.perf_counter()
+    built = build_core(cfg, log=log)  # before the progress bar, which counts simulated cycles only
+    build_s = time.perf_counter() - t0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -750,7 +762,8 @@ def replay_rtl(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreCo
         bar = tqdm(total=sum(c.cycles for c in cmds), unit="cyc", unit_scale=True, desc="rtl replay",
                    dynamic_ncols=True)
     try:
-        run = run_rtl(trace, scheds, cfg, check, limit, log=log, on_cycles=bar.update if bar else None)
+        run = run_rtl(trace, scheds, cfg, check, limit, log=log, on_cycles=bar.update if bar else None,
+                      built=built)
     finally:
         if bar is not None:
             bar.close()
@@ -767,11 +780,11 @@ def replay_rtl(trace_dir: str | Path, out: str | Path | None = None, cfg: CoreCo
         "command_cycles": {"rtl": sum(r.cycles for rs in run.results.values() for r in rs),
                            "sim": sum(c.cycles for c in cmds[:n])},
         "speed": {"simulated_cycles": run.cycles, "sim_wall_s": run.sim_wall_s, "cycles_per_s": run.cycles_per_s,
-                  "wall_s": run.wall_s, "build_s": run.build_s},
+                  "wall_s": run.wall_s, "build_s": build_s},
         "mismatch": mismatch,
     }
     if baseline and run.program is not None:
-        b = cpp_baseline(run.program, cfg, log=log)
+        b = cpp_baseline(run.program, cfg, log=log, built=built)
         res["speed"]["cpp_baseline"] = b
         res["speed"]["cocotb_over_cpp"] = run.cycles_per_s / b["cycles_per_s"] if b["cycles_per_s"] else None
     path = Path(out) if out is not None else default_rtl_results_path(trace_dir)

@@ -18,6 +18,7 @@ from sim.rtl_engine import (
     build_program,
     check_run,
     compare_iteration,
+    from_int_words,
     pack_rows,
     run_rtl,
     to_int_words,
@@ -32,6 +33,7 @@ def test_pack_rows_by_hand():
     assert words.shape == (2, 2)
     assert words.tolist() == [[0xFFFE0001, 0x00040003], [0x00000005, 0]]
     assert to_int_words(words) == [0x00040003_FFFE0001, 0x5]
+    assert np.array_equal(from_int_words(to_int_words(words), TINY.lanes), words)
 
 
 @pytest.mark.parametrize("width", list(Width))
