@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from reference.cli import _positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -60,12 +62,6 @@ def _load_energy(spec: str | None):
     from .energy import load_energy_table
 
     return load_energy_table(spec)
-
-
-def _positive_int(text: str) -> int:
-    from reference.cli import _positive_int as p
-
-    return p(text)
 
 
 def _replay(args: argparse.Namespace) -> int:

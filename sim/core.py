@@ -264,7 +264,6 @@ class _Scheduler:
         self._tmp = 0
         self.k = -1
         self.attr: tuple[str, Pass] = ("-", Pass.CONTROL)
-        self.fmt_mismatches = 0
         self._words: dict[int, int] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -432,8 +431,6 @@ class _Scheduler:
             if reg.fmt.width != self._w(self.values[s]):
                 raise NotExecutable(f"sim: iteration {self.iteration} record {k} ({op.name}): operand tid {tid} "
                                     f"holds {rec.srcs[i].fmt.bits}-bit data but its setting is {reg.fmt.bits}-bit")
-            if reg.fmt.frac != rec.srcs[i].fmt.frac:
-                self.fmt_mismatches += 1
         roles = ["a", "b"][: ARITY[op]]
         vals = {r: self.values[s] for r, s in zip(roles, plan.srcs, strict=True)}
         d = self.values[plan.dst]
@@ -552,7 +549,7 @@ class _Scheduler:
         self.k = len(self.it.records)
         self.flush()
         self.alloc.check()
-        return SimScheduleIteration(self.iteration, self.out, self.steps, self.fmt_mismatches,
+        return SimScheduleIteration(self.iteration, self.out, self.steps, frac_mismatches(self.it),
                                     [v.data for v in self.values])
 
     def flush(self) -> None:
@@ -651,7 +648,7 @@ def _structure(it: IterationTrace, values: list[_Value], plans: dict[int, _OpPla
 
 def _rebase(sch: SimScheduleIteration, it: IterationTrace, values: list[_Value]) -> SimScheduleIteration:
     """The schedule ``sch`` of a structurally identical iteration, for ``it``: its number, its AXPY
-    scalars, its data, and its count of operands whose point position is not their id's setting."""
+    scalars, its data, and its :func:`frac_mismatches`."""
     cmds = []
     for c in sch.commands:
         cmd = c.cmd
@@ -660,16 +657,21 @@ def _rebase(sch: SimScheduleIteration, it: IterationTrace, values: list[_Value])
             if (cmd.alpha, cmd.alpha_frac) != (alpha, alpha_frac):
                 cmd = replace(cmd, alpha=alpha, alpha_frac=alpha_frac)
         cmds.append(replace(c, cmd=cmd, iteration=it.iteration))
+    return SimScheduleIteration(it.iteration, cmds, sch.steps, frac_mismatches(it), [v.data for v in values])
+
+
+def frac_mismatches(it: IterationTrace) -> int:
+    """Operands of ``it`` whose point position differs from their id's setting when their command runs."""
     settings = dict(it.settings_at_start)
-    mismatches = 0
+    n = 0
     for rec in it.records:
         if isinstance(rec, SettingRecord):
             settings[rec.tid] = rec.setting
         elif isinstance(rec, OpRecord):
-            mismatches += sum(settings[t].fmt.frac != u.fmt.frac for t, u in zip(rec.src_tids, rec.srcs, strict=True))
+            n += sum(settings[t].fmt.frac != u.fmt.frac for t, u in zip(rec.src_tids, rec.srcs, strict=True))
         elif isinstance(rec, PolicyRecord):
             settings.update(rec.changed)
-    return SimScheduleIteration(it.iteration, cmds, sch.steps, mismatches, [v.data for v in values])
+    return n
 
 
 def fitting_config(trace: Trace, cfg: CoreConfig | None = None, max_spad_words: int = 1 << 16) -> CoreConfig:
