@@ -394,6 +394,7 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
     trace = None
     if s.recorder is not None:
         trace = s.recorder.trace(s.engine, {"train_config": cfg.to_dict(), "data": data.name,
+                                            "image_hwc": list(data.image_hwc), "classes": int(data.classes),
                                             "tensor_names": {str(i.tid): i.name for i in s.model.ids.infos}})
     return TrainResult(metrics, trace, s.model, s.engine, epoch_times, epoch_cpu)
 

@@ -134,11 +134,12 @@ def planned_scratchpad(trace: Trace) -> dict[tuple[str, str], int]:
 
     :func:`reference.pooled.scratchpad_by_layer_pass` for the trace's model, batch and widest
     data width (whole tensors, as the planner counts them; the scheduler may tile a command
-    through one bank instead). Empty when the trace does not say which model it ran.
+    through one bank instead). Empty when the trace does not say which model and image shape it ran.
     """
     meta = trace.meta.get("train_config", {})
-    data = str(trace.meta.get("data", ""))
-    hwc = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}.get(data.split(":", 1)[0])
+    hwc = trace.meta.get("image_hwc")
+    if hwc is None and trace.meta.get("data") == "digits":  # traces from before image_hwc was recorded
+        hwc = (8, 8, 1)
     if not meta.get("model") or not meta.get("batch") or hwc is None:
         return {}
     from reference.models import build_model
@@ -147,7 +148,7 @@ def planned_scratchpad(trace: Trace) -> dict[tuple[str, str], int]:
     spec = meta.get("precision_spec") or {}
     bits = [v["width"] for v in spec.values() if isinstance(v, dict) and "width" in v]
     width = Width.from_bits(max(bits)) if bits else Width.W32
-    model = build_model(meta["model"], hwc, 10)
+    model = build_model(meta["model"], tuple(hwc), int(trace.meta.get("classes", 10)))
     return scratchpad_by_layer_pass(int(meta["batch"]), width, net=net_of_model(model),
                                     momentum=float(meta.get("momentum", 0)) != 0)
 

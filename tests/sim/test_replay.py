@@ -148,3 +148,27 @@ def test_results_carry_the_memory_planners_scratchpad_per_layer_and_pass(tmp_pat
     assert sum(v is not None for v in got.values()) >= 10
     assert out["scratchpad_bytes"] == 4 * 2048 * 256 // 8
     assert "planned scratchpad bytes" in write_report([out], tmp_path / "report").read_text()
+
+
+def test_planned_scratchpad_follows_the_traced_image_shape():
+    """A 12x12 data set (not digits' 8x8): the plan is made for the image shape the trace records (seed 0)."""
+    from reference.data import Dataset, load_digits_split
+    from reference.formats import Width
+    from reference.memplan import Strategy
+    from reference.models import build_model
+    from reference.pooled import net_of_model, scratchpad_by_layer_pass
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.replay import planned_scratchpad
+
+    d = load_digits_split()
+    pad = lambda x: np.pad(x.reshape(-1, 8, 8), ((0, 0), (2, 2), (2, 2))).reshape(len(x), -1)  # noqa: E731
+    big = Dataset("mnist:/nowhere", pad(d.x_train[:64]), d.y_train[:64], pad(d.x_test[:16]), d.y_test[:16],
+                  (12, 12, 1))
+    trace = train(TrainConfig(precision=Precision.DFP16, epochs=1, seed=0, trace_iters=IterSpec.parse("0")),
+                  big).trace
+    assert trace.meta["image_hwc"] == [12, 12, 1]
+    want = scratchpad_by_layer_pass(32, Width.W16, Strategy.REORDER, net=net_of_model(build_model("cnn", (12, 12, 1))),
+                                    momentum=True)
+    assert planned_scratchpad(trace) == want
+    digits = scratchpad_by_layer_pass(32, Width.W16, Strategy.REORDER, momentum=True)
+    assert want[("relu1", "backward")] != digits[("relu1", "backward")], "the image size shows in the plan"
