@@ -317,6 +317,8 @@ def compare_stores(sched: SimScheduleIteration, rtl: list[RtlCommandResult]) -> 
 
 @dataclass
 class _Program:
+    seed: int = 0          # SEED register value
+    threshold: int = 0     # THRESHOLD register value
     steps: list[dict] = field(default_factory=list)
     payloads: dict[str, np.ndarray] = field(default_factory=dict)
     #: key of a scheduled command -> (iteration position, command index)
@@ -354,7 +356,7 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
     from reference import isa
     from reference.isa import Command
 
-    prog = _Program()
+    prog = _Program(seed=trace.seed, threshold=trace.threshold)
     names = _names(trace)
     by_it = {it.iteration: it for it in trace.iterations}
     settings: dict[int, TensorSetting] = {}
@@ -451,7 +453,7 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
     return prog
 
 
-def run_program(prog: _Program, trace: Trace, bdir: Path, man: Path, keep: bool = False,
+def run_program(prog: _Program, bdir: Path, man: Path, keep: bool = False,
                 on_cycles=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Run ``prog`` on the core :func:`build_core` built in ``bdir`` (manifest ``man``); raw results and timings.
 
@@ -465,8 +467,8 @@ def run_program(prog: _Program, trace: Trace, bdir: Path, man: Path, keep: bool 
     runs.mkdir(parents=True, exist_ok=True)
     rdir = Path(tempfile.mkdtemp(prefix="replay-", dir=runs))
     try:
-        (rdir / "program.json").write_text(json.dumps({"manifest": str(man), "seed": trace.seed,
-                                                       "threshold": trace.threshold, "steps": prog.steps}))
+        (rdir / "program.json").write_text(json.dumps({"manifest": str(man), "seed": prog.seed,
+                                                       "threshold": prog.threshold, "steps": prog.steps}))
         np.savez(rdir / "payloads.npz", **prog.payloads)
         env = {"DLU_RTL_PROGRAM": str(rdir / "program.json"),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -534,7 +536,7 @@ def run_rtl(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreConfig, c
     build_s = time.perf_counter() - t0
     load_rng = "RNG_STATE" in {r["name"] for r in json.loads(man.read_text())["register_map"]}
     prog = build_program(trace, scheds, cfg, check, limit, load_rng=load_rng)
-    res, tm = run_program(prog, trace, bdir, man, on_cycles=on_cycles)
+    res, tm = run_program(prog, bdir, man, on_cycles=on_cycles)
     out: dict[int, list[RtlCommandResult]] = {}
     snap: dict[tuple[int, int], np.ndarray] = {}
     h = cfg.hist_bins
@@ -627,8 +629,9 @@ def _cpp_entries(prog: _Program, cfg: CoreConfig, manifest: dict) -> list[tuple[
         return regs[name]["offset"] + i * regs[name]["stride"]
 
     wpc = -(-cfg.counter_bits // 32)
-    e: list[tuple[int, int, int]] = [(_OPS["rd"], addr("CONFIG_DIGEST"), 0), (_OPS["wr"], addr("THRESHOLD"), 0),
-                                     (_OPS["wr"], addr("SEED"), 0)]
+    e: list[tuple[int, int, int]] = [(_OPS["rd"], addr("CONFIG_DIGEST"), 0),
+                                     (_OPS["wr"], addr("THRESHOLD"), prog.threshold),
+                                     (_OPS["wr"], addr("SEED"), prog.seed)]
     for s in prog.steps:
         if s["op"] == "setting":
             e.append((_OPS["wr"], addr("SETTINGS", s["tid"]), s["word"]))
