@@ -51,7 +51,11 @@ class Core:
 
         self.dut = dut
         self.regs = {r["name"]: r for r in manifest["register_map"]}
-        self.cfg = manifest["config"]
+        from hw.regmap import words_per_counter
+        from reference.config import CoreConfig
+
+        self.params = manifest["config"]  # the CoreConfig fields
+        self.wpc = words_per_counter(CoreConfig(**self.params))  # 32-bit words per database counter
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
         self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst, byte_lanes=1)
         self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst, byte_lanes=1)
@@ -65,8 +69,10 @@ class Core:
         return r["offset"] + index * r["stride"]
 
     def field(self, reg: str, name: str, value: int) -> int:
-        f = next(f for f in self.regs[reg]["fields"] if f["name"] == name)
-        return (value >> f["lsb"]) & ((1 << f["width"]) - 1)
+        for f in self.regs[reg]["fields"]:
+            if f["name"] == name:
+                return (value >> f["lsb"]) & ((1 << f["width"]) - 1)
+        raise KeyError(f"{reg}.{name}")
 
     async def rd(self, addr: int) -> int:
         return await self.axil.read_dword(addr)
@@ -90,10 +96,11 @@ class Core:
         return await self.rd(self.addr("PERF_BUSY")) - await self.rd(self.addr("PERF_STALL"))
 
     async def db_entry(self, tid: int) -> list[int]:
-        wpc = -(-self.cfg["counter_bits"] // 32)
+        """Database entry ``tid``: ``hist_bins`` histogram counters, then zeros, overflow, underflow, total."""
+        wpc = self.wpc
         base = self.addr("DATABASE", tid)
         out = []
-        for c in range(self.cfg["hist_bins"] + 4):
+        for c in range(self.params["hist_bins"] + 4):
             v = 0
             for j in range(wpc):
                 v |= (await self.rd(base + 4 * (c * wpc + j))) << (32 * j)
@@ -129,7 +136,7 @@ async def _run_cmd(core: Core, step: dict, payloads, out: dict) -> None:
     took = (await core.busy_minus_stall() - before) & 0xFFFFFFFF
     out[f"c{i}"] = np.array([took, err], dtype=np.int64)
     if got is not None:
-        out[f"s{i}"] = from_int_words(got, core.cfg["lanes"])
+        out[f"s{i}"] = from_int_words(got, core.params["lanes"])
     if step.get("db") is not None:
         out[f"d{i}"] = np.array(await core.db_entry(step["db"]), dtype=np.int64)
 

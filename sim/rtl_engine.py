@@ -628,7 +628,9 @@ def _cpp_entries(prog: _Program, cfg: CoreConfig, manifest: dict) -> list[tuple[
     def addr(name: str, i: int = 0) -> int:
         return regs[name]["offset"] + i * regs[name]["stride"]
 
-    wpc = -(-cfg.counter_bits // 32)
+    from hw.regmap import words_per_counter
+
+    wpc = words_per_counter(cfg)
     e: list[tuple[int, int, int]] = [(_OPS["rd"], addr("CONFIG_DIGEST"), 0),
                                      (_OPS["wr"], addr("THRESHOLD"), prog.threshold),
                                      (_OPS["wr"], addr("SEED"), prog.seed)]

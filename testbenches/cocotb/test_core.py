@@ -28,6 +28,7 @@ import cocotb
 import numpy as np
 import pytest
 
+from sim.rtl_bench import Core
 from testbenches.cocotb import fcov, tbutil
 from testbenches.cocotb.core_model import Outcome
 
@@ -134,24 +135,16 @@ class Stimulus:
 # ------------------------------------------------------------------------------------------
 # cocotb side
 # ------------------------------------------------------------------------------------------
-class CoreTB(tbutil.Clocked):
+class CoreTB(tbutil.Clocked, Core):
+    """The core with its clock, reset and bus models; register access from :class:`sim.rtl_bench.Core`."""
+
     def __init__(self, dut, rng: random.Random):
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamSink, AxiStreamSource
-
-        super().__init__(dut)
+        tbutil.Clocked.__init__(self, dut)
         self.cfg = tbutil.core_config()
-        manifest = json.loads(Path(os.environ["DLU_MANIFEST"]).read_text())
-        self.manifest = manifest
-        self.regs = {r["name"]: r for r in find_register_list(manifest)}
+        self.manifest = json.loads(Path(os.environ["DLU_MANIFEST"]).read_text())
+        Core.__init__(self, dut, self.manifest)
         self.rng = rng
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
-        self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst, byte_lanes=1)
-        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst, byte_lanes=1)
         self.idle = self.backpressure = False
-        import logging
-
-        for bus_model in (self.axil.write_if, self.axil.read_if, self.src, self.sink):
-            bus_model.log.setLevel(logging.WARNING)
         self.beats_in = self.beats_out = 0
         self.irq_enable = 0
         self.out_of_reset = False
@@ -196,17 +189,6 @@ class CoreTB(tbutil.Clocked):
             self.sink.pause = False
 
     # -- registers ----------------------------------------------------------------------
-    def addr(self, name: str, index: int = 0) -> int:
-        r = self.regs[name]
-        assert 0 <= index < r["count"], f"{name}[{index}]: the window has {r['count']} entries"
-        return r["offset"] + index * r["stride"]
-
-    def field(self, reg: str, name: str, value: int) -> int:
-        for f in self.regs[reg]["fields"]:
-            if f["name"] == name:
-                return (value >> f["lsb"]) & ((1 << f["width"]) - 1)
-        raise KeyError(f"{reg}.{name}")
-
     def fmask(self, reg: str, name: str, value: int = 1) -> int:
         for f in self.regs[reg]["fields"]:
             if f["name"] == name:
@@ -236,12 +218,6 @@ class CoreTB(tbutil.Clocked):
         for f in self.regs["ID"]["fields"]:
             assert self.field("ID", f["name"], ident) == f["reset"], f"ID.{f['name']} reads {ident:#x}"
 
-    async def rd(self, addr: int) -> int:
-        return await self.axil.read_dword(addr)
-
-    async def wr(self, addr: int, value: int) -> None:
-        await self.axil.write_dword(addr, value & 0xFFFFFFFF)
-
     async def read_counter(self, name: str) -> int:
         lo = await self.rd(self.addr(name))
         hi = await self.rd(self.addr(name) + 4)
@@ -269,16 +245,7 @@ class CoreTB(tbutil.Clocked):
                              f"tready={d.m_axis_tready.value}")
 
     async def read_db_entry(self, tid: int) -> dict:
-        from hw.regmap import words_per_counter
-
-        wpc = words_per_counter(self.cfg)
-        base = self.regs["DATABASE"]["offset"] + tid * self.regs["DATABASE"]["stride"]
-        vals = []
-        for c in range(self.cfg.hist_bins + 4):
-            v = 0
-            for j in range(wpc):
-                v |= (await self.rd(base + 4 * (c * wpc + j))) << (32 * j)
-            vals.append(v)
+        vals = await self.db_entry(tid)
         h = self.cfg.hist_bins
         return {"hist": vals[:h], "zeros": vals[h], "overflow": vals[h + 1], "underflow": vals[h + 2],
                 "total": vals[h + 3]}
@@ -294,17 +261,6 @@ async def start(dut, name: str):
     await tb.check_identity()
     model = CoreModel(tb.cfg, seed=0)
     return rng, tb, model, Checker(tb, model, dut._log)
-
-
-def find_register_list(manifest: dict) -> list[dict]:
-    """The register map in the manifest (a list of {name, offset, ...}), wherever the generator put it."""
-    for key in ("registers", "register_map", "regmap"):
-        if key in manifest and isinstance(manifest[key], list):
-            return manifest[key]
-    for v in manifest.values():
-        if isinstance(v, list) and v and isinstance(v[0], dict) and {"name", "offset"} <= set(v[0]):
-            return v
-    raise KeyError(f"no register map in the manifest (keys {sorted(manifest)})")
 
 
 def stats_dict(s) -> dict:
