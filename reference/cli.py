@@ -44,9 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="core the dfp modes run on (lanes, histogram, tensor ids; the trace records it): a preset "
                         "(default, tiny) or a TOML file as for dlu gen --config")
     p.add_argument("--grad-order", choices=("input-first", "weights-first"), default="input-first")
-    p.add_argument("--memplan", choices=("conventional", "reorder", "early-free", "inplace"),
+    p.add_argument("--memplan", choices=("conventional", "reorder", "weight-area", "early-free", "inplace"),
                    help="fp32 only: run every step on this memory schedule, all tensors in one planned arena "
-                        "(reference.pooled; same results as without; see docs/memplan.md)")
+                        "(reference.pooled; weight-area and later also apply dW to W in blocks of rows; "
+                        "same results as without; see docs/memplan.md)")
     p.add_argument("--name", help="run directory name (default: MODEL-PRECISION-sSEED)")
     p.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or 'mnist:DIR'")
     p.add_argument("--trace-iters", default="", metavar="SPEC",

@@ -25,7 +25,7 @@ Tensors of one step (``L`` is a layer name, ``B`` the batch)
 ``L.W``, ``L.b``       parameters; ``L.dW``, ``L.db`` their gradients;
 ``L.mask``             max-pool window index / dropout keep flag, 1 byte per element;
 ``L.scale``            LRN normaliser (read again by the LRN backward, as in Caffe);
-``L.dWtile``           scratch of the fused weight update: one output row (filter) of dW;
+``L.dWtile``           scratch of the fused weight update: one block of ``fused_rows`` rows of dW;
 ``L.vW``, ``L.vb``     momentum velocities (only with ``momentum=True``), kept across steps.
 A flatten layer is a view: it creates no tensor. Data tensors take ``width.bits // 8`` bytes
 per element. Convolution workspaces (im2col) are not modelled unless ``plan(workspace=True)``:
@@ -49,10 +49,14 @@ REORDER       the paper: error data and weight gradients live only from the oper
               of ``dx`` and ``dW`` is chosen to minimise that layer's peak (``DW_FIRST``
               ends the input activation's life so ``dx`` reuses its area).
 WEIGHT_AREA   the paper's other case, for layers whose weight gradient is the larger area:
-              ``dx`` first, then ``dW`` computed one output row at a time and applied to
-              ``W`` at once (``FUSED``), so no whole ``dW`` is ever held. Results are
-              identical only if dW's quantisation does not depend on dW of the same step
-              (true for the DLU: the point position comes from earlier statistics).
+              ``dx`` first, then ``dW`` computed a block of rows at a time and applied to
+              ``W`` at once (``FUSED``), so no whole ``dW`` is ever held. Rows are those of
+              dW in the ``[in, out]`` layout of ``y = x @ W`` (an input feature, or one
+              ``k*k*C`` im2col tap of a convolution, across all outputs); blocks are
+              :func:`fused_row_blocks` of ``plan(fused_rows=)`` rows (default
+              :data:`FUSED_ROWS`). Results are identical only if dW's quantisation does not
+              depend on dW of the same step (true for the DLU: the point position comes from
+              earlier statistics).
 EARLY_FREE    beyond the paper: forward data is freed right after its last reader even
               during the forward pass (e.g. a ReLU's input, which its backward never reads).
 INPLACE       beyond the paper: ReLU and dropout write their output over their input and
@@ -77,6 +81,39 @@ from .nets import LayerKind, LayerShape, Net, infer_shapes
 
 LABEL_BYTES = 4
 MASK_BYTES = 1
+
+#: Rows of dW per block of the fused dW->W update (``BackwardOrder.FUSED``), the default of
+#: ``plan(fused_rows=)``. :mod:`reference.pooled` computes each block with the matrix multiply
+#: of the whole dW restricted to those rows; 48 is a multiple of the row tiles of OpenBLAS's
+#: float32 kernels (12 on Haswell/Zen, 4 or 8 elsewhere), so every block is tiled as the whole
+#: product is and the sums are bit-identical (docs/memplan.md gives the evidence and the limits).
+FUSED_ROWS = 48
+
+
+def fused_row_blocks(rows: int, block: int = FUSED_ROWS) -> tuple[tuple[int, int], ...]:
+    """The ``(r0, r1)`` row ranges in which the fused update computes and applies a ``rows``-row dW.
+
+    Blocks of ``block`` rows from row 0; a one-row tail joins the block before it (a one-row
+    product is a vector-matrix product, which NumPy hands to another BLAS routine), so no block
+    has more than ``block + 1`` rows.
+
+    Raises
+    ------
+    ValueError
+        If ``rows`` or ``block`` is not a positive integer.
+    """
+    for name, v in (("rows", rows), ("block", block)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"fused_row_blocks: {name}={v!r}: must be a positive integer")
+    bounds = [*range(0, rows, block), rows]
+    if block > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return tuple(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def fused_tile_rows(rows: int, block: int = FUSED_ROWS) -> int:
+    """Rows of the largest block of :func:`fused_row_blocks`: the height of ``L.dWtile``."""
+    return max(r1 - r0 for r0, r1 in fused_row_blocks(rows, block))
 
 
 class Strategy(enum.IntEnum):
@@ -177,7 +214,7 @@ def _workspaces(s: LayerShape, batch: int, eb: int) -> dict[str, int]:
 
 def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                 orders: dict[str, BackwardOrder], momentum: bool = False, workspace: bool = False,
-                mask_bytes: int = MASK_BYTES) -> _Step:
+                mask_bytes: int = MASK_BYTES, fused_rows: int = FUSED_ROWS) -> _Step:
     eb = _elem_bytes(width)
     shapes = infer_shapes(net)
     tensors: dict[str, tuple[int, BufferKind]] = {
@@ -213,8 +250,9 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
                 tensors[f"{L}.b"] = (s.biases * eb, BufferKind.PARAM)
                 tensors[f"{L}.dW"] = (s.weights * eb, BufferKind.PARAM_GRAD)
                 tensors[f"{L}.db"] = (s.biases * eb, BufferKind.PARAM_GRAD)
-                rows = s.layer.out_channels if k is LayerKind.CONV else s.layer.out_features
-                tensors[f"{L}.dWtile"] = (s.weights // rows * eb, BufferKind.PARAM_GRAD)
+                outputs = s.layer.out_channels if k is LayerKind.CONV else s.layer.out_features
+                tile = fused_tile_rows(s.weights // outputs, fused_rows) * outputs
+                tensors[f"{L}.dWtile"] = (tile * eb, BufferKind.PARAM_GRAD)
                 reads = (cur, f"{L}.W", f"{L}.b")
                 if workspace and k is LayerKind.CONV:
                     for t, nbytes in _workspaces(s, batch, eb).items():
@@ -418,6 +456,8 @@ class Plan:
         Buffer name -> byte offset in the offline-placed arena; ``peak_arena`` is its size.
     peak_bestfit
         High-water mark of the online best-fit allocator on the same schedule.
+    fused_rows
+        Rows of dW per block of the FUSED updates (:func:`fused_row_blocks`).
     """
 
     net_name: str
@@ -435,6 +475,7 @@ class Plan:
     offsets: dict[str, int] = field(default_factory=dict)
     peak_arena: int = 0
     peak_bestfit: int = 0
+    fused_rows: int = FUSED_ROWS
 
     def allocs_before(self, i: int, params: bool = True) -> tuple[str, ...]:
         """Buffers to allocate just before op ``i`` (for op 0 this includes the whole-step ones).
@@ -563,8 +604,8 @@ _Evaluated = tuple[_Step, dict[str, str], dict[str, tuple[int, int]], dict[str, 
 
 def _evaluate(net: Net, batch: int, width: Width, strategy: Strategy,
               orders: dict[str, BackwardOrder], momentum: bool, inplace: bool, workspace: bool,
-              mask_bytes: int) -> _Evaluated:
-    step = _build_step(net, batch, width, strategy, orders, momentum, workspace, mask_bytes)
+              mask_bytes: int, fused_rows: int) -> _Evaluated:
+    step = _build_step(net, batch, width, strategy, orders, momentum, workspace, mask_bytes, fused_rows)
     storage = _storage_map(step, inplace)
     lifetimes = _lifetimes(step, strategy, storage)
     sizes = {b: step.tensors[b][0] for b in lifetimes}
@@ -585,7 +626,7 @@ def _check_args(batch: int, width: Width, strategy: Strategy, align: int) -> Non
 def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = Strategy.REORDER,
          align: int = 1, orders: dict[str, BackwardOrder] | None = None, momentum: bool = False,
          inplace: bool | None = None, fused: bool = True, workspace: bool = False,
-         mask_bytes: int = MASK_BYTES) -> Plan:
+         mask_bytes: int = MASK_BYTES, fused_rows: int = FUSED_ROWS) -> Plan:
     """Plan one training step of ``net`` on ``batch`` samples of ``width``-bit data.
 
     Parameters
@@ -610,22 +651,24 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         Override whether ReLU/dropout work in place (default: ``strategy >= INPLACE``), to
         measure e.g. the paper's REORDER on a network whose ReLUs are in place, as in Caffe.
     fused
-        Whether WEIGHT_AREA and later may choose FUSED. A float trainer computing dW one row at
-        a time sums in another order than one matrix multiply (results differ in the last bits),
-        so :mod:`reference.pooled` plans with ``fused=False`` to stay bit-identical.
+        Whether WEIGHT_AREA and later may choose FUSED.
     workspace
         Give each convolution op its im2col matrix as a buffer of that op alone (kind
         WORKSPACE, same in every schedule; sizes as :mod:`reference.pooled` builds them, see
         ``_workspaces``). Off for the paper's comparisons, which leave workspaces out.
     mask_bytes
         Bytes per element of max-pool and dropout masks (1; Caffe stores 4, see :func:`caffe_faithful`).
+    fused_rows
+        Rows of dW per block of a FUSED update (:func:`fused_row_blocks`); ``L.dWtile`` holds
+        the largest block. :mod:`reference.pooled` executes the plan's value.
 
     Raises
     ------
     ValueError
-        On a bad ``batch``, ``align`` or a forced order the strategy does not allow.
+        On a bad ``batch``, ``align``, ``fused_rows`` or a forced order the strategy does not allow.
     """
     _check_args(batch, width, strategy, align)
+    fused_tile_rows(1, fused_rows)  # validates fused_rows
     inplace = strategy >= Strategy.INPLACE if inplace is None else bool(inplace)
     forced = dict(orders or {})
     if strategy < Strategy.WEIGHT_AREA and BackwardOrder.FUSED in forced.values():
@@ -635,7 +678,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
         options = [BackwardOrder.DX_FIRST, BackwardOrder.DW_FIRST]
         if strategy >= Strategy.WEIGHT_AREA and fused:
             options.append(BackwardOrder.FUSED)
-        step0 = _build_step(net, batch, width, strategy, {}, momentum, workspace, mask_bytes)
+        step0 = _build_step(net, batch, width, strategy, {}, momentum, workspace, mask_bytes, fused_rows)
         for layer in step0.windows:  # backward order: top layer first
             if layer in forced:
                 chosen[layer] = forced[layer]
@@ -644,7 +687,7 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             for opt in options:
                 trial = {**chosen, layer: opt}
                 step, _, _, _, live = _evaluate(net, batch, width, strategy, trial, momentum, inplace, workspace,
-                                                mask_bytes)
+                                                mask_bytes, fused_rows)
                 a, b = step.windows[layer]
                 local = max(live[a:b + 1])
                 if best is None or local < best[0]:
@@ -652,12 +695,12 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
             assert best is not None
             chosen[layer] = best[1]
     step, storage, lifetimes, sizes, live = _evaluate(net, batch, width, strategy, chosen, momentum, inplace,
-                                                      workspace, mask_bytes)
+                                                      workspace, mask_bytes, fused_rows)
     _, bestfit = _place(step, storage, lifetimes, sizes, align)
     offsets, arena = _place_offline(lifetimes, sizes, align)
     buffers = {b: Buffer(b, sizes[b], step.tensors[b][1]) for b in lifetimes}
     return Plan(net.name, batch, width, strategy, align, step.ops, storage, buffers, lifetimes,
-                chosen, tuple(live), max(live), offsets, arena, bestfit)
+                chosen, tuple(live), max(live), offsets, arena, bestfit, fused_rows)
 
 
 def check_plan(plan: Plan) -> None:

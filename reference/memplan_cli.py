@@ -157,12 +157,12 @@ def _measure(net, batch: int) -> None:
     x, y = model.input_matrix(data.x_train[:batch]), data.y_train[:batch]
     print(f"\none fp32 training step of the trainer's CNN, batch {batch}, momentum, im2col workspaces planned, "
           "arena granule 64 B;\ntracemalloc peak vs plan (arena pool: peak_arena; heap pool: peak_live); "
-          "excess = NumPy temporaries;\nonly the fused row computes dW row by row (the others are what "
-          "dlu train --memplan runs)")
+          "excess = NumPy temporaries;\nthe schedules dlu train --memplan runs (fused dW->W blocks where the "
+          "planner chooses them)")
     print(f"  {'schedule':34s} {'pool':>5s} {'plan B':>10s} {'measured B':>11s} {'excess':>13s}  largest temporaries")
     for s in Strategy:
         for arena in (True, False):
-            r = measure_step(model, x, y, s, arena, fused=s is Strategy.WEIGHT_AREA)
+            r = measure_step(model, x, y, s, arena)
             op, extra = r.worst_op
             print(f"  {s.label:34s} {'arena' if arena else 'heap':>5s} {r.predicted:10d} {r.measured:11d} "
                   f"{r.excess:7d} {_pct(r.excess / r.predicted)}  {op} ({extra} B)")

@@ -49,7 +49,19 @@ import numpy as np
 
 from .formats import Width
 from .layers import Conv2d, Flatten, FloatBackend, Linear, MaxPool2d, Ref, ReLU, im2col, softmax_cross_entropy
-from .memplan import BufferKind, BufferPool, Op, Plan, Strategy, check_plan, plan
+from .memplan import (
+    FUSED_ROWS,
+    BackwardOrder,
+    BufferKind,
+    BufferPool,
+    Op,
+    Plan,
+    Strategy,
+    check_plan,
+    fused_row_blocks,
+    fused_tile_rows,
+    plan,
+)
 from .models import Model, ModelKind, build_model
 from .nets import Layer as NetLayer
 from .nets import LayerKind, Net, digits_cnn
@@ -93,20 +105,22 @@ def net_of_model(model: Model, name: str | None = None) -> Net:
     return Net(name or f"{model.kind.value}_{h}x{w}x{c}", shape, tuple(layers))
 
 
-def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = False,
-                   workspace: bool = True) -> Plan:
+def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = True,
+                   workspace: bool = True, orders: dict[str, BackwardOrder] | None = None,
+                   fused_rows: int = FUSED_ROWS) -> Plan:
     """The checked fp32 plan the pooled trainer runs (arena granule :data:`POOL_ALIGN`).
 
     With ``workspace`` (default) every convolution op's im2col matrix is a planned buffer of
-    that op, so the pool holds it too (see ``plan(workspace=True)``).
+    that op, so the pool holds it too (see ``plan(workspace=True)``). ``fused``, ``orders``
+    and ``fused_rows`` go to :func:`reference.memplan.plan`.
     """
-    p = plan(net_of_model(model), batch, Width.W32, strategy, align=POOL_ALIGN, momentum=momentum, fused=fused,
-             workspace=workspace)
+    p = plan(net_of_model(model), batch, Width.W32, strategy, align=POOL_ALIGN, orders=orders, momentum=momentum,
+             fused=fused, workspace=workspace, fused_rows=fused_rows)
     check_plan(p)
     return p
 
 
-def _layouts(model: Model, batch: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _layouts(model: Model, batch: int, fused_rows: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every tensor a plan of ``model`` can name, in the layers' layouts."""
     n = batch
     h, w, c = model.image_hwc
@@ -121,7 +135,7 @@ def _layouts(model: Model, batch: int) -> dict[str, tuple[tuple[int, ...], np.dt
             for p, t in ((la.weight, "W"), (la.bias, "b")):
                 for prefix in ("", "d", "v"):
                     out[f"{la.name}.{prefix}{t}"] = (p.shape, _F32)
-            out[f"{la.name}.dWtile"] = ((la.in_features,), _F32)
+            out[f"{la.name}.dWtile"] = ((fused_tile_rows(la.in_features, fused_rows), la.out_features), _F32)
             if isinstance(la, Conv2d):
                 kk = la.k * la.k
                 out[f"{la.name}.cols"] = ((n * la.ho * la.wo, kk * la.c), _F32)
@@ -186,7 +200,7 @@ class PooledStep:
             raise ValueError(f"pooled: plan width {plan.width.bits} bits: the pooled trainer is fp32 only")
         self.model, self.plan, self.pool = model, plan, pool
         self.layers = {la.name: la for la in model.layers}
-        self.layout = _layouts(model, plan.batch)
+        self.layout = _layouts(model, plan.batch, plan.fused_rows)
         for t, b in plan.storage.items():
             if t not in self.layout:
                 raise ValueError(f"pooled: the plan names tensor {t!r}, which the model does not have")
@@ -355,9 +369,11 @@ class PooledStep:
                 return
             tile, wm = self.view(f"{L}.dWtile"), self.view(f"{L}.W")
             vm = self.view(f"{L}.vW") if f"{L}.vW" in self.plan.storage else None
-            for o in range(wm.shape[1]):  # one output row (filter) of dW, applied at once
-                np.matmul(ct, dy[:, o], out=tile)
-                _sgd(wm[:, o], tile, None if vm is None else vm[:, o], hyper)
+            # rows r0:r1 of dW = ct @ dy by the same matrix multiply on a row slice of ct, applied at once
+            for r0, r1 in fused_row_blocks(wm.shape[0], self.plan.fused_rows):
+                g = tile[:r1 - r0]
+                np.matmul(ct[r0:r1], dy, out=g)
+                _sgd(wm[r0:r1], g, None if vm is None else vm[r0:r1], hyper)
             _sgd(self.view(f"{L}.b"), self.view(f"{L}.db"), self._velocity(L, "b"), hyper)
         elif kind == "update":
             for t in ("W", "b"):
@@ -403,13 +419,15 @@ def evaluate(model: Model, be: FloatBackend, x: np.ndarray, y: np.ndarray, batch
 
 
 def train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress: bool = False, arena: bool = True,
-                 fused: bool = False) -> TrainResult:
+                 fused: bool = True, orders: dict[str, BackwardOrder] | None = None,
+                 fused_rows: int = FUSED_ROWS) -> TrainResult:
     """:func:`reference.train.train` for ``precision=fp32`` with every step run on ``strategy``'s plan.
 
     Same initialisation, shuffling, learning-rate schedule and evaluation as the trainer, so
     the returned :class:`~reference.train.TrainResult` has the same parameters and epoch
     metrics, plus ``metrics["memplan"]`` (the plan's peaks and orders and the pool's high water).
-    ``arena=False`` uses one allocation per buffer instead of the planned arena.
+    ``arena=False`` uses one allocation per buffer instead of the planned arena; ``fused``,
+    ``orders`` and ``fused_rows`` go to :func:`plan_for_model`.
 
     Raises
     ------
@@ -424,11 +442,11 @@ def train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress: 
         raise ValueError(f"train: memplan={strategy.name.lower()} needs precision fp32, got {cfg.precision.value} "
                          "(dfp tensors are int64 words; see reference/pooled.py)")
     with threadpool_limits(1):
-        return _train_pooled(cfg, data, strategy, progress, arena, fused)
+        return _train_pooled(cfg, data, strategy, progress, arena, fused, orders, fused_rows)
 
 
 def _train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress: bool, arena: bool,
-                  fused: bool) -> TrainResult:
+                  fused: bool, orders: dict[str, BackwardOrder] | None, fused_rows: int) -> TrainResult:
     from tqdm import tqdm
 
     from .config import PRESETS
@@ -441,7 +459,8 @@ def _train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress:
     if n < cfg.batch:
         raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
     steps = n // cfg.batch
-    p = plan_for_model(model, cfg.batch, strategy, momentum=cfg.momentum != 0, fused=fused)
+    p = plan_for_model(model, cfg.batch, strategy, momentum=cfg.momentum != 0, fused=fused, orders=orders,
+                       fused_rows=fused_rows)
     pool = BufferPool.from_plan(p) if arena else BufferPool()
     step = PooledStep(model, p, pool)
     step.load_params(values)
@@ -483,7 +502,7 @@ def _train_pooled(cfg: TrainConfig, data: Dataset, strategy: Strategy, progress:
                   "mean_epoch_time_s": float(np.mean(times)), "mean_epoch_cpu_s": float(np.mean(cpus))},
         "tensors": {},
         "memplan": {"strategy": strategy.name.lower(), "net": p.net_name, "batch": p.batch, "align": p.align,
-                    "arena": arena, "fused": fused, "peak_live_bytes": p.peak_live,
+                    "arena": arena, "fused": fused, "fused_rows": p.fused_rows, "peak_live_bytes": p.peak_live,
                     "peak_arena_bytes": p.peak_arena, "pool_peak_bytes": pool.peak_bytes,
                     "orders": {k: v.name.lower() for k, v in p.orders.items()}},
     }
@@ -525,15 +544,17 @@ class StepMemory:
 
 def measure_step(model: Model, x: np.ndarray, y: np.ndarray, strategy: Strategy, arena: bool = True,
                  values: dict[str, np.ndarray] | None = None, lr: float = 0.05, momentum: float = 0.9,
-                 weight_decay: float = 1e-4, fused: bool = False) -> StepMemory:
+                 weight_decay: float = 1e-4, fused: bool = True,
+                 orders: dict[str, BackwardOrder] | None = None) -> StepMemory:
     """Run one pooled step of ``model`` on the batch ``x`` (model input matrix), ``y`` under tracemalloc.
 
     The plan, the model and the batch are made before tracing starts; the pool (and its arena),
-    the parameters and everything the step allocates are traced.
+    the parameters and everything the step allocates are traced. ``fused`` and ``orders`` go
+    to :func:`plan_for_model`.
     """
     from threadpoolctl import threadpool_limits
 
-    p = plan_for_model(model, len(y), strategy, momentum=momentum != 0, fused=fused)
+    p = plan_for_model(model, len(y), strategy, momentum=momentum != 0, fused=fused, orders=orders)
     if values is None:
         values = model.init_params(np.random.default_rng([0, 1]))
     per_op: list[tuple[str, int, int]] = []

@@ -21,6 +21,8 @@ from reference.memplan import (
     caffe_inplace_conventional_bytes,
     caffe_persistent_bytes,
     check_plan,
+    fused_row_blocks,
+    fused_tile_rows,
     largest_batch,
     plan,
     run_plan,
@@ -54,11 +56,14 @@ def test_single_linear_layer_peaks_by_hand():
     assert p.peak_live == 176 and p.peak_op.name == "bwd_dW:fc"
     # bwd_dW:fc touches input 32, fc.dy 24, dW 48, db 12; update touches W, b, dW, db = 120
     assert p.working_set(4) == 116 and p.layer_working_sets()["fc"] == 120
-    # WEIGHT_AREA: dW is applied one 4-element row (16 B) at a time: op 4 holds
-    # 60 + 32 + 24 + tile 16 + db 12 = 144, so the forward's 148 is the peak.
-    q = plan(net, 2, Width.W32, Strategy.WEIGHT_AREA, align=1)
-    assert q.orders == {"fc": BackwardOrder.FUSED}
-    assert q.peak_live == 148 and q.live[4] == 144
+    # WEIGHT_AREA, one row of dW ([in 4, out 3]) per block: a 3-element tile (12 B); op 4 holds
+    # 60 + 32 + 24 + tile 12 + db 12 = 140, so the forward's 148 is the peak.
+    q = plan(net, 2, Width.W32, Strategy.WEIGHT_AREA, align=1, fused_rows=1)
+    assert q.orders == {"fc": BackwardOrder.FUSED} and q.fused_rows == 1
+    assert q.peak_live == 148 and q.live[4] == 140 and q.buffers["fc.dWtile"].nbytes == 12
+    # default blocks of FUSED_ROWS rows: the tile is all of dW, so fusing saves nothing and DX_FIRST stays
+    d = plan(net, 2, Width.W32, Strategy.WEIGHT_AREA, align=1)
+    assert d.orders == {"fc": BackwardOrder.DX_FIRST} and d.peak_live == 176
     # momentum keeps a velocity (W 48 + b 12) in every schedule: +60 everywhere
     assert plan(net, 2, Width.W32, Strategy.CONVENTIONAL, momentum=True).peak_live == 232 + 60
     m = plan(net, 2, Width.W32, Strategy.REORDER, momentum=True)
@@ -72,19 +77,20 @@ def test_two_layer_mlp_with_relu_peaks_by_hand_every_strategy():
     # fc2.y/dy 2/2, prob 2, fc1 dW16+db4, fc2 dW8+db2: conventional = 90.
     net = mlp({**FC, "name": "fc1", "out_features": 4}, {"type": "relu", "name": "relu"},
               {**FC, "name": "fc2", "out_features": 2})
-    peaks = {s: plan(net, 1, Width.W8, s).peak_live for s in Strategy}
+    peaks = {s: plan(net, 1, Width.W8, s, fused_rows=1).peak_live for s in Strategy}
     # REORDER: the peak is fc1's weight gradient: 30 + input 4 + fc1.dy 4 + dW 16 + db 4 = 58.
-    # WEIGHT_AREA: fc1's dW row tile (4) replaces dW: 46; fc2 fused: 30+4+relu.y 4+fc2.dy 2
-    #   +relu.dy 4+tile 4+db 2 = 50 = the forward peak (30+4+4+4+4+2+2 during fwd:loss).
-    # EARLY_FREE: fc1.y dies at the relu, fc2.y at the loss: forward peak 46; backward still 50.
-    # INPLACE: relu shares fc1.y / relu.dy; peak still fc2's fused update, 50.
+    # WEIGHT_AREA (one row of dW per block): fc1's tile (1x4) replaces dW: 46; fc2 fused:
+    #   30+4+relu.y 4+fc2.dy 2+relu.dy 4+tile 2+db 2 = 48 < the forward peak 50 (30+4+4+4+4+2+2
+    #   during fwd:loss).
+    # EARLY_FREE: fc1.y dies at the relu, fc2.y at the loss: forward peak 46; fc2's fused update 48.
+    # INPLACE: relu shares fc1.y / relu.dy; peak still fc2's fused update, 48.
     assert peaks == {Strategy.CONVENTIONAL: 90, Strategy.REORDER: 58, Strategy.WEIGHT_AREA: 50,
-                     Strategy.EARLY_FREE: 50, Strategy.INPLACE: 50}
+                     Strategy.EARLY_FREE: 48, Strategy.INPLACE: 48}
     # Caffe's in-place ReLU shares relu.y (4) and relu.dy (4) with fc1's blob: 90 - 8
     assert caffe_inplace_conventional_bytes(net, 1, Width.W8) == 82
     p = plan(net, 1, Width.W8, Strategy.INPLACE)
     assert p.storage["relu.y"] == "fc1.y" and p.storage["fc1.dy"] == "relu.dy"
-    e = plan(net, 1, Width.W8, Strategy.EARLY_FREE)
+    e = plan(net, 1, Width.W8, Strategy.EARLY_FREE, fused_rows=1)
     relu_fwd = [o.name for o in e.ops].index("fwd:relu")
     assert e.lifetimes["fc1.y"] == (1, relu_fwd)
     assert max(e.live[: relu_fwd + 3]) == 46
@@ -356,12 +362,12 @@ def _train(p, shapes: dict, steps: int, seed: int = 5) -> dict[str, np.ndarray]:
                 x, dy = view(r[0]), view(f"{L}.dy")
                 view(f"{L}.db")[...] = dy.sum(axis=0)
                 W, vW = view(f"{L}.W"), view(f"{L}.vW")
-                for o in range(W.shape[1]):  # one output column at a time, the same in every schedule
-                    col = view(f"{L}.dWtile") if kind == "bwd_dW+update" else view(f"{L}.dW")[:, o]
-                    col[...] = x.T @ dy[:, o]
+                for r0, r1 in fused_row_blocks(W.shape[0], p.fused_rows):  # the same blocks in every schedule
+                    rows = view(f"{L}.dWtile")[:r1 - r0] if kind == "bwd_dW+update" else view(f"{L}.dW")[r0:r1]
+                    rows[...] = x.T[r0:r1] @ dy
                     if kind == "bwd_dW+update":
-                        vW[:, o] = MOMENTUM * vW[:, o] + col
-                        W[:, o] -= LR * vW[:, o]
+                        vW[r0:r1] = MOMENTUM * vW[r0:r1] + rows
+                        W[r0:r1] -= LR * vW[r0:r1]
                 if kind == "bwd_dW+update":
                     view(f"{L}.vb")[...] = MOMENTUM * view(f"{L}.vb") + view(f"{L}.db")
                     view(f"{L}.b")[...] -= LR * view(f"{L}.vb")
@@ -384,18 +390,19 @@ def test_every_schedule_trains_bit_identically_to_the_conventional_one():
               {"type": "dropout", "name": "drop1", "p": 0.25},
               {**FC, "name": "fc2", "out_features": 8}, {"type": "relu", "name": "relu2"},
               {**FC, "name": "fc3", "out_features": 5})
-    batch = 6
+    batch, rows = 6, 1  # one row of dW per fused block: the tile is smaller than dW, so FUSED is chosen
     shapes = {"input": (batch, 4), "labels": (batch,)}
     for s in infer_shapes(net):
         L, (n_in, n_out) = s.layer.name, (s.in_count, s.out_count)
         shapes[f"{L}.y"] = shapes[f"{L}.dy"] = shapes[f"{L}.mask"] = (batch, n_out)
         shapes.update({f"{L}.{t}": (n_in, n_out) for t in ("W", "dW", "vW")})
         shapes.update({f"{L}.{t}": (n_out,) for t in ("b", "db", "vb")})
-        shapes[f"{L}.dWtile"] = (n_in,)
-    ref = _train(plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True), shapes, 3)
+        shapes[f"{L}.dWtile"] = (fused_tile_rows(n_in, rows), n_out)
+    ref = _train(plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True, fused_rows=rows),
+                 shapes, 3)
     # The comparison can fail: updating fc2 before its dx is computed (what a careless reorder
     # would do) changes fc1's training.
-    conv = plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True)
+    conv = plan(net, batch, Width.W32, Strategy.CONVENTIONAL, align=64, momentum=True, fused_rows=rows)
     ops = [o for o in conv.ops if o.name != "update:fc2"]
     ops.insert([o.name for o in ops].index("bwd_dx:fc2"), next(o for o in conv.ops if o.name == "update:fc2"))
     wrong, right = _train(dataclasses.replace(conv, ops=tuple(ops)), shapes, 1), _train(conv, shapes, 1)
@@ -404,7 +411,7 @@ def test_every_schedule_trains_bit_identically_to_the_conventional_one():
     seen_orders = set()
     for s in Strategy:
         for inplace in (False, True):
-            p = plan(net, batch, Width.W32, s, align=64, momentum=True, inplace=inplace)
+            p = plan(net, batch, Width.W32, s, align=64, momentum=True, inplace=inplace, fused_rows=rows)
             seen_orders |= set(p.orders.values())
             got = _train(p, shapes, 3)
             for name, value in ref.items():
@@ -451,3 +458,28 @@ def test_caffe_faithful_baseline_is_in_place_with_momentum_int_masks_and_persist
             - plan(net, 32, Width.W32, Strategy.CONVENTIONAL).peak_live) == 3 * masks
     # what docs/memplan.md reports: the paper's step saves ~20% of what Caffe 1.0 would allocate
     assert 0.19 < 1 - reorder / conv < 0.22
+
+
+def test_fused_row_blocks_are_aligned_and_never_a_single_row():
+    assert fused_row_blocks(9) == ((0, 9),)
+    assert fused_row_blocks(72) == ((0, 48), (48, 72))
+    assert fused_row_blocks(97) == ((0, 48), (48, 97))  # the one-row tail joins the block before it
+    assert fused_row_blocks(1) == ((0, 1),) and fused_row_blocks(3, 1) == ((0, 1), (1, 2), (2, 3))
+    assert fused_tile_rows(97) == 49 and fused_tile_rows(96) == 48 and fused_tile_rows(5) == 5
+    for rows in range(1, 200):
+        b = fused_row_blocks(rows, 12)
+        assert b[0][0] == 0 and b[-1][1] == rows and all(p[1] == q[0] for p, q in zip(b, b[1:], strict=False))
+        assert all(r0 % 12 == 0 for r0, _ in b) and (rows == 1 or all(r1 - r0 > 1 for r0, r1 in b))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            fused_row_blocks(bad)
+        with pytest.raises(ValueError, match="block="):
+            plan(digits_cnn(), 2, fused_rows=bad)
+
+
+def test_fused_tile_is_a_block_of_rows_across_all_outputs():
+    # digits CNN conv2: dW is [3*3*8 = 72 rows, 16 outputs]; fc1 [64, 32]; conv1 [9, 8]
+    assert plan(digits_cnn(), 2, Width.W32, Strategy.WEIGHT_AREA).fused_rows == 48
+    q = plan(digits_cnn(), 2, Width.W32, Strategy.WEIGHT_AREA, orders={"conv1": BackwardOrder.FUSED,
+                                                                      "conv2": BackwardOrder.FUSED})
+    assert q.buffers["conv2.dWtile"].nbytes == 48 * 16 * 4 and q.buffers["conv1.dWtile"].nbytes == 9 * 8 * 4

@@ -31,6 +31,20 @@ def test_train_memplan_reorder_writes_the_same_metrics_plus_the_plan(tmp_path, c
     assert set(mp["orders"]) == {"conv1", "conv2", "fc1", "fc2"}
 
 
+def test_train_memplan_weight_area_runs_fused_blocks_with_the_same_metrics(tmp_path, capsys):
+    """seed 4 (recorded in _run); the MLP's two layers are both fused at batch 32"""
+    assert _run(tmp_path, "--model", "mlp", "--precision", "fp32", "--name", "plain") == 0
+    assert _run(tmp_path, "--model", "mlp", "--precision", "fp32", "--memplan", "weight-area", "--name", "wa") == 0
+    assert "memplan weight-area: arena" in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    pooled = json.loads((tmp_path / "wa" / "metrics.json").read_text())
+    for key in ("loss", "train_acc", "test_acc"):
+        assert pooled["epochs"][0][key] == plain["epochs"][0][key]
+    mp = pooled["memplan"]
+    assert mp["strategy"] == "weight_area" and mp["fused_rows"] == 48
+    assert mp["orders"] == {"fc1": "fused", "fc2": "fused"}
+
+
 def test_train_memplan_refuses_dfp(tmp_path):
     with pytest.raises(ValueError, match="needs precision fp32"):
         _run(tmp_path, "--precision", "dfp16", "--memplan", "reorder")
