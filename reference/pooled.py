@@ -23,10 +23,14 @@ state that the plan does not model, the pooled step recomputes it or stores it s
 - ``loss.y`` holds the loss gradient ``(softmax - onehot) / N`` in float32, computed in
   float64 by :func:`reference.layers.softmax_cross_entropy` as the trainer does.
 
-Not bit-identical: the fused ``dW -> W`` update (``BackwardOrder.FUSED``) computes dW one output
-column at a time, a matrix-vector product that sums in another order than the full matrix
-multiply. Plans for identical training therefore use ``fused=False`` (the default of
-:func:`plan_for_model`); FUSED still runs, within float rounding of the others.
+The fused ``dW -> W`` update (``BackwardOrder.FUSED``) computes rows ``r0:r1`` of
+``dW = x.T @ dy`` with the same ``np.matmul`` on the row slice ``x.T[r0:r1]`` and applies them
+(the same SGD chain, elementwise) to ``W[r0:r1]`` at once, in the plan's
+:func:`~reference.memplan.fused_row_blocks` (``plan.fused_rows`` = 48 rows, a multiple of the
+row tile of OpenBLAS's float32 kernels, never a one-row block). Each element is then summed as
+in the whole product: bit-identical on OpenBLAS's Haswell kernels for every shape tried, on its
+SkylakeX kernels for the project's models but not every shape (docs/memplan.md). Other block
+sizes (``fused_rows=1``, the old one-row update) differ in the last bits.
 
 Only fp32: the dfp modes keep :class:`~reference.formats.DfpTensor` words as int64 (8 bytes per
 element whatever the width) and their engine allocates its results, so a pool of
