@@ -25,17 +25,17 @@ This class is deliberately small: the cycle simulator subclasses or wraps it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 
 from . import ops
 from .config import CoreConfig
-from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, acc_width, quantize_float
+from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize_float
 from .isa import MAX_DIM
 from .ops import Op
-from .rng import MASK32, draw_beats, seed_states
+from .rng import MASK32, seed_states
 from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_fracs
 
 #: Number of source operands of each compute operation.
@@ -63,23 +63,6 @@ class Recorder(Protocol):
     def on_setting(self, engine: Engine, tid: int, setting: TensorSetting) -> None: ...
 
     def on_policy(self, engine: Engine, settings_after: dict[int, TensorSetting]) -> None: ...
-
-
-@dataclass(frozen=True)
-class AxpyCommand:
-    """One AXPY of :meth:`Engine.run_axpys`: ``dst = alpha * x + y``.
-
-    ``x`` and ``y`` are tensors or the index of an earlier command of the same list (its
-    result); ``x_tid``/``y_tid`` are the tensor ids the operands belong to; ``alpha`` is
-    ``(raw, frac)`` as for :meth:`Engine.run`.
-    """
-
-    dst: int
-    x: DfpTensor | int
-    y: DfpTensor | int
-    x_tid: int
-    y_tid: int
-    alpha: tuple[int, int]
 
 
 class Engine:
@@ -242,135 +225,6 @@ class Engine:
                                 None if alpha is None else (int(alpha[0]), int(alpha[1])),
                                 res.out, res.stats, rng_before)
         return res.out
-
-    def run_axpys(self, cmds: list[AxpyCommand]) -> list[DfpTensor]:
-        """Execute AXPY commands in list order; returns their destination tensors.
-
-        An operand given as an ``int`` is the result of that earlier command of the list. The
-        outcome (results, database, generator states, errors) is that of calling :meth:`run`
-        on each command in order. When nothing observes single commands (no recorder, ``run``
-        not overridden) and every command is a legal 8/16-bit AXPY, the commands that do not
-        depend on each other are computed together (:func:`reference.ops.axpy_many`): the
-        stochastic-rounding words are drawn beforehand in list order and the statistics are
-        accumulated in list order, so nothing differs but the number of NumPy calls.
-        """
-        plan = None if self.recorder is not None or type(self).run is not Engine.run else self._plan_axpys(cmds)
-        if plan is None:
-            outs: list[DfpTensor] = []
-            for c in cmds:
-                x = outs[c.x] if isinstance(c.x, int) else c.x
-                y = outs[c.y] if isinstance(c.y, int) else c.y
-                outs.append(self.run(Op.AXPY, c.dst, [x, y], [c.x_tid, c.y_tid], c.alpha))
-            return outs
-        jobs, levels, rngs, final_rng = plan
-        results: list[tuple[DfpTensor, OpStats] | None] = [None] * len(cmds)
-        for level in levels:
-            by_mode: dict[RoundingMode, list[int]] = {}
-            for i in level:
-                by_mode.setdefault(jobs[i][0].rounding, []).append(i)
-            for rnd, idx in by_mode.items():
-                built = []
-                for i in idx:
-                    c = cmds[i]
-                    x = results[c.x][0] if isinstance(c.x, int) else c.x
-                    y = results[c.y][0] if isinstance(c.y, int) else c.y
-                    built.append((i, x, y))
-                todo = [(i, x, y) for i, x, y in built if 1 <= jobs[i][1] <= 62]
-                for i, x, y in built:
-                    if not 1 <= jobs[i][1] <= 62:  # no rounding, or a sticky pre-shift: one at a time
-                        setting = jobs[i][0]
-                        raw, frac = cmds[i].alpha
-                        res = ops.axpy(raw, frac, x, y, setting.fmt, setting.rounding, self.cfg, rngs[i])
-                        results[i] = (res.out, res.stats)
-                if todo:
-                    many = ops.axpy_many([self._axpy_job(cmds[i], jobs[i], x, y) for i, x, y in todo], rnd, self.cfg)
-                    for (i, _, _), (q, st) in zip(todo, many, strict=True):
-                        results[i] = (DfpTensor._trusted(q, jobs[i][0].fmt), st)
-        for c, (_, st) in zip(cmds, results, strict=True):  # type: ignore[misc]
-            self.db.accumulate(c.dst, st)
-        if final_rng is not self.rng:
-            self.rng = final_rng
-        return [r[0] for r in results]  # type: ignore[index]
-
-    def _axpy_job(self, c: AxpyCommand, job, x: DfpTensor, y: DfpTensor) -> ops.AxpyJob:
-        setting, shift, f_acc, u16 = job
-        raw, frac = c.alpha
-        return ops.AxpyJob(x.data, y.data, raw, f_acc, f_acc - (frac + x.fmt.frac), f_acc - y.fmt.frac, shift,
-                           setting.fmt, u16)
-
-    def _plan_axpys(self, cmds: list[AxpyCommand]):
-        """Formats, dependency levels and random words of a batch, or None if any command is not a
-        plain legal 8/16-bit AXPY (those run one by one, which also raises their errors)."""
-        n_tids = self.cfg.tensor_ids
-        fmts: list[DfpFormat] = []
-        shapes: list[tuple[int, int]] = []
-        depth: list[int] = []
-        jobs: list[list] = []
-        for i, c in enumerate(cmds):
-            if not isinstance(c, AxpyCommand):
-                return None
-            s = self.settings.get(c.dst) if type(c.dst) is int and 0 <= c.dst < n_tids else None
-            if s is None or s.fmt.bits > 16:
-                return None
-            ops_in = []
-            d = 0
-            for src, tid in ((c.x, c.x_tid), (c.y, c.y_tid)):
-                if type(tid) is not int or not 0 <= tid < n_tids:
-                    return None
-                if isinstance(src, int) and not isinstance(src, bool):
-                    if not 0 <= src < i:
-                        return None
-                    ops_in.append((fmts[src], shapes[src]))
-                    d = max(d, depth[src] + 1)
-                elif isinstance(src, DfpTensor):
-                    if max(src.data.shape) > MAX_DIM:
-                        return None
-                    ops_in.append((src.fmt, src.data.shape))
-                else:
-                    return None
-            (xf, xs), (yf, ys) = ops_in
-            if xs != ys or xf.width != s.fmt.width or yf.width != s.fmt.width:
-                return None
-            if not (isinstance(c.alpha, tuple) and len(c.alpha) == 2 and all(type(v) is int for v in c.alpha)):
-                return None
-            raw, frac = c.alpha
-            bits = s.fmt.bits
-            if not -(1 << (bits - 1)) <= raw < 1 << (bits - 1) or not FRAC_MIN <= frac <= FRAC_MAX:
-                return None
-            abits = acc_width(s.fmt.width)
-            f_acc = min(max(frac + xf.frac, yf.frac), frac + xf.frac + abits - 1 - 2 * bits, yf.frac + abits - 1 - bits)
-            shift = f_acc - s.fmt.frac
-            fmts.append(s.fmt)
-            shapes.append(xs)
-            depth.append(d)
-            jobs.append([s, shift, f_acc, None])
-        # Random words in list order. When every drawing command takes the batched path, one
-        # draw covers them all (consecutive beats of the same generators); otherwise each
-        # command draws from the states it would see (a command run alone needs them).
-        draws = [i for i, j in enumerate(jobs) if j[1] > 0 and j[0].rounding == RoundingMode.STOCHASTIC]
-        rngs = [self.rng] * len(cmds)
-        rng = self.rng
-        if draws and all(jobs[i][1] <= 62 for i in draws):
-            vs = [self.cfg.values_per_beat(jobs[i][0].fmt.width) for i in draws]
-            beats = [shapes[i][0] * -(-shapes[i][1] // v) for i, v in zip(draws, vs, strict=True)]
-            words, rng = draw_beats(rng, sum(beats), max(vs))
-            b0 = 0
-            for i, v, nb in zip(draws, vs, beats, strict=True):
-                rows, cols = shapes[i]
-                jobs[i][3] = words[b0:b0 + nb, :v].reshape(rows, -1)[:, :cols]
-                b0 += nb
-        else:
-            for i in draws:
-                rngs[i] = rng
-                jobs[i][3], rng = ops._stochastic_words(rng, shapes[i][0], shapes[i][1], self.cfg,
-                                                        jobs[i][0].fmt.width)
-            for i in range(len(cmds)):  # the states before each command, for commands run alone
-                if i not in draws:
-                    rngs[i] = next((rngs[k] for k in draws if k > i), rng)
-        levels: list[list[int]] = [[] for _ in range(max(depth, default=-1) + 1)]
-        for i, d in enumerate(depth):
-            levels[d].append(i)
-        return jobs, levels, rngs, (rng if rng is self.rng else np.asarray(rng, dtype=np.uint32).copy())
 
     def update_formats(self) -> dict[int, TensorSetting]:
         """The POLICY_UPDATE command; returns the settings it rewrote.

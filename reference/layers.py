@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import AxpyCommand, Engine
+from .engine import Engine
 from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
 from .ops import Op, scalar_to_dfp
 
@@ -493,8 +493,6 @@ def sgd_step(be: Backend, params: list[Param], lr: float, momentum: float, weigh
     ``w = -lr * v + w``. The last AXPY writes the weight's tensor id, whose rounding is
     stochastic by default.
     """
-    if isinstance(be, DfpBackend) and _sgd_step_batched(be, params, lr, momentum, weight_decay):
-        return
     for p in params:
         if p.grad is None or p.value is None:
             raise ValueError(f"sgd: parameter {p.name!r} has no gradient (backward_weights not run)")
@@ -510,43 +508,3 @@ def sgd_step(be: Backend, params: list[Param], lr: float, momentum: float, weigh
             v = g
         p.value = be.axpy(p.w_tid, -lr, v, p.value)
         p.grad = None
-
-
-def _sgd_step_batched(be: DfpBackend, params: list[Param], lr: float, momentum: float, weight_decay: float) -> bool:
-    """:func:`sgd_step` as one :meth:`Engine.run_axpys` call: the same commands in the same order.
-
-    Returns False (and does nothing) when an operand would need a CONVERT first or a parameter
-    has no gradient; :func:`sgd_step` then issues the commands one by one.
-    """
-    eng = be.engine
-    cmds: list[AxpyCommand] = []
-    slots = []
-    try:
-        for p in params:
-            if p.grad is None or p.value is None:
-                return False
-            w = {t: eng.setting(t).fmt.width for t in (p.g_tid, p.v_tid, p.w_tid)}
-            if len(set(w.values())) != 1 or p.value.t.fmt.width != w[p.w_tid] or p.grad.t.fmt.width != w[p.g_tid] \
-                    or (p.velocity is not None and p.velocity.t.fmt.width != w[p.v_tid]):
-                return False
-            g, g_tid = p.grad.t, p.grad.tid
-            if weight_decay:
-                cmds.append(AxpyCommand(p.g_tid, p.value.t, g, p.value.tid, g_tid, be.scalar(weight_decay, p.g_tid)))
-                g, g_tid = len(cmds) - 1, p.g_tid
-            iv = None
-            if momentum:
-                vel = p.velocity if p.velocity is not None else be.zeros(p.v_tid, p.shape)
-                cmds.append(AxpyCommand(p.v_tid, vel.t, g, vel.tid, g_tid, be.scalar(momentum, p.v_tid)))
-                iv = len(cmds) - 1
-                g, g_tid = iv, p.v_tid
-            cmds.append(AxpyCommand(p.w_tid, g, p.value.t, g_tid, p.value.tid, be.scalar(-lr, p.w_tid)))
-            slots.append((p, iv, len(cmds) - 1))
-    except ValueError:  # e.g. a tensor id without a setting: the one-by-one path raises it
-        return False
-    outs = eng.run_axpys(cmds)
-    for p, iv, iw in slots:
-        if iv is not None:
-            p.velocity = Ref(outs[iv], p.v_tid)
-        p.value = Ref(outs[iw], p.w_tid)
-        p.grad = None
-    return True

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .config import CoreConfig
 from .formats import (
     MAX_K,
@@ -292,7 +293,56 @@ def _fits(e_max: int | None, shift: int, out_fmt: DfpFormat) -> bool:
 def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
                    cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True,
                    nonneg: bool = False, owned: bool = True) -> OpResult:
-    """:func:`convert_acc` of an int64 accumulator array (fused passes; pairs beyond 52 bits).
+    """:func:`convert_acc` of an int64 accumulator array: the compiled kernel of
+    :func:`reference.kernels.convert_int64` when every |v| < 2**52, else :func:`_convert_int64_numpy`.
+
+    ``bounded``: the caller guarantees |acc| < 2**52 (every op of this module does: 8/16-bit
+    accumulators have at most 48 bits, and 32-bit elementwise values without a product or an
+    alignment at most 32); otherwise it is checked. ``nonneg`` and ``owned`` are hints for the
+    NumPy form (see there).
+    """
+    if not bounded and acc.size and max(int(acc.max()), ~int(acc.min())) >= 1 << 52:
+        return _convert_int64_numpy(acc, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width, bounded,
+                                    nonneg, owned)
+    a2 = acc if acc.ndim == 2 else acc.reshape(acc.shape[0], -1) if acc.ndim else acc.reshape(1, 1)
+    res = _convert_fused(kernels.ACC, a2, f_acc, out_fmt, rounding, cfg, rng, op_width, words_shape=acc.shape)
+    if a2 is not acc:
+        res = OpResult(DfpTensor._trusted(res.out.data.reshape(acc.shape), out_fmt), res.stats, res.rng)
+    return res
+
+
+def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rounding: RoundingMode,
+                   cfg: CoreConfig, rng: np.ndarray, op_width: Width, b: np.ndarray | None = None, alpha: int = 1,
+                   da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None) -> OpResult:
+    """Form the accumulator of a 2-D command (``kind``, see :func:`reference.kernels.convert_int64`; every
+    |v| < 2**52), analyse it and convert it: the compiled twin of forming ``acc`` and calling
+    :func:`_convert_int64_numpy`."""
+    shift = f_acc - out_fmt.frac
+    new_rng = rng
+    u16 = None
+    if shift > 0 and rounding == RoundingMode.STOCHASTIC:
+        shape = a.shape if words_shape is None else words_shape
+        u16, new_rng = _stochastic_words(rng, shape[0], shape[1], cfg, op_width)
+    elif rounding not in _ROUNDINGS:
+        raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
+    q, hist, zeros, overflow, underflow = kernels.convert(kind, a, shift, rounding, u16, out_fmt.bits,
+                                                          f_acc + cfg.hist_min_exp, cfg.hist_bins, b, alpha, da, db,
+                                                          sign)
+    n = a.size
+    cmax = cfg.counter_max
+    if n > cmax:
+        np.minimum(hist, cmax, out=hist)
+        zeros, overflow, underflow, n = min(zeros, cmax), min(overflow, cmax), min(underflow, cmax), cmax
+    return OpResult(DfpTensor._trusted(q, out_fmt), OpStats(hist, zeros, overflow, underflow, n), new_rng)
+
+
+_ROUNDINGS = frozenset(int(m) for m in RoundingMode)
+
+
+def _convert_int64_numpy(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat, rounding: RoundingMode,
+                         cfg: CoreConfig, rng: np.ndarray, op_width: Width, bounded: bool = True,
+                         nonneg: bool = False, owned: bool = True) -> OpResult:
+    """The NumPy form of :func:`_convert_int64` (fused passes; pairs beyond 52 bits).
 
     ``bounded``: the caller guarantees |acc| < 2**52 (every op of this module does: 8/16-bit
     accumulators have at most 48 bits, and 32-bit elementwise values without a product or an
@@ -556,13 +606,22 @@ def _pair_addsub(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarr
     return hi, lo
 
 
-def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_bits: int, args_tail) -> OpResult:
-    """Convert ``x +/- y`` (int64 arrays, y possibly one broadcast row) aligned as :func:`align_terms`."""
+def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_bits: int, args_tail,
+                 alpha: int = 1) -> OpResult:
+    """Convert ``alpha * x +/- y`` (int64 arrays, y possibly one broadcast row) aligned as :func:`align_terms`.
+
+    ``fx`` describes the product ``alpha * x`` (its F and width); |alpha * x| <= 2**62.
+    """
     f_acc = _align_frac([fx, fy], acc_bits)
     dx, dy = f_acc - fx[0], f_acc - fy[0]
     # |term| < 2**(w - 1 + max(d, 0)) for a w-bit term shifted by d; their sum one bit more
     bound = max(fx[1] - 1 + max(dx, 0), fy[1] - 1 + max(dy, 0)) + 1
-    if acc_bits <= 48 or bound <= 52:  # the sum stays below 2**52 (2**47 for 8/16-bit accumulators)
+    if (acc_bits <= 48 or bound <= 52) and x.ndim == y.ndim == 2 and y.shape[1] == x.shape[1] \
+            and y.shape[0] in (1, x.shape[0]):  # the sum stays below 2**52
+        return _convert_fused(kernels.SUM, x, f_acc, *args_tail, b=y, alpha=alpha, da=dx, db=dy, sign=sign)
+    if alpha != 1:
+        x = x * alpha
+    if acc_bits <= 48 or bound <= 52:
         tx, ty = _shift_int64(x, dx), _shift_int64(y, dy)
         acc = tx + ty if sign > 0 else tx - ty
         if acc.shape != x.shape:
@@ -609,13 +668,15 @@ def axpy(alpha: int, alpha_frac: int, x: DfpTensor, y: DfpTensor, out_fmt, round
     check_frac(alpha_frac)  # as DfpFormat(w, alpha_frac) did
     if not -(1 << (w.bits - 1)) <= int(alpha) < 1 << (w.bits - 1):
         raise ValueError(f"axpy: alpha={alpha} does not fit {w.bits} bits")
-    prod = x.data * int(alpha)  # |alpha * x| <= 2**62: exact in int64
-    return _aligned_sum(prod, (alpha_frac + x.fmt.frac, 2 * w.bits), y.data, (y.fmt.frac, y.fmt.bits), +1,
-                        acc_width(w), (out_fmt, rounding, cfg, rng, w))
+    # |alpha * x| <= 2**62: exact in int64
+    return _aligned_sum(x.data, (alpha_frac + x.fmt.frac, 2 * w.bits), y.data, (y.fmt.frac, y.fmt.bits), +1,
+                        acc_width(w), (out_fmt, rounding, cfg, rng, w), alpha=int(alpha))
 
 
 def relu(x: DfpTensor, out_fmt, rounding, cfg, rng) -> OpResult:
     w = _op_width(x.fmt, out_fmt)
+    if x.data.ndim == 2:
+        return _convert_fused(kernels.RELU, x.data, x.fmt.frac, out_fmt, rounding, cfg, rng, w)
     return _convert_int64(np.maximum(x.data, 0), x.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w,
                           nonneg=True)
 
@@ -624,6 +685,8 @@ def relu_backward(dy: DfpTensor, x: DfpTensor, out_fmt, rounding, cfg, rng) -> O
     if dy.shape != x.shape:
         raise ValueError(f"relu_backward: dy is {dy.shape} but x is {x.shape}")
     w = _op_width(dy.fmt, x.fmt, out_fmt)
+    if dy.data.ndim == 2:
+        return _convert_fused(kernels.RELU_BACKWARD, dy.data, dy.fmt.frac, out_fmt, rounding, cfg, rng, w, b=x.data)
     acc = np.where(x.data > 0, dy.data, 0)
     return _convert_int64(acc, dy.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
 
@@ -640,106 +703,3 @@ def scalar_to_dfp(value: float, width: Width) -> tuple[int, int]:
     f = best_frac_for(np.array([value]), width)
     q, _, _ = quantize_float(np.array([value]), DfpFormat(width, f), RoundingMode.NEAREST_EVEN, name="scalar")
     return int(q[0]), f
-
-
-# -- many independent AXPYs at once ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AxpyJob:
-    """One AXPY of :func:`axpy_many`, with its alignment and conversion already resolved.
-
-    ``x``, ``y``: int64 data of one shape; ``alpha``: raw scalar; ``f_acc``, ``dx``, ``dy``:
-    the accumulator's point position and the terms' shifts (:func:`align_terms`); ``shift``:
-    ``f_acc - out_fmt.frac``, in [1, 62]; ``u16``: the random words (stochastic) or None.
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    alpha: int
-    f_acc: int
-    dx: int
-    dy: int
-    shift: int
-    out_fmt: DfpFormat
-    u16: np.ndarray | None
-
-
-def _per_value(vals: list[int], sizes: list[int]):
-    """One value per job spread over its values (a scalar when all jobs share it)."""
-    if all(v == vals[0] for v in vals):
-        return vals[0]
-    return np.repeat(np.array(vals, dtype=np.int64), sizes)
-
-
-def _shift_per_value(x: np.ndarray, ds: list[int], sizes: list[int]) -> np.ndarray:
-    if all(d == ds[0] for d in ds):
-        return _shift_int64(x, ds[0])
-    left = np.repeat(np.array([max(d, 0) for d in ds], dtype=np.int64), sizes)
-    right = np.repeat(np.array([min(max(-d, 0), 63) for d in ds], dtype=np.int64), sizes)
-    return (x << left) >> right
-
-
-def axpy_many(jobs: list[AxpyJob], rounding: RoundingMode, cfg: CoreConfig) -> list[tuple[np.ndarray, OpStats]]:
-    """Outputs and statistics of independent AXPYs at widths up to 16 bits, in one set of passes.
-
-    Each job's result is exactly that of :func:`axpy` on its operands (the same aligned sum,
-    :func:`_round_small` with its own shift, saturation and statistics); the values of all jobs
-    are concatenated so that the per-call cost of NumPy is paid once per pass, not once per job.
-    """
-    k = len(jobs)
-    sizes = [j.x.size for j in jobs]
-    offs = np.cumsum([0] + sizes[:-1])
-    x = np.concatenate([j.x.ravel() for j in jobs]) if k > 1 else jobs[0].x.ravel()
-    y = np.concatenate([j.y.ravel() for j in jobs]) if k > 1 else jobs[0].y.ravel()
-    # |alpha * x| < 2**30 and every aligned term below 2**47 (16-bit operands, 48-bit accumulator)
-    acc = _shift_per_value(x * _per_value([j.alpha for j in jobs], sizes), [j.dx for j in jobs], sizes)
-    acc += _shift_per_value(y, [j.dy for j in jobs], sizes)
-    # statistics: bins of every value, offset by job * bins, as exponent_histogram does per job
-    nb = cfg.hist_bins
-    m = acc >> 63
-    m ^= acc
-    e = _exponents(m)
-    bases = [F64_BIAS + j.f_acc + cfg.hist_min_exp for j in jobs]
-    lows = [min(max(F64_BIAS - 1 - b, 0), nb - 1) for b in bases]
-    e -= _per_value(bases, sizes)
-    np.maximum(e, _per_value(lows, sizes), out=e)
-    np.minimum(e, nb - 1, out=e)
-    if k > 1:
-        e += np.repeat(np.arange(0, k * nb, nb, dtype=np.int64), sizes)
-    hist = np.bincount(e, minlength=k * nb).reshape(k, nb)
-    nonzero = np.add.reduceat(acc != 0, offs, dtype=np.int64)
-    # rounding (shift in [1, 62] for every job: no sticky reduction needed)
-    shifts = [j.shift for j in jobs]
-    s = _per_value(shifts, sizes)
-    if rounding == RoundingMode.FLOOR:
-        r = acc >> s
-    elif rounding == RoundingMode.NEAREST_EVEN:
-        r = acc >> s
-        r &= 1
-        r += acc
-        r += _per_value([(1 << (v - 1)) - 1 for v in shifts], sizes)
-        r >>= s
-    elif rounding == RoundingMode.STOCHASTIC:
-        u = np.concatenate([j.u16.ravel() for j in jobs]) if k > 1 else jobs[0].u16.ravel()
-        r = _shift_per_value(u, [v - STOCHASTIC_BITS for v in shifts], sizes)
-        r += acc
-        r >>= s
-    else:
-        raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
-    bits = [j.out_fmt.bits for j in jobs]
-    q = np.maximum(r, _per_value([-(1 << (b - 1)) for b in bits], sizes))
-    np.minimum(q, _per_value([(1 << (b - 1)) - 1 for b in bits], sizes), out=q)
-    overflow = np.add.reduceat(q != r, offs, dtype=np.int64)
-    zeros = np.array(sizes, dtype=np.int64) - nonzero
-    under = np.add.reduceat(q == 0, offs, dtype=np.int64) - zeros  # v == 0 always converts to 0
-    hist[np.arange(k), lows] -= zeros
-    cmax = cfg.counter_max
-    if max(sizes) > cmax:
-        for v in (hist, zeros, overflow, under):
-            np.minimum(v, cmax, out=v)
-    counts = zip(zeros.tolist(), overflow.tolist(), under.tolist(), strict=True)
-    out = []
-    for j, o, n, h, (z, ov, un) in zip(jobs, offs.tolist(), sizes, hist, counts, strict=True):
-        out.append((q[o:o + n].reshape(j.x.shape), OpStats(h, z, ov, un, min(n, cmax))))
-    return out

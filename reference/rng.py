@@ -17,10 +17,10 @@ Definition of :func:`draw_beats` (the test suite keeps this loop as its oracle):
         s = xorshift32(s)
         words[b] = s[:slots] >> 16
 
-The implementation computes the same words without a Python loop over beats: a xorshift32
-step is a linear map ``M`` over GF(2)**32, so ``M**t`` is applied with four 256-entry
-lookup tables (one per state byte) and ``M**(t * 2**k)`` is obtained by squaring; the
-states inside a block of beats come from precomputed tables of ``M**1 .. M**32``.
+The implementation runs that loop compiled (:func:`reference.kernels.xorshift_beats`).
+:func:`jump` skips ``t`` steps at once: a xorshift32 step is a linear map ``M`` over
+GF(2)**32, so ``M**t`` is applied with four 256-entry lookup tables (one per state byte) and
+``M**(t * 2**k)`` is obtained by squaring.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from . import kernels
 
 GOLDEN = 0x9E3779B9
 MASK32 = 0xFFFFFFFF
@@ -52,13 +54,6 @@ def xorshift32(s: np.ndarray) -> np.ndarray:
     s ^= s >> _SHR_B
     s ^= s << _SHL_C
     return s
-
-
-#: Beats per block: block starts are reached by jumps, the beats inside a block from their
-#: start by the byte tables of M**1 .. M**_BLOCK (see :func:`_step_tables`; 128 KiB, so that
-#: they stay in a core's L2 cache between conversions: random look-ups in a larger table cost
-#: more in cache misses than they save in jumps).
-_BLOCK = 32
 
 
 def _apply(tables: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -106,20 +101,6 @@ def jump(states: np.ndarray, steps: int) -> np.ndarray:
     return s
 
 
-@functools.cache
-def _step_tables() -> np.ndarray:
-    """Byte tables of ``M**(i + 1)`` for i < _BLOCK, flattened: entry ``(i * 4 + k) * 256 + v``.
-
-    The table of ``M**(i + 1)`` is that of ``M**i`` with one more step applied to every entry
-    (``M`` is linear, so ``M(L(x)) = xorshift32(L(x))``). Built once.
-    """
-    t = np.empty((_BLOCK, 4, 256), dtype=np.uint32)
-    t[0] = _jump_tables(0)
-    for i in range(1, _BLOCK):
-        t[i] = xorshift32(t[i - 1])
-    return t.reshape(-1)
-
-
 def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Random words for ``n_beats`` beats of ``slots`` values; returns (words, new states).
 
@@ -134,40 +115,4 @@ def draw_beats(states: np.ndarray, n_beats: int, slots: int) -> tuple[np.ndarray
         raise ValueError(f"slots: {slots} is not in [0, {states.size}] (the number of generators)")
     if n_beats < 0:
         raise ValueError(f"n_beats: {n_beats} is negative")
-    if n_beats == 0:
-        return np.empty((0, slots), dtype=np.int64), states.copy()
-    # Block c covers beats [c * B, (c + 1) * B): its start state is M**(c * B) applied to the
-    # initial states, built by doubling the list of starts with jumps of B * 2**k steps.
-    n_blocks = -(-n_beats // _BLOCK)
-    starts = states.reshape(1, -1).copy()
-    k = _BLOCK.bit_length() - 1
-    while starts.shape[0] < n_blocks:
-        starts = np.concatenate([starts, _apply(_jump_tables(k), starts)])
-        k += 1
-    starts = starts[:n_blocks]
-    # State after beat c * B + i + 1 = M**(i + 1) starts[c]: four table look-ups per state.
-    rows = min(n_beats, _BLOCK)
-    t = _step_tables()
-    # the 4 bytes of every start state, LSB first: [4, n_blocks, 1, G]
-    x = starts.astype("<u4", copy=False).view(np.uint8).reshape(n_blocks, 1, -1, 4).transpose(3, 0, 1, 2)
-    v = t[_byte_base(rows) + x[:, :, :, :slots]]  # v[k, c, i] = table (i, k) of byte k of starts[c]
-    s = v[0]
-    s ^= v[1]
-    s ^= v[2]
-    s ^= v[3]
-    words = (s.reshape(n_blocks * rows, slots)[:n_beats] >> np.uint32(16)).astype(np.int64)
-    last = n_beats - 1  # the final states of every generator: beat `last` of its block
-    i = last % _BLOCK
-    xl = x[:, last // _BLOCK, 0, :]  # [4, G]
-    base = (i * 4 + np.arange(4, dtype=np.intp).reshape(4, 1)) * 256
-    f = t[base + xl]
-    final = f[0] ^ f[1] ^ f[2] ^ f[3]
-    return words, final
-
-
-@functools.cache
-def _byte_base(rows: int) -> np.ndarray:
-    """[4, 1, rows, 1]: offset of the table of byte k of M**(i + 1) in :func:`_step_tables`."""
-    i = np.arange(rows, dtype=np.intp).reshape(1, 1, rows, 1)
-    k = np.arange(4, dtype=np.intp).reshape(4, 1, 1, 1)
-    return (i * 4 + k) * 256
+    return kernels.xorshift_beats(states, int(n_beats), int(slots))

@@ -11,7 +11,6 @@ replaced, which stays in the package as the definition:
   conversion;
 - ``stats.next_frac``/``next_fracs`` vs the documented scan, ``stats.float_stats`` vs a
   per-value ``math.frexp`` definition;
-- ``Engine.run_axpys`` and the batched ``sgd_step`` vs one ``Engine.run`` per command.
 
 Every random case derives from a printed seed, so a failure can be rerun alone.
 """
@@ -25,9 +24,7 @@ import pytest
 
 from reference import ops
 from reference.config import PRESETS, CoreConfig
-from reference.engine import AxpyCommand, Engine
-from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width, acc_width
-from reference.layers import DfpBackend, Param, Ref, TensorClass, TensorIds, sgd_step
+from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, Width, acc_width
 from reference.ops import Op
 from reference.rng import draw_beats, seed_states, xorshift32
 from reference.stats import OpStats, float_stats, next_frac, next_fracs
@@ -305,151 +302,6 @@ def test_float_stats_equals_per_value_definition(seed):
             if b is not None:
                 hist[b] += 1
         assert st.hist.tolist() == hist and st.zeros == int(np.sum(x == 0)) and st.total == x.size
-
-
-# -- batched AXPYs and SGD ----------------------------------------------------------------------
-
-
-class OneByOne(Engine):
-    """An engine whose ``run`` is overridden, so that ``run_axpys`` runs one command at a time."""
-
-    def run(self, *args, **kwargs):
-        return super().run(*args, **kwargs)
-
-
-def engines(cfg: CoreConfig, seed: int, settings: dict[int, TensorSetting]) -> tuple[Engine, Engine]:
-    out = []
-    for cls in (Engine, OneByOne):
-        e = cls(cfg, seed)
-        for tid, s in settings.items():
-            e.set_setting(tid, s)
-        out.append(e)
-    return out[0], out[1]
-
-
-def same_state(a: Engine, b: Engine) -> bool:
-    return (np.array_equal(a.rng, b.rng) and a.db.entries.keys() == b.db.entries.keys()
-            and all(a.db.entries[t].as_dict() == b.db.entries[t].as_dict() for t in a.db.entries))
-
-
-@pytest.mark.parametrize("seed", range(24))
-def test_run_axpys_equals_one_command_at_a_time(seed):
-    rs = np.random.default_rng(seed)
-    cfg = TINY if seed % 2 else CFG
-    width = Width(int(rs.integers(0, 3))) if seed % 3 else Width.W16
-    n_tids = cfg.tensor_ids
-    settings = {t: TensorSetting(DfpFormat(width, int(rs.integers(-10, 40))), RoundingMode(int(rs.integers(0, 3))))
-                for t in range(n_tids)}
-    if seed % 3 != 1:  # shifts beyond 62 (sticky reduction) and <= 0 (no rounding) in the same batch
-        settings[0] = TensorSetting(DfpFormat(width, FRAC_MIN), RoundingMode.STOCHASTIC)
-        settings[1] = TensorSetting(DfpFormat(width, FRAC_MAX), RoundingMode.STOCHASTIC)
-    fast, slow = engines(cfg, int(rs.integers(0, 2**32)), settings)
-    for _ in range(3):  # batches in a row: states carry over
-        cmds = []
-        shapes = []
-        for _ in range(int(rs.integers(1, 10))):
-            dst = int(rs.integers(0, 6))  # few ids: the special settings below are hit often
-            if cmds and rs.random() < 0.5:  # an operand is an earlier result
-                j = int(rs.integers(0, len(cmds)))
-                shape = shapes[j]
-                x, x_tid = j, cmds[j].dst
-            else:
-                shape = (int(rs.integers(1, 20)), int(rs.integers(1, 40)))
-                x, x_tid = tensor(rs, width, shape, int(rs.integers(-10, 40))), int(rs.integers(0, n_tids))
-            y = tensor(rs, width, shape, int(rs.integers(-10, 40)))
-            lim = 1 << (width.bits - 1)
-            alpha = (int(rs.integers(-lim, lim)), int(rs.integers(-5, 40)))
-            if rs.random() < 0.5:
-                x, y, x_tid = y, x, int(rs.integers(0, n_tids))
-                y_tid = cmds[y].dst if isinstance(y, int) else int(rs.integers(0, n_tids))
-            else:
-                y_tid = int(rs.integers(0, n_tids))
-            cmds.append(AxpyCommand(dst, x, y, x_tid, y_tid, alpha))
-            shapes.append(shape)
-        got = fast.run_axpys(cmds)
-        want = slow.run_axpys(cmds)
-        assert len(got) == len(want)
-        for g, w in zip(got, want, strict=True):
-            assert np.array_equal(g.data, w.data) and g.fmt == w.fmt, seed
-        assert same_state(fast, slow), seed
-
-
-def test_run_axpys_raises_like_run():
-    settings = {t: TensorSetting(DfpFormat(Width.W16, 8)) for t in range(4)}
-    fast, slow = engines(CFG, 3, settings)
-    a = DfpTensor(np.ones((2, 3), dtype=np.int64), DfpFormat(Width.W16, 8))
-    b = DfpTensor(np.ones((2, 4), dtype=np.int64), DfpFormat(Width.W16, 8))
-    bad = [
-        [AxpyCommand(1, a, b, 0, 0, (3, 2))],  # shapes differ
-        [AxpyCommand(9, a, a, 0, 0, (3, 2))],  # tensor id without a setting
-        [AxpyCommand(1, a, a, 0, 0, (1 << 20, 2))],  # alpha too wide
-        [AxpyCommand(1, DfpTensor(np.ones((2, 3), dtype=np.int64), DfpFormat(Width.W8, 0)), a, 0, 0, (3, 2))],
-    ]
-    for cmds in bad:
-        with pytest.raises(ValueError) as e_fast:
-            fast.run_axpys(cmds)
-        with pytest.raises(ValueError) as e_slow:
-            slow.run_axpys(cmds)
-        assert str(e_fast.value) == str(e_slow.value)
-
-
-@pytest.mark.parametrize("width", [Width.W8, Width.W16, Width.W32])
-@pytest.mark.parametrize("rounding", list(RoundingMode))
-def test_batched_sgd_step_equals_per_command_sgd(width, rounding):
-    results = []
-    for cls in (Engine, OneByOne):
-        eng = cls(CFG, 77)
-        ids = TensorIds(CFG.tensor_ids)
-        params = [Param.make(ids, f"p{i}", shape) for i, shape in enumerate([(9, 8), (1, 8), (72, 16), (3, 1)])]
-        prs = np.random.default_rng(5)
-        for info in ids.infos:
-            rnd = RoundingMode.STOCHASTIC if info.cls == TensorClass.WEIGHT else rounding
-            frac = int(prs.integers(width.bits - 6, width.bits + 6))
-            eng.set_setting(info.tid, TensorSetting(DfpFormat(width, frac), rnd))
-        be = DfpBackend(eng, ids)
-        for step in range(3):
-            for p in params:
-                if p.value is None:
-                    p.value = be.load(p.w_tid, prs.standard_normal(p.shape) * 0.5)
-                p.grad = be.load(p.g_tid, prs.standard_normal(p.shape) * 0.1)
-            sgd_step(be, params, 0.05, 0.9 if step != 1 else 0.0, 1e-4 if step != 2 else 0.0)
-        results.append((eng, [(p.value.t.data, p.value.t.fmt, None if p.velocity is None else p.velocity.t.data)
-                              for p in params]))
-    (e1, r1), (e2, r2) = results
-    assert same_state(e1, e2)
-    for (v1, f1, m1), (v2, f2, m2) in zip(r1, r2, strict=True):
-        assert np.array_equal(v1, v2) and f1 == f2
-        assert (m1 is None and m2 is None) or np.array_equal(m1, m2)
-
-
-def test_batched_sgd_step_without_gradient_raises_after_earlier_params():
-    eng = Engine(CFG, 1)
-    ids = TensorIds(CFG.tensor_ids)
-    params = [Param.make(ids, f"p{i}", (2, 2)) for i in range(2)]
-    for info in ids.infos:
-        eng.set_setting(info.tid, TensorSetting(DfpFormat(Width.W16, 10)))
-    be = DfpBackend(eng, ids)
-    for p in params:
-        p.value = be.load(p.w_tid, np.ones(p.shape))
-    params[0].grad = be.load(params[0].g_tid, np.ones((2, 2)))
-    with pytest.raises(ValueError, match="p1"):
-        sgd_step(be, params, 0.1, 0.9, 0.0)
-    assert params[0].grad is None  # the first parameter was updated, as one command at a time does
-
-
-def test_axpy_many_is_used_by_plain_dfp_sgd(monkeypatch):
-    calls = []
-    orig = ops.axpy_many
-    monkeypatch.setattr(ops, "axpy_many", lambda *a, **k: calls.append(1) or orig(*a, **k))
-    eng = Engine(CFG, 1)
-    ids = TensorIds(CFG.tensor_ids)
-    p = Param.make(ids, "p", (4, 4))
-    for info in ids.infos:
-        eng.set_setting(info.tid, TensorSetting(DfpFormat(Width.W8, 4)))
-    be = DfpBackend(eng, ids)
-    p.value, p.grad = be.load(p.w_tid, np.ones((4, 4))), be.load(p.g_tid, np.ones((4, 4)))
-    sgd_step(be, [p], 0.1, 0.9, 1e-4)
-    assert calls and isinstance(p.value, Ref)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -1,0 +1,132 @@
+"""The compiled kernels of :mod:`reference.kernels` equal their NumPy twins bit for bit.
+
+``ops._convert_fused`` (one compiled call: form the accumulator, bin it, round, saturate) is
+compared with forming the same accumulator in NumPy and converting it with
+``ops._convert_int64_numpy`` (the fused NumPy passes, themselves compared with the plain
+reference conversion in ``test_fastpaths.py``), for every kind of command, every rounding mode,
+every width and shifts of every sign and size, on corner values (exact ties, the most negative
+values, values that saturate) and seeded random ones. ``xorshift_beats`` is compared with the
+documented one-step-per-beat loop in ``test_rng.py``; here its chaining and edge sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference import kernels, ops
+from reference.config import CoreConfig
+from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, RoundingMode, Width
+from reference.rng import draw_beats, seed_states, xorshift32
+
+CFG = CoreConfig()
+SMALL_CNT = CoreConfig(counter_bits=16)  # counters that saturate on 2**16 values
+
+SHIFTS = [-70, -40, -33, -20, -9, -1, 0, 1, 2, 15, 16, 17, 18, 31, 32, 33, 47, 48, 62, 63, 64, 79, 80, 81, 140]
+
+
+def same(a: ops.OpResult, b: ops.OpResult) -> bool:
+    return (np.array_equal(a.out.data, b.out.data) and a.out.data.dtype == b.out.data.dtype == np.int64
+            and a.out.fmt == b.out.fmt and a.stats.as_dict() == b.stats.as_dict()
+            and np.array_equal(a.rng, b.rng))
+
+
+def corner(bits: int, rs: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """int64 values of at most ``bits`` bits: extremes, zeros, +-1, exact halves at many shifts, random."""
+    top = 1 << (bits - 1)
+    vals = [0, 0, 1, -1, top - 1, -top, -top + 1]
+    for s in (1, 2, 5, 16, 17, 30):
+        vals += [v for q in (0, 1, -1, -2, 3) for v in ((2 * q + 1) << (s - 1), -((2 * q + 1) << (s - 1)))
+                 if -top <= v < top]
+    n = shape[0] * shape[1]
+    out = rs.integers(-top, top, n)
+    out[rs.random(n) < 0.2] = 0
+    k = min(len(vals), n)
+    out[rs.permutation(n)[:k]] = vals[:k]
+    return out.reshape(shape)
+
+
+def numpy_twin(kind: int, a, b, alpha: int, da: int, db: int, sign: int, f_acc: int, out_fmt: DfpFormat,
+               rounding: RoundingMode, cfg: CoreConfig, rng, op_width: Width) -> ops.OpResult:
+    if kind == kernels.ACC:
+        acc = a
+    elif kind == kernels.SUM:
+        acc = ops._shift_int64(a * alpha, da) + sign * ops._shift_int64(b, db)
+    elif kind == kernels.RELU:
+        acc = np.maximum(a, 0)
+    else:
+        acc = np.where(b > 0, a, 0)
+    acc = np.ascontiguousarray(np.broadcast_to(acc, a.shape))
+    return ops._convert_int64_numpy(acc, f_acc, 48, out_fmt, rounding, cfg, rng, op_width)
+
+
+@pytest.mark.parametrize("kind", [kernels.ACC, kernels.SUM, kernels.RELU, kernels.RELU_BACKWARD])
+@pytest.mark.parametrize("rounding", list(RoundingMode))
+@pytest.mark.parametrize("cfg", [CFG, SMALL_CNT], ids=["counters32", "counters16"])
+def test_fused_conversion_equals_numpy_twin(kind, rounding, cfg):
+    seed = 100 * kind + 10 * int(rounding) + (cfg is SMALL_CNT)
+    rs = np.random.default_rng(seed)
+    rng = seed_states(int(rs.integers(0, 2**32)), cfg.rng_slots)
+    for case in range(40):
+        op_width = Width(int(rs.integers(0, 3)))
+        out_w = Width(int(rs.integers(0, int(op_width) + 1)))
+        shape = (int(rs.integers(1, 70)), int(rs.integers(1, 90)))
+        if case == 0 and cfg is SMALL_CNT:
+            shape = (300, 250)  # more values than the 16-bit counters hold
+        bits = int(rs.choice([3, 12, 30, 47, 51])) if kind == kernels.ACC else int(rs.choice([2, 8, 16, 20]))
+        a = corner(bits, rs, shape)
+        b = np.zeros((1, 1), dtype=np.int64)
+        alpha = da = db = 0
+        sign = 1
+        if kind == kernels.SUM:
+            b = corner(bits, rs, (1 if rs.random() < 0.4 else shape[0], shape[1]))
+            alpha = int(rs.integers(-(1 << 15), 1 << 15)) if rs.random() < 0.5 else 1
+            da, db = (int(v) for v in rs.integers(-70, 20, 2))
+            sign = 1 if rs.random() < 0.5 else -1
+        elif kind == kernels.RELU_BACKWARD:
+            b = corner(bits, rs, shape)
+        f_out = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
+        shift = int(rs.choice(SHIFTS))
+        out_fmt = DfpFormat(out_w, f_out)
+        f_acc = f_out + shift
+        got = ops._convert_fused(kind, a, f_acc, out_fmt, rounding, cfg, rng, op_width, b=b, alpha=alpha, da=da,
+                                 db=db, sign=sign)
+        want = numpy_twin(kind, a, b, alpha, da, db, sign, f_acc, out_fmt, rounding, cfg, rng, op_width)
+        assert same(got, want), (seed, case, shape, shift, out_w)
+        rng = got.rng
+
+
+def test_fused_conversion_reads_strided_operands():
+    """Transposed and sliced operands (any memory layout) give the result of contiguous copies."""
+    rs = np.random.default_rng(7)
+    a = rs.integers(-(1 << 20), 1 << 20, (40, 30))
+    words = seed_states(9, CFG.rng_slots)
+    for view in (a.T, a[::2, 3:], a[:, ::-3]):
+        for rounding in RoundingMode:
+            got = ops._convert_fused(kernels.ACC, view, 20, DfpFormat(Width.W16, 4), rounding, CFG, words, Width.W16)
+            want = ops._convert_fused(kernels.ACC, np.ascontiguousarray(view), 20, DfpFormat(Width.W16, 4),
+                                      rounding, CFG, words, Width.W16)
+            assert same(got, want)
+
+
+def test_fused_conversion_counts_against_hand_computed_values():
+    """Four values at 16 bits, shift 2, nearest even: each counter by hand."""
+    a = np.array([[0, 6, -(1 << 20), 1]], dtype=np.int64)  # 6/4 = 1.5 -> 2; -2**18 saturates; 1/4 -> 0
+    q, hist, zeros, overflow, underflow = kernels.convert(kernels.ACC, a, 2, RoundingMode.NEAREST_EVEN, None, 16,
+                                                          0, 32)
+    assert q.tolist() == [[0, 2, -(1 << 15), 0]]
+    assert (zeros, overflow, underflow) == (1, 1, 1)
+    # p(6) = 2, p(-2**20) = 19, p(1) = 0: bins 2, 19 and 0 with base 0
+    assert np.flatnonzero(hist).tolist() == [0, 2, 19] and int(hist.sum()) == 3
+
+
+@pytest.mark.parametrize("n_beats, slots", [(0, 4), (1, 0), (1, 32), (33, 8), (1000, 32)])
+def test_xorshift_beats_steps_every_generator_once_per_beat(n_beats, slots):
+    states = seed_states(0xDEADBEEF, 32)
+    words, final = draw_beats(states, n_beats, slots)
+    s = states.copy()
+    for b in range(n_beats):
+        s = xorshift32(s)
+        assert np.array_equal(words[b], (s[:slots] >> 16).astype(np.int64))
+    assert words.shape == (n_beats, slots) and words.dtype == np.int64
+    assert np.array_equal(final, s) and final.dtype == np.uint32
