@@ -30,6 +30,8 @@ ACC = 0  # v = a (a precomputed accumulator, or CONVERT)
 SUM = 1  # v = shift(alpha * a, da) + sign * shift(b, db) (ADD, SUB, AXPY; b may be one broadcast row)
 RELU = 2  # v = max(a, 0)
 RELU_BACKWARD = 3  # v = a where b > 0, else 0
+PAIR = 4  # v = a * 2**32 + b, 0 <= b < 2**32 (an accumulator up to 80 bits)
+PAIR_SUM = 5  # SUM formed as such pairs (32-bit operands, accumulator up to 80 bits)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -40,6 +42,59 @@ def _shift(x: int, d: int) -> int:  # pragma: no cover - compiled
     if d < 0:
         return x >> min(-d, 63)
     return x
+
+
+@numba.njit(cache=True, nogil=True)
+def _round_saturate(acc, s, k, mode, u16, cols, bits, q):  # pragma: no cover - compiled
+    """Round ``acc`` (flat int64, rows of ``cols``) right by ``s`` > 0 (else shift left by ``k`` >= 0)
+    with ``mode``, saturate to ``bits`` bits into ``q``; returns (overflow, values that are 0).
+
+    Each loop is simple and branch-free where the data decides, so that LLVM vectorises it;
+    the decisions that hold for the whole command (shift, mode) are taken outside the loops.
+    """
+    lo_lim = -(1 << (bits - 1))
+    hi_lim = (1 << (bits - 1)) - 1
+    n = acc.size
+    if s > 0:
+        if mode == _FLOOR:
+            for t in range(n):
+                q[t] = acc[t] >> s
+        elif mode == _NEAREST_EVEN:
+            h = (1 << (s - 1)) - 1
+            for t in range(n):
+                v = acc[t]
+                q[t] = (v + ((v >> s) & 1) + h) >> s
+        elif s >= _SB:
+            for t in range(n):
+                q[t] = (acc[t] + (u16[t // cols, t % cols] << (s - _SB))) >> s
+        else:
+            for t in range(n):
+                q[t] = (acc[t] + (u16[t // cols, t % cols] >> (_SB - s))) >> s
+    elif k > 0:
+        for t in range(n):
+            q[t] = min(max(acc[t], lo_lim), hi_lim) << k  # a clamped value saturates as v does
+    else:
+        for t in range(n):
+            q[t] = acc[t]
+    overflow = 0
+    nulls = 0
+    for t in range(n):
+        r = q[t]
+        c = min(max(r, lo_lim), hi_lim)
+        overflow += np.int64(c != r)
+        nulls += np.int64(c == 0)
+        q[t] = c
+    return overflow, nulls
+
+
+@numba.njit(cache=True, nogil=True)
+def _histogram(bins, nb):  # pragma: no cover - compiled
+    """Counts of ``bins`` in [0, nb) (bin ``nb``: zeros, dropped), spread over four rows while
+    counting: consecutive increments of one bin would otherwise wait on each other."""
+    hist4 = np.zeros((4, nb + 1), dtype=np.int64)
+    for t in range(bins.size):
+        hist4[t & 3, bins[t]] += 1
+    return hist4[0, :nb] + hist4[1, :nb] + hist4[2, :nb] + hist4[3, :nb]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -57,95 +112,150 @@ def convert_int64(kind, a, b, alpha, da, db, sign, shift, mode, u16, bits, base,
     saturation to ``bits`` bits. Shifts beyond 62 first fold the dropped bits into a sticky
     bit, as ``ops._reduce_sticky``.
     """
-    lo_lim = -(1 << (bits - 1))
-    hi_lim = (1 << (bits - 1)) - 1
-    zeros = 0
-    overflow = 0
-    underflow = 0
-    s = shift
-    d = 0
-    if s > 62:
-        d = s - 17
-        s = 17
-    k = 0
-    if shift < 0:
-        k = min(-shift, bits)  # a larger shift saturates every non-zero value the same way
     rows, cols = a.shape
     n = rows * cols
-    out = np.empty((rows, cols), dtype=np.int64)
     acc = np.empty(n, dtype=np.int64)
-    # Each loop below is simple and branch-free where the data decides, so that LLVM vectorises
-    # it; the decisions that hold for the whole command (kind, shift, mode) are taken outside.
     if kind == ACC:
         for i in range(rows):
             for j in range(cols):
-                acc[i * cols + j] = a[i, j]
+                acc[i * cols + j] = np.int64(a[i, j])  # exact integers, also when given as floats
     elif kind == SUM:
         brow = b.shape[0] > 1
         for i in range(rows):
             ib = i if brow else 0
             for j in range(cols):
-                acc[i * cols + j] = _shift(a[i, j] * alpha, da) + sign * _shift(b[ib, j], db)
+                acc[i * cols + j] = _shift(np.int64(a[i, j]) * alpha, da) + sign * _shift(np.int64(b[ib, j]), db)
     elif kind == RELU:
         for i in range(rows):
             for j in range(cols):
-                acc[i * cols + j] = max(a[i, j], 0)
+                acc[i * cols + j] = max(np.int64(a[i, j]), 0)
     else:
         for i in range(rows):
             for j in range(cols):
-                acc[i * cols + j] = a[i, j] if b[i, j] > 0 else 0
+                acc[i * cols + j] = np.int64(a[i, j]) if b[i, j] > 0 else 0
     bins = np.empty(n, dtype=np.int32)
+    zeros = 0
     for t in range(n):
         v = acc[t]
         p = 63 - leading_zeros(v ^ (v >> 63))  # bit_length(v or ~v) - 1: -1 for v = -1
         bins[t] = nb if v == 0 else min(max(p - base, 0), nb - 1)
         zeros += np.int64(v == 0)
-    q = out.reshape(n)
-    if shift > 0:
+    s = shift
+    if s > 62:  # fold the bits below 2**(s - 17) into a sticky bit, then round by 17
+        d = s - 17
+        s = 17
         if d >= 63:
             for t in range(n):
                 v = acc[t]
                 acc[t] = (v >> 63) | np.int64(v != 0)
-        elif d > 0:
+        else:
             m = (1 << d) - 1
             for t in range(n):
                 v = acc[t]
                 acc[t] = (v >> d) | np.int64((v & m) != 0)
-        if mode == _FLOOR:
-            for t in range(n):
-                q[t] = acc[t] >> s
-        elif mode == _NEAREST_EVEN:
-            h = (1 << (s - 1)) - 1
-            for t in range(n):
-                v = acc[t]
-                q[t] = (v + ((v >> s) & 1) + h) >> s
-        elif s >= _SB:
-            for i in range(rows):
-                for j in range(cols):
-                    q[i * cols + j] = (acc[i * cols + j] + (u16[i, j] << (s - _SB))) >> s
-        else:
-            for i in range(rows):
-                for j in range(cols):
-                    q[i * cols + j] = (acc[i * cols + j] + (u16[i, j] >> (_SB - s))) >> s
-    elif k > 0:
-        for t in range(n):
-            q[t] = min(max(acc[t], lo_lim), hi_lim) << k  # a clamped value saturates as v does
+    k = min(-shift, bits) if shift < 0 else 0  # a larger left shift saturates every non-zero value alike
+    out = np.empty((rows, cols), dtype=np.int64)
+    overflow, nulls = _round_saturate(acc, s, k, mode, u16, cols, bits, out.reshape(n))
+    return out, _histogram(bins, nb), zeros, overflow, nulls - zeros  # a zero converts to 0
+
+
+_M32 = (1 << 32) - 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_shift(x, d):  # pragma: no cover - compiled
+    """``ops._pair_shifted``: x * 2**d (d >= 0, below 2**79) or floor(x / 2**-d) as (hi, lo)."""
+    if d < 0:
+        x = x >> min(-d, 63)
+        return x >> 32, x & _M32
+    if d >= 32:
+        return x << (d - 32), 0
+    return x >> (32 - d), (x << d) & _M32  # only the low 32 bits of x << d are kept
+
+
+@numba.njit(cache=True, nogil=True)
+def convert_pair(kind, a, b, alpha, da, db, sign, shift, mode, u16, bits, base, nb):  # pragma: no cover
+    """:func:`convert_int64` of an accumulator up to 80 bits, held as v = hi * 2**32 + lo (0 <= lo < 2**32).
+
+    ``kind`` :data:`PAIR`: ``hi = a``, ``lo = b``; :data:`PAIR_SUM`: ``shift(alpha * a, da) +
+    sign * shift(b, db)`` formed as pairs (``ops._aligned_sum``'s wide branch; ``b`` may be one
+    broadcast row). Returns None when some |hi| >= 2**52 (the caller then takes the exact
+    fallback), else what :func:`convert_int64` returns. Rounding works on an int64 value that
+    provably converts the same way, as ``ops._convert_pair`` does: a value of magnitude at
+    least 2**(shift + 32) saturates in every mode; a right shift beyond 29 first folds the bits
+    below 2**(shift - 17) into a sticky bit and rounds by 17; before a left shift, a value of
+    magnitude at least 2**62 saturates.
+    """
+    rows, cols = a.shape
+    n = rows * cols
+    hi = np.empty(n, dtype=np.int64)
+    lo = np.empty(n, dtype=np.int64)
+    if kind == PAIR:
+        for i in range(rows):
+            for j in range(cols):
+                hi[i * cols + j] = a[i, j]
+                lo[i * cols + j] = b[i, j]
     else:
-        for t in range(n):
-            q[t] = acc[t]
+        brow = b.shape[0] > 1
+        for i in range(rows):
+            ib = i if brow else 0
+            for j in range(cols):
+                xh, xl = _pair_shift(a[i, j] * alpha, da)
+                yh, yl = _pair_shift(b[ib, j], db)
+                lw = xl + sign * yl  # in (-2**32, 2**33): carry or borrow into hi
+                hi[i * cols + j] = xh + sign * yh + (lw >> 32)
+                lo[i * cols + j] = lw & _M32
+    bins = np.empty(n, dtype=np.int32)
+    zeros = 0
+    too_wide = 0
     for t in range(n):
-        r = q[t]
-        c = min(max(r, lo_lim), hi_lim)
-        overflow += np.int64(c != r)
-        underflow += np.int64(c == 0)
-        q[t] = c
-    underflow -= zeros  # a zero accumulator converts to 0
-    # Spread over four rows: consecutive increments of one bin would otherwise wait on each other.
-    hist4 = np.zeros((4, nb + 1), dtype=np.int64)  # column nb: the zeros, dropped
-    for t in range(n):
-        hist4[t & 3, bins[t]] += 1
-    hist = hist4[0, :nb] + hist4[1, :nb] + hist4[2, :nb] + hist4[3, :nb]
-    return out, hist, zeros, overflow, underflow
+        h = hi[t]
+        sg = h >> 63
+        mh = h ^ sg  # ~v = (~hi) * 2**32 + (2**32 - 1 - lo) for negative v
+        ml = (sg & _M32) ^ lo[t]
+        p = 95 - leading_zeros(mh) if mh != 0 else 63 - leading_zeros(ml)
+        z = (h | lo[t]) == 0
+        bins[t] = nb if z else min(max(p - base, 0), nb - 1)
+        zeros += np.int64(z)
+        too_wide += np.int64(mh >= 1 << 52)
+    if too_wide:
+        return None
+    x = np.empty(n, dtype=np.int64)
+    s = shift
+    k = 0
+    if shift > 0:
+        # |hi| >= 2**shift: |v| >= 2**(shift + 32), beyond 2**32 once rounded; +-2**61 saturates alike
+        big = 1 << min(shift, 62)
+        if shift <= 29:  # |v| < 2**(shift + 33) <= 2**62
+            for t in range(n):
+                h = hi[t]
+                x[t] = (1 << 61) if h >= big else -(1 << 61) if h < -big else (h << 32) | lo[t]
+        else:
+            d = shift - 17
+            s = 17
+            for t in range(n):
+                h = hi[t]
+                w = lo[t]
+                if d >= 32:
+                    e = d - 32
+                    if e >= 63:
+                        r = (h >> 63) | np.int64(h != 0)
+                    elif e > 0:
+                        r = (h >> e) | np.int64((h & ((1 << e) - 1)) != 0)
+                    else:
+                        r = h
+                    r |= np.int64(w != 0)
+                else:
+                    r = (h << (32 - d)) | (w >> d) | np.int64((w & ((1 << d) - 1)) != 0)
+                x[t] = (1 << 61) if h >= big else -(1 << 61) if h < -big else r
+    else:
+        k = min(-shift, bits)
+        for t in range(n):  # |v| >= 2**62 saturates; smaller values fit int64
+            h = hi[t]
+            x[t] = (1 << 40) if h >= 1 << 30 else -(1 << 40) if h < -(1 << 30) else (h << 32) | lo[t]
+    out = np.empty((rows, cols), dtype=np.int64)
+    overflow, nulls = _round_saturate(x, s, k, mode, u16, cols, bits, out.reshape(n))
+    return out, _histogram(bins, nb), zeros, overflow, nulls - zeros
 
 
 @numba.njit(cache=True, nogil=True)
@@ -176,10 +286,12 @@ def xorshift_beats(states, n_beats, slots):  # pragma: no cover - compiled
 
 def convert(kind: int, a: np.ndarray, shift: int, rounding: RoundingMode, u16: np.ndarray | None, bits: int,
             base: int, nb: int, b: np.ndarray | None = None, alpha: int = 1, da: int = 0, db: int = 0,
-            sign: int = 1) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """:func:`convert_int64` with the unused operands filled in: (q, hist, zeros, overflow, underflow)."""
-    return convert_int64(kind, a, _NONE if b is None else b, alpha, da, db, sign, shift, int(rounding),
-                         _NONE if u16 is None else u16, bits, base, nb)
+            sign: int = 1) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:
+    """:func:`convert_int64` or :func:`convert_pair` (by ``kind``) with the unused operands filled in:
+    (q, hist, zeros, overflow, underflow), or None from a pair wider than the kernel handles."""
+    fn = convert_pair if kind >= PAIR else convert_int64
+    return fn(kind, a, _NONE if b is None else b, alpha, da, db, sign, shift, int(rounding),
+              _NONE if u16 is None else u16, bits, base, nb)
 
 
 _NONE = np.zeros((1, 1), dtype=np.int64)

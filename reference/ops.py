@@ -313,10 +313,11 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
 
 def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rounding: RoundingMode,
                    cfg: CoreConfig, rng: np.ndarray, op_width: Width, b: np.ndarray | None = None, alpha: int = 1,
-                   da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None) -> OpResult:
-    """Form the accumulator of a 2-D command (``kind``, see :func:`reference.kernels.convert_int64`; every
-    |v| < 2**52), analyse it and convert it: the compiled twin of forming ``acc`` and calling
-    :func:`_convert_int64_numpy`."""
+                   da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None
+                   ) -> OpResult | None:
+    """Form the accumulator of a 2-D command (``kind``, see :mod:`reference.kernels`), analyse it and
+    convert it: the compiled twin of forming ``acc`` and calling :func:`_convert_int64_numpy` (or
+    :func:`_convert_pair_numpy`). None only for a pair with some |hi| >= 2**52."""
     shift = f_acc - out_fmt.frac
     new_rng = rng
     u16 = None
@@ -325,9 +326,11 @@ def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rou
         u16, new_rng = _stochastic_words(rng, shape[0], shape[1], cfg, op_width)
     elif rounding not in _ROUNDINGS:
         raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
-    q, hist, zeros, overflow, underflow = kernels.convert(kind, a, shift, rounding, u16, out_fmt.bits,
-                                                          f_acc + cfg.hist_min_exp, cfg.hist_bins, b, alpha, da, db,
-                                                          sign)
+    got = kernels.convert(kind, a, shift, rounding, u16, out_fmt.bits, f_acc + cfg.hist_min_exp, cfg.hist_bins, b,
+                          alpha, da, db, sign)
+    if got is None:  # a pair too wide for the kernel: the caller takes the exact path
+        return None
+    q, hist, zeros, overflow, underflow = got
     n = a.size
     cmax = cfg.counter_max
     if n > cmax:
@@ -380,7 +383,21 @@ def _convert_int64_numpy(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: Df
 
 def _convert_pair(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat,
                   rounding: RoundingMode, cfg: CoreConfig, rng: np.ndarray, op_width: Width) -> OpResult:
-    """:func:`convert_acc` of an accumulator held as (hi, lo): value = hi * 2**32 + lo."""
+    """:func:`convert_acc` of an accumulator held as (hi, lo): value = hi * 2**32 + lo.
+
+    The compiled :func:`reference.kernels.convert_pair` for 2-D pairs with every |hi| < 2**52,
+    else :func:`_convert_pair_numpy`.
+    """
+    if hi.ndim == 2:
+        res = _convert_fused(kernels.PAIR, hi, f_acc, out_fmt, rounding, cfg, rng, op_width, b=lo)
+        if res is not None:
+            return res
+    return _convert_pair_numpy(hi, lo, f_acc, acc_bits, out_fmt, rounding, cfg, rng, op_width)
+
+
+def _convert_pair_numpy(hi: np.ndarray, lo: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpFormat,
+                        rounding: RoundingMode, cfg: CoreConfig, rng: np.ndarray, op_width: Width) -> OpResult:
+    """The NumPy form of :func:`_convert_pair` (and its exact fallback beyond 2**84)."""
     sgn = hi >> 63
     mhi = hi ^ sgn  # ~v = (~hi) * 2**32 + (2**32 - 1 - lo) for negative v
     mlo = sgn & _M32
@@ -568,8 +585,8 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
             return _convert_int64(acc, *args)
         return _convert_pair(*_matmul_pair(a.data, b.data, amax, bmax), *args)
     ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
-    acc = (a.data.astype(ft) @ b.data.astype(ft)).astype(np.int64)
-    return _convert_int64(acc, *args)
+    # The exact integer products go to the kernel as floats: it converts them while copying.
+    return _convert_fused(kernels.ACC, a.data.astype(ft) @ b.data.astype(ft), *args[:1], *args[2:])
 
 
 def _align_frac(fw: list[tuple[int, int]], acc_bits: int) -> int:
@@ -616,9 +633,11 @@ def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_
     dx, dy = f_acc - fx[0], f_acc - fy[0]
     # |term| < 2**(w - 1 + max(d, 0)) for a w-bit term shifted by d; their sum one bit more
     bound = max(fx[1] - 1 + max(dx, 0), fy[1] - 1 + max(dy, 0)) + 1
-    if (acc_bits <= 48 or bound <= 52) and x.ndim == y.ndim == 2 and y.shape[1] == x.shape[1] \
-            and y.shape[0] in (1, x.shape[0]):  # the sum stays below 2**52
-        return _convert_fused(kernels.SUM, x, f_acc, *args_tail, b=y, alpha=alpha, da=dx, db=dy, sign=sign)
+    if x.ndim == y.ndim == 2 and y.shape[1] == x.shape[1] and y.shape[0] in (1, x.shape[0]):
+        # compiled: an int64 sum below 2**52 (8/16-bit accumulators: below 2**47), else (hi, lo)
+        # pairs below 2**79, never too wide for the pair kernel
+        kind = kernels.SUM if acc_bits <= 48 or bound <= 52 else kernels.PAIR_SUM
+        return _convert_fused(kind, x, f_acc, *args_tail, b=y, alpha=alpha, da=dx, db=dy, sign=sign)
     if alpha != 1:
         x = x * alpha
     if acc_bits <= 48 or bound <= 52:

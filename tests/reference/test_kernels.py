@@ -3,7 +3,8 @@
 ``ops._convert_fused`` (one compiled call: form the accumulator, bin it, round, saturate) is
 compared with forming the same accumulator in NumPy and converting it with
 ``ops._convert_int64_numpy`` (the fused NumPy passes, themselves compared with the plain
-reference conversion in ``test_fastpaths.py``), for every kind of command, every rounding mode,
+reference conversion in ``test_fastpaths.py``), and the (hi, lo) pair kernel of 80-bit
+accumulators likewise with ``ops._convert_pair_numpy``, for every kind of command, every rounding mode,
 every width and shifts of every sign and size, on corner values (exact ties, the most negative
 values, values that saturate) and seeded random ones. ``xorshift_beats`` is compared with the
 documented one-step-per-beat loop in ``test_rng.py``; here its chaining and edge sizes.
@@ -22,7 +23,8 @@ from reference.rng import draw_beats, seed_states, xorshift32
 CFG = CoreConfig()
 SMALL_CNT = CoreConfig(counter_bits=16)  # counters that saturate on 2**16 values
 
-SHIFTS = [-70, -40, -33, -20, -9, -1, 0, 1, 2, 15, 16, 17, 18, 31, 32, 33, 47, 48, 62, 63, 64, 79, 80, 81, 140]
+SHIFTS = [-70, -40, -33, -20, -9, -1, 0, 1, 2, 15, 16, 17, 18, 24, 29, 30, 31, 32, 33, 47, 48, 49, 62, 63, 64, 79, 80,
+          81, 95, 140]
 
 
 def same(a: ops.OpResult, b: ops.OpResult) -> bool:
@@ -54,13 +56,23 @@ def numpy_twin(kind: int, a, b, alpha: int, da: int, db: int, sign: int, f_acc: 
         acc = ops._shift_int64(a * alpha, da) + sign * ops._shift_int64(b, db)
     elif kind == kernels.RELU:
         acc = np.maximum(a, 0)
-    else:
+    elif kind == kernels.RELU_BACKWARD:
         acc = np.where(b > 0, a, 0)
+    else:
+        if kind == kernels.PAIR:
+            hi, lo = a, b
+        else:
+            hi, lo = ops._pair_addsub(ops._pair_shifted(a * alpha, da), ops._pair_shifted(b, db), sign)
+        hi, lo = (np.ascontiguousarray(np.broadcast_to(v, a.shape)) for v in (hi, lo))
+        return ops._convert_pair_numpy(hi, lo, f_acc, 80, out_fmt, rounding, cfg, rng, op_width)
     acc = np.ascontiguousarray(np.broadcast_to(acc, a.shape))
     return ops._convert_int64_numpy(acc, f_acc, 48, out_fmt, rounding, cfg, rng, op_width)
 
 
-@pytest.mark.parametrize("kind", [kernels.ACC, kernels.SUM, kernels.RELU, kernels.RELU_BACKWARD])
+KINDS = [kernels.ACC, kernels.SUM, kernels.RELU, kernels.RELU_BACKWARD, kernels.PAIR, kernels.PAIR_SUM]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rounding", list(RoundingMode))
 @pytest.mark.parametrize("cfg", [CFG, SMALL_CNT], ids=["counters32", "counters16"])
 def test_fused_conversion_equals_numpy_twin(kind, rounding, cfg):
@@ -85,6 +97,15 @@ def test_fused_conversion_equals_numpy_twin(kind, rounding, cfg):
             sign = 1 if rs.random() < 0.5 else -1
         elif kind == kernels.RELU_BACKWARD:
             b = corner(bits, rs, shape)
+        elif kind == kernels.PAIR:  # hi below 2**51, lo in [0, 2**32)
+            a = corner(int(rs.choice([2, 20, 33, 52])), rs, shape)
+            b = rs.integers(0, 1 << 32, shape)
+            b[rs.random(shape) < 0.3] = 0
+        elif kind == kernels.PAIR_SUM:  # 32-bit operands: the sum below 2**79
+            a, b = corner(32, rs, shape), corner(32, rs, (1 if rs.random() < 0.4 else shape[0], shape[1]))
+            alpha = int(rs.integers(-(1 << 31), 1 << 31)) if rs.random() < 0.7 else 1
+            da, db = int(rs.integers(-70, 16)), int(rs.integers(-70, 46))
+            sign = 1 if rs.random() < 0.5 else -1
         f_out = int(rs.integers(FRAC_MIN, FRAC_MAX + 1))
         shift = int(rs.choice(SHIFTS))
         out_fmt = DfpFormat(out_w, f_out)
@@ -94,6 +115,18 @@ def test_fused_conversion_equals_numpy_twin(kind, rounding, cfg):
         want = numpy_twin(kind, a, b, alpha, da, db, sign, f_acc, out_fmt, rounding, cfg, rng, op_width)
         assert same(got, want), (seed, case, shape, shift, out_w)
         rng = got.rng
+
+
+def test_pair_beyond_2_52_is_left_to_the_exact_path():
+    """|hi| >= 2**52 (beyond every accumulator): the kernel declines and the NumPy path gives the result."""
+    hi = np.array([[1, 1 << 52, -3]], dtype=np.int64)  # v = 2**32 + 5, 2**84, -3 * 2**32 + 7
+    lo = np.array([[5, 0, 7]], dtype=np.int64)
+    assert kernels.convert(kernels.PAIR, hi, 40, RoundingMode.FLOOR, None, 32, 0, 64, b=lo) is None
+    words = seed_states(3, CFG.rng_slots)
+    got = ops._convert_pair(hi, lo, 60, 80, DfpFormat(Width.W32, 20), RoundingMode.FLOOR, CFG, words, Width.W32)
+    want = ops._convert_pair_numpy(hi, lo, 60, 80, DfpFormat(Width.W32, 20), RoundingMode.FLOOR, CFG, words,
+                                   Width.W32)
+    assert same(got, want) and got.out.data.tolist() == [[0, (1 << 31) - 1, -1]]  # floor(v / 2**40), saturated
 
 
 def test_fused_conversion_reads_strided_operands():
