@@ -178,15 +178,19 @@ class Engine:
         """
         if type(op) is not Op:
             op = Op(op)
-        dst = self._check_tid(dst, "dst")
-        setting = self.setting(dst)
+        n_tids = self.cfg.tensor_ids
+        setting = self.settings.get(dst) if type(dst) is int and 0 <= dst < n_tids else None
+        if setting is None:
+            dst = self._check_tid(dst, "dst")
+            setting = self.setting(dst)
         arity = ARITY[op]
         if len(srcs) != arity or len(src_tids) != arity:
             raise ValueError(f"engine: {op.name} takes {arity} operand(s), got {len(srcs)} "
                              f"tensors and {len(src_tids)} tensor ids")
         width = setting.fmt.width
         for i, (t, tid) in enumerate(zip(srcs, src_tids, strict=True)):
-            self._check_tid(tid, f"src_tids[{i}]")
+            if type(tid) is not int or not 0 <= tid < n_tids:
+                self._check_tid(tid, f"src_tids[{i}]")
             if not isinstance(t, DfpTensor):
                 raise TypeError(f"engine: {op.name} operand {i} must be a DfpTensor, got {type(t).__name__}")
             if op != Op.CONVERT and t.fmt.width != width:

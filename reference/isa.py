@@ -57,7 +57,7 @@ import enum
 from dataclasses import dataclass
 
 from .config import CoreConfig
-from .formats import FRAC_MAX, FRAC_MIN, MAX_K, DfpFormat, TensorSetting
+from .formats import FRAC_MAX, FRAC_MIN, MAX_K, DfpFormat, TensorSetting, Width
 from .ops import Op
 
 COMMAND_WORDS = 8
@@ -189,10 +189,14 @@ def decode_setting(word: int, cfg: CoreConfig) -> TensorSetting:
     return setting
 
 
+_OPCODES = frozenset(Op) | frozenset(Ctl)
+_COMPUTE_OPCODES = frozenset(Op)
+
+
 def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreConfig) -> None:
     """Raise :class:`IllegalCommand` for a command the core must reject; checks in this order."""
     op = cmd.opcode
-    if op not in set(Op) | set(Ctl):
+    if op not in _OPCODES:
         raise IllegalCommand(ErrorCode.BAD_OPCODE, f"opcode {op} is not defined")
     if op == Ctl.POLICY_UPDATE:
         return
@@ -255,6 +259,23 @@ DRAIN_CYCLES = 4
 POLICY_CYCLES_PER_TID = 2
 #: Cycles to clear one database entry.
 CLEAR_CYCLES_PER_TID = 1
+
+
+def settings_key(cmd: Command, settings: dict[int, TensorSetting]) -> tuple[Width | None, ...]:
+    """What :func:`check_command` and :func:`cycles` read of the settings register for ``cmd``.
+
+    Both depend on the settings only through the widths of the tensor ids the command uses
+    (None for an id without a setting); point positions and rounding never change whether a
+    command is legal or how long it takes. A caller may therefore reuse a command's check and
+    cycles while this key is unchanged (the cycle simulator does; a test holds the property).
+    """
+    if cmd.opcode not in _COMPUTE_OPCODES:
+        return ()
+    key = []
+    for tid in (cmd.tid_a, cmd.tid_b, cmd.tid_d):
+        s = settings.get(tid)
+        key.append(None if s is None else s.fmt.width)
+    return tuple(key)
 
 
 def op_width(cmd: Command, settings: dict[int, TensorSetting]):

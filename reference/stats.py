@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import CoreConfig
-from .formats import FRAC_MAX, FRAC_MIN, Width, _bit_length_int64, bit_length
+from .formats import FRAC_MAX, FRAC_MIN, Width, _bit_length_int64, bit_length, same_array
 
 #: Default policy threshold, in units of 2**-16 of the non-zero values (66/65536 ~ 0.1%).
 DEFAULT_THRESHOLD = 66
@@ -68,7 +68,7 @@ class OpStats:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, OpStats):
             return NotImplemented
-        return (np.array_equal(self.hist, other.hist) and self.zeros == other.zeros
+        return (same_array(self.hist, other.hist) and self.zeros == other.zeros
                 and self.overflow == other.overflow and self.underflow == other.underflow
                 and self.total == other.total)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .config import CoreConfig
 from .engine import ARITY, Engine
-from .formats import DfpFormat, DfpTensor, TensorSetting, Width
+from .formats import DfpFormat, DfpTensor, TensorSetting, Width, same_array
 from .ops import Op
 from .stats import OpStats
 
@@ -451,12 +451,12 @@ class _Capture:
 def _compare_op(rec: OpRecord, out: DfpTensor, stats: OpStats, rng_after: np.ndarray, where: str) -> None:
     if out.fmt != rec.out.fmt:
         raise TraceError(f"replay: {where} ({rec.op.name}): output format {out.fmt}, trace has {rec.out.fmt}")
-    if out.shape != rec.out.shape or not np.array_equal(out.data, rec.out.data):
+    if not same_array(out.data, rec.out.data):
         bad = "shape" if out.shape != rec.out.shape else f"{int(np.count_nonzero(out.data != rec.out.data))} values"
         raise TraceError(f"replay: {where} ({rec.op.name} -> tid {rec.dst}): output differs ({bad})")
     if stats != rec.stats:
         raise TraceError(f"replay: {where} ({rec.op.name} -> tid {rec.dst}): statistics differ")
-    if not np.array_equal(rng_after, rec.rng_after):
+    if not same_array(np.asarray(rng_after), rec.rng_after):
         raise TraceError(f"replay: {where} ({rec.op.name}): generator state after the op differs")
 
 
@@ -514,7 +514,7 @@ def replay_reference(trace: Trace, engine_cls: type[Engine] = Engine) -> ReplayR
                 if cur != rec.setting:
                     raise TraceError(f"replay: {where} ({rec.op.name}): tid {rec.dst} has setting {cur} in the "
                                      f"register, trace has {rec.setting}")
-                if not np.array_equal(eng.rng, rec.rng_before):
+                if not same_array(eng.rng, rec.rng_before):
                     raise TraceError(f"replay: {where} ({rec.op.name}): generator state before the op differs")
                 out = eng.run(rec.op, rec.dst, list(rec.srcs), list(rec.src_tids), rec.alpha)
                 _compare_op(rec, out, cap.stats, eng.rng, where)

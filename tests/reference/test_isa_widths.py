@@ -9,7 +9,17 @@ import pytest
 
 from reference.config import PRESETS
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
-from reference.isa import Command, ErrorCode, IllegalCommand, check_command, check_setting, decode_setting
+from reference.isa import (
+    Command,
+    Ctl,
+    ErrorCode,
+    IllegalCommand,
+    check_command,
+    check_setting,
+    cycles,
+    decode_setting,
+    settings_key,
+)
 from reference.ops import Op
 
 TINY = PRESETS["tiny"]
@@ -55,3 +65,49 @@ def test_command_on_an_unsupported_width_is_bad_setting_in_role_order():
     bad = dataclasses.replace(cmd, tid_a=cfg.tensor_ids)
     with pytest.raises(IllegalCommand, match="BAD_TENSOR_ID"):
         check_command(bad, {1: s16, 2: s8}, cfg)
+
+
+def _outcome(cmd, settings, cfg):
+    try:
+        check_command(cmd, settings, cfg)
+    except IllegalCommand as e:
+        return ("illegal", e.code)
+    return ("legal", cycles(cmd, settings, cfg))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_check_and_cycles_read_the_settings_only_through_settings_key(seed):
+    """Commands checked under two settings registers with the same ``settings_key`` (widths of the
+    ids used, or missing) but other point positions, roundings and widths of unused ids have the
+    same legality and cycles; the cycle simulator reuses checks on that promise."""
+    import numpy as np
+
+    rs = np.random.default_rng(seed)
+    cfg = dataclasses.replace(TINY, widths=(8, 16) if seed % 2 else (8, 16, 32))
+    sw, nt = cfg.spad_words, cfg.tensor_ids
+    codes = [int(o) for o in Op] + [int(c) for c in Ctl]
+    for _ in range(300):
+        cmd = Command(int(rs.choice(codes)), tid_d=int(rs.integers(0, nt + 1)), tid_a=int(rs.integers(0, nt)),
+                      tid_b=int(rs.integers(0, nt)), addr_a=int(rs.integers(0, 2)) * sw,
+                      addr_b=int(rs.integers(0, 3)) * sw, addr_d=int(rs.integers(0, 3)) * sw + int(rs.integers(0, 4)),
+                      m=int(rs.integers(1, 9)), n=int(rs.integers(1, 70)), k=int(rs.integers(1, 9)),
+                      alpha=int(rs.integers(-300, 300)), alpha_frac=int(rs.integers(-40, 70)),
+                      broadcast_b=bool(rs.random() < 0.3))
+
+        def register():
+            return {t: TensorSetting(DfpFormat(Width(int(rs.integers(0, 3))), int(rs.integers(-32, 64))),
+                                     RoundingMode(int(rs.integers(0, 3))), bool(rs.random() < 0.5))
+                    for t in range(nt) if rs.random() < 0.9}
+
+        one = register()
+        key = settings_key(cmd, one)
+        other = register()
+        for t, w in zip((cmd.tid_a, cmd.tid_b, cmd.tid_d), key or (), strict=False):  # same widths where used
+            if w is None:
+                other.pop(t, None)
+            else:
+                old = other.get(t)
+                other[t] = TensorSetting(DfpFormat(w, int(rs.integers(-32, 64))), RoundingMode(int(rs.integers(0, 3))),
+                                         old.auto if old else False)
+        assert settings_key(cmd, other) == key
+        assert _outcome(cmd, one, cfg) == _outcome(cmd, other, cfg), (seed, cmd)
