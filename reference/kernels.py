@@ -32,6 +32,10 @@ RELU = 2  # v = max(a, 0)
 RELU_BACKWARD = 3  # v = a where b > 0, else 0
 PAIR = 4  # v = a * 2**32 + b, 0 <= b < 2**32 (an accumulator up to 80 bits)
 PAIR_SUM = 5  # SUM formed as such pairs (32-bit operands, accumulator up to 80 bits)
+PARTS = 6  # v = a * 2**32 + b * 2**16 + c: float64 partial products of a split 32-bit matmul
+PARTS_ONE = 7  # v = a * 2**16 + c: the same with one operand split
+SPLIT11_COLS = 8  # v = P2 * 2**22 + P1 * 2**11 + P0 with a = [P0 | P1 | P2] (see split11)
+SPLIT11_ROWS = 9  # the same with a = [P0 ; P1 ; P2]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -174,37 +178,9 @@ def _pair_shift(x, d):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def convert_pair(kind, a, b, alpha, da, db, sign, shift, mode, u16, bits, base, nb):  # pragma: no cover
-    """:func:`convert_int64` of an accumulator up to 80 bits, held as v = hi * 2**32 + lo (0 <= lo < 2**32).
-
-    ``kind`` :data:`PAIR`: ``hi = a``, ``lo = b``; :data:`PAIR_SUM`: ``shift(alpha * a, da) +
-    sign * shift(b, db)`` formed as pairs (``ops._aligned_sum``'s wide branch; ``b`` may be one
-    broadcast row). Returns None when some |hi| >= 2**52 (the caller then takes the exact
-    fallback), else what :func:`convert_int64` returns. Rounding works on an int64 value that
-    provably converts the same way, as ``ops._convert_pair`` does: a value of magnitude at
-    least 2**(shift + 32) saturates in every mode; a right shift beyond 29 first folds the bits
-    below 2**(shift - 17) into a sticky bit and rounds by 17; before a left shift, a value of
-    magnitude at least 2**62 saturates.
-    """
-    rows, cols = a.shape
+def _convert_pairs(hi, lo, rows, cols, shift, mode, u16, bits, base, nb):  # pragma: no cover - compiled
+    """The analysis and conversion of :func:`convert_pair` once its flat pairs are formed."""
     n = rows * cols
-    hi = np.empty(n, dtype=np.int64)
-    lo = np.empty(n, dtype=np.int64)
-    if kind == PAIR:
-        for i in range(rows):
-            for j in range(cols):
-                hi[i * cols + j] = a[i, j]
-                lo[i * cols + j] = b[i, j]
-    else:
-        brow = b.shape[0] > 1
-        for i in range(rows):
-            ib = i if brow else 0
-            for j in range(cols):
-                xh, xl = _pair_shift(a[i, j] * alpha, da)
-                yh, yl = _pair_shift(b[ib, j], db)
-                lw = xl + sign * yl  # in (-2**32, 2**33): carry or borrow into hi
-                hi[i * cols + j] = xh + sign * yh + (lw >> 32)
-                lo[i * cols + j] = lw & _M32
     bins = np.empty(n, dtype=np.int32)
     zeros = 0
     too_wide = 0
@@ -259,6 +235,146 @@ def convert_pair(kind, a, b, alpha, da, db, sign, shift, mode, u16, bits, base, 
 
 
 @numba.njit(cache=True, nogil=True)
+def convert_pair(kind, a, b, alpha, da, db, sign, shift, mode, u16, bits, base, nb):  # pragma: no cover
+    """:func:`convert_int64` of an accumulator up to 80 bits, held as v = hi * 2**32 + lo (0 <= lo < 2**32).
+
+    ``kind`` :data:`PAIR`: ``hi = a``, ``lo = b``; :data:`PAIR_SUM`: ``shift(alpha * a, da) +
+    sign * shift(b, db)`` formed as pairs (``ops._aligned_sum``'s wide branch; ``b`` may be one
+    broadcast row). Returns None when some |hi| >= 2**52 (the caller then takes the exact
+    fallback), else what :func:`convert_int64` returns. Rounding works on an int64 value that
+    provably converts the same way, as ``ops._convert_pair`` does: a value of magnitude at
+    least 2**(shift + 32) saturates in every mode; a right shift beyond 29 first folds the bits
+    below 2**(shift - 17) into a sticky bit and rounds by 17; before a left shift, a value of
+    magnitude at least 2**62 saturates.
+    """
+    rows, cols = a.shape
+    n = rows * cols
+    hi = np.empty(n, dtype=np.int64)
+    lo = np.empty(n, dtype=np.int64)
+    if kind == PAIR:
+        for i in range(rows):
+            for j in range(cols):
+                hi[i * cols + j] = a[i, j]
+                lo[i * cols + j] = b[i, j]
+    else:
+        brow = b.shape[0] > 1
+        for i in range(rows):
+            ib = i if brow else 0
+            for j in range(cols):
+                xh, xl = _pair_shift(a[i, j] * alpha, da)
+                yh, yl = _pair_shift(b[ib, j], db)
+                lw = xl + sign * yl  # in (-2**32, 2**33): carry or borrow into hi
+                hi[i * cols + j] = xh + sign * yh + (lw >> 32)
+                lo[i * cols + j] = lw & _M32
+    return _convert_pairs(hi, lo, rows, cols, shift, mode, u16, bits, base, nb)
+
+
+@numba.njit(cache=True, nogil=True)
+def split_cols(a):  # pragma: no cover - compiled
+    """[M, K] integers of at most 32 bits -> float64 [M, 2K] = [a >> 16 | a & 0xFFFF] (exact halves)."""
+    rows, k = a.shape
+    out = np.empty((rows, 2 * k), dtype=np.float64)
+    for i in range(rows):
+        for j in range(k):
+            v = a[i, j]
+            out[i, j] = v >> 16
+            out[i, k + j] = v & 0xFFFF
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def split_rows(b):  # pragma: no cover - compiled
+    """[K, N] integers of at most 32 bits -> float64 [2K, N] = [b & 0xFFFF ; b >> 16] (exact halves)."""
+    k, cols = b.shape
+    out = np.empty((2 * k, cols), dtype=np.float64)
+    for i in range(k):
+        for j in range(cols):
+            v = b[i, j]
+            out[i, j] = v & 0xFFFF
+            out[k + i, j] = v >> 16
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def convert_parts(high, mid, low, three, shift, mode, u16, bits, base, nb):  # pragma: no cover - compiled
+    """:func:`convert_pair` of a 32-bit matrix product given as exact float64 partial products.
+
+    ``three``: v = high * 2**32 + mid * 2**16 + low (both operands split in 16-bit halves);
+    else v = high * 2**16 + low (one operand split; ``mid`` unused). The pair is recombined as
+    ``ops._matmul_pair`` does, then converted as :func:`convert_pair`.
+    """
+    rows, cols = high.shape
+    n = rows * cols
+    hi = np.empty(n, dtype=np.int64)
+    lo = np.empty(n, dtype=np.int64)
+    for i in range(rows):
+        for j in range(cols):
+            t = np.int64(low[i, j])
+            if three:
+                p = np.int64(mid[i, j])
+                t += (p & 0xFFFF) << 16
+                h = np.int64(high[i, j]) + (p >> 16)
+            else:
+                h = np.int64(high[i, j])
+                t += (h & 0xFFFF) << 16
+                h >>= 16
+            hi[i * cols + j] = h + (t >> 32)
+            lo[i * cols + j] = t & _M32
+    return _convert_pairs(hi, lo, rows, cols, shift, mode, u16, bits, base, nb)
+
+
+@numba.njit(cache=True, nogil=True)
+def split11(x, by_cols):  # pragma: no cover - compiled
+    """Integers of at most 32 bits in three exact float64 pieces, x = x2 * 2**22 + x1 * 2**11 + x0.
+
+    ``x0``, ``x1`` are the unsigned 11-bit fields, ``x2 = x >> 22`` is signed (|x2| <= 2**9).
+    ``by_cols``: [R, C] -> [R, 3C] = [x0 | x1 | x2], else [3R, C] = [x0 ; x1 ; x2].
+    """
+    rows, cols = x.shape
+    out = np.empty((rows, 3 * cols) if by_cols else (3 * rows, cols), dtype=np.float64)
+    for i in range(rows):
+        for j in range(cols):
+            v = np.int64(x[i, j])
+            if by_cols:
+                out[i, j] = v & 0x7FF
+                out[i, cols + j] = (v >> 11) & 0x7FF
+                out[i, 2 * cols + j] = v >> 22
+            else:
+                out[i, j] = v & 0x7FF
+                out[rows + i, j] = (v >> 11) & 0x7FF
+                out[2 * rows + i, j] = v >> 22
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def convert_split11(p, by_cols, shift, mode, u16, bits, base, nb):  # pragma: no cover - compiled
+    """:func:`convert_pair` of a 32-bit matrix product whose one operand was cut by :func:`split11`.
+
+    ``p`` is the exact float64 product with the pieces (``[M, 3N]`` by columns, else ``[3M, N]``):
+    v = P2 * 2**22 + P1 * 2**11 + P0, each |P_i| <= 2**53, recombined as (hi, lo) pairs.
+    """
+    if by_cols:
+        rows, cols = p.shape[0], p.shape[1] // 3
+    else:
+        rows, cols = p.shape[0] // 3, p.shape[1]
+    n = rows * cols
+    hi = np.empty(n, dtype=np.int64)
+    lo = np.empty(n, dtype=np.int64)
+    for i in range(rows):
+        for j in range(cols):
+            if by_cols:
+                x0, x1, x2 = np.int64(p[i, j]), np.int64(p[i, cols + j]), np.int64(p[i, 2 * cols + j])
+            else:
+                x0, x1, x2 = np.int64(p[i, j]), np.int64(p[rows + i, j]), np.int64(p[2 * rows + i, j])
+            h2, l2 = _pair_shift(x2, 22)
+            h1, l1 = _pair_shift(x1, 11)
+            lw = l2 + l1 + (x0 & _M32)  # below 3 * 2**32
+            hi[i * cols + j] = h2 + h1 + (x0 >> 32) + (lw >> 32)
+            lo[i * cols + j] = lw & _M32
+    return _convert_pairs(hi, lo, rows, cols, shift, mode, u16, bits, base, nb)
+
+
+@numba.njit(cache=True, nogil=True)
 def xorshift_beats(states, n_beats, slots):  # pragma: no cover - compiled
     """``rng.draw_beats`` after its checks: every generator steps once per beat (xorshift32 13, 17, 5).
 
@@ -286,12 +402,17 @@ def xorshift_beats(states, n_beats, slots):  # pragma: no cover - compiled
 
 def convert(kind: int, a: np.ndarray, shift: int, rounding: RoundingMode, u16: np.ndarray | None, bits: int,
             base: int, nb: int, b: np.ndarray | None = None, alpha: int = 1, da: int = 0, db: int = 0,
-            sign: int = 1) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:
-    """:func:`convert_int64` or :func:`convert_pair` (by ``kind``) with the unused operands filled in:
-    (q, hist, zeros, overflow, underflow), or None from a pair wider than the kernel handles."""
+            sign: int = 1, c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:
+    """The kernel of ``kind`` with the unused operands filled in: (q, hist, zeros, overflow, underflow),
+    or None from a pair wider than the kernels handle."""
+    words = _NONE if u16 is None else u16
+    mode = int(rounding)
+    if kind >= SPLIT11_COLS:
+        return convert_split11(a, kind == SPLIT11_COLS, shift, mode, words, bits, base, nb)
+    if kind >= PARTS:
+        return convert_parts(a, a if b is None else b, c, kind == PARTS, shift, mode, words, bits, base, nb)
     fn = convert_pair if kind >= PAIR else convert_int64
-    return fn(kind, a, _NONE if b is None else b, alpha, da, db, sign, shift, int(rounding),
-              _NONE if u16 is None else u16, bits, base, nb)
+    return fn(kind, a, _NONE if b is None else b, alpha, da, db, sign, shift, mode, words, bits, base, nb)
 
 
 _NONE = np.zeros((1, 1), dtype=np.int64)

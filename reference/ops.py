@@ -79,7 +79,11 @@ class OpResult:
 
 
 def _op_width(*fmts: DfpFormat) -> Width:
-    return max(f.width for f in fmts)
+    w = fmts[0].width
+    for f in fmts[1:]:  # (not max() over a generator: this runs once per command)
+        if f.width > w:
+            w = f.width
+    return w
 
 
 #: Exact results are kept in int64 when every term is below this bound (a sum of two then
@@ -313,8 +317,8 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
 
 def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rounding: RoundingMode,
                    cfg: CoreConfig, rng: np.ndarray, op_width: Width, b: np.ndarray | None = None, alpha: int = 1,
-                   da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None
-                   ) -> OpResult | None:
+                   da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None,
+                   c: np.ndarray | None = None) -> OpResult | None:
     """Form the accumulator of a 2-D command (``kind``, see :mod:`reference.kernels`), analyse it and
     convert it: the compiled twin of forming ``acc`` and calling :func:`_convert_int64_numpy` (or
     :func:`_convert_pair_numpy`). None only for a pair with some |hi| >= 2**52."""
@@ -327,11 +331,11 @@ def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rou
     elif rounding not in _ROUNDINGS:
         raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
     got = kernels.convert(kind, a, shift, rounding, u16, out_fmt.bits, f_acc + cfg.hist_min_exp, cfg.hist_bins, b,
-                          alpha, da, db, sign)
+                          alpha, da, db, sign, c)
     if got is None:  # a pair too wide for the kernel: the caller takes the exact path
         return None
     q, hist, zeros, overflow, underflow = got
-    n = a.size
+    n = q.size  # the output values (a split product has more partial values)
     cmax = cfg.counter_max
     if n > cmax:
         np.minimum(hist, cmax, out=hist)
@@ -563,6 +567,25 @@ def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray, split_a: bool) -> tuple
     return p_h, t
 
 
+#: 32-bit operands, one cut in 11-bit pieces: every partial sum is below K * 2**31 * 2**11 <= 2**53.
+_SPLIT11_MAX_K = 1 << 11
+
+
+def _matmul_parts(a: np.ndarray, b: np.ndarray, amax: int, bmax: int):
+    """The float64 partial products of :func:`_matmul_pair` (same choice of split, same exactness),
+    for :func:`reference.kernels.convert_parts` to recombine: (high, mid or None, low)."""
+    k = a.shape[1]
+    split_a_ok, split_b_ok = k * bmax << 16 <= 1 << 53, k * amax << 16 <= 1 << 53
+    if split_a_ok and (a.size <= b.size or not split_b_ok):
+        a2, bf = kernels.split_cols(a), b.astype(np.float64)
+        return a2[:, :k] @ bf, None, a2[:, k:] @ bf
+    if split_b_ok:
+        af, b2 = a.astype(np.float64), kernels.split_rows(b)
+        return af @ b2[k:], None, af @ b2[:k]
+    a2, b2 = kernels.split_cols(a), kernels.split_rows(b)
+    return a2[:, :k] @ b2[k:], a2 @ b2, a2[:, k:] @ b2[:k]
+
+
 #: 8-bit operands: every partial sum of a product with K <= 2**10 is an integer of magnitude at
 #: most K * 2**14 <= 2**24, which float32 holds exactly in any summation order.
 _F32_MAX_K = 1 << 10
@@ -581,8 +604,21 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
     if in_bits > 16:
         amax, bmax = _maxabs(a.data), _maxabs(b.data)
         if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
-            acc = (a.data.astype(np.float64) @ b.data.astype(np.float64)).astype(np.int64)
-            return _convert_int64(acc, *args)
+            return _convert_fused(kernels.ACC, a.data.astype(np.float64) @ b.data.astype(np.float64), *args[:1],
+                                  *args[2:])
+        if k <= _SPLIT11_MAX_K:
+            # one BLAS product: the smaller operand cut in three 11-bit pieces (exact, see kernels.split11)
+            shape = (a.shape[0], b.shape[1])
+            if a.data.size <= b.data.size:
+                p = kernels.split11(a.data, False) @ b.data.astype(np.float64)
+                return _convert_fused(kernels.SPLIT11_ROWS, p, *args[:1], *args[2:], words_shape=shape)
+            p = a.data.astype(np.float64) @ kernels.split11(b.data, True)
+            return _convert_fused(kernels.SPLIT11_COLS, p, *args[:1], *args[2:], words_shape=shape)
+        high, mid, low = _matmul_parts(a.data, b.data, amax, bmax)
+        res = _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args[:1], *args[2:],
+                             b=mid, c=low)
+        if res is not None:
+            return res
         return _convert_pair(*_matmul_pair(a.data, b.data, amax, bmax), *args)
     ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
     # The exact integer products go to the kernel as floats: it converts them while copying.

@@ -17,7 +17,7 @@ import pytest
 
 from reference import kernels, ops
 from reference.config import CoreConfig
-from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, RoundingMode, Width
+from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, Width
 from reference.rng import draw_beats, seed_states, xorshift32
 
 CFG = CoreConfig()
@@ -163,3 +163,23 @@ def test_xorshift_beats_steps_every_generator_once_per_beat(n_beats, slots):
         assert np.array_equal(words[b], (s[:slots] >> 16).astype(np.int64))
     assert words.shape == (n_beats, slots) and words.dtype == np.int64
     assert np.array_equal(final, s) and final.dtype == np.uint32
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_32bit_matmul_kernels_equal_the_pair_product(seed):
+    """32-bit products through split11 (K <= 2048), the three-product and the one-split parts
+    (larger K) equal _matmul_pair converted by _convert_pair_numpy, at the most negative values."""
+    rs = np.random.default_rng(500 + seed)
+    f = DfpFormat(Width.W32, 7)
+    for k in (1, 9, 144, 2048, 2049, 3000):
+        for small_b in (False, True):
+            m, n = int(rs.integers(1, 30)), int(rs.integers(1, 30))
+            a = corner(32, rs, (m, k))
+            b = corner(15 if small_b else 32, rs, (k, n))  # small b: only a is split beyond 2048
+            out = DfpFormat(Width.W32, int(rs.integers(-20, 60)))
+            rnd = RoundingMode(int(rs.integers(0, 3)))
+            words = seed_states(int(rs.integers(0, 2**32)), CFG.rng_slots)
+            got = ops.matmul(DfpTensor(a, f), DfpTensor(b, f), out, rnd, CFG, words)
+            hi, lo = ops._matmul_pair(a, b)
+            want = ops._convert_pair_numpy(hi, lo, 14, 80, out, rnd, CFG, words, Width.W32)
+            assert same(got, want), (seed, k, small_b)
