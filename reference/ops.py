@@ -602,18 +602,23 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
     in_bits = max(a.fmt.bits, b.fmt.bits)
     args = (a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
     if in_bits > 16:
+        f8 = np.float64
+        shape = (a.shape[0], b.shape[1])
+        if k <= _SPLIT11_MAX_K:
+            # Only the smaller operand is scanned: if its magnitudes bound every partial sum below
+            # 2**52 whatever the other's (up to 2**31), one plain product is exact; otherwise one
+            # product with it cut in three 11-bit pieces (exact, see kernels.split11).
+            small_a = a.data.size <= b.data.size
+            if k * _maxabs(a.data if small_a else b.data) << 31 < 1 << 52:
+                return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])
+            if small_a:
+                p = kernels.split11(a.data, False) @ b.data.astype(f8)
+                return _convert_fused(kernels.SPLIT11_ROWS, p, *args[:1], *args[2:], words_shape=shape)
+            p = a.data.astype(f8) @ kernels.split11(b.data, True)
+            return _convert_fused(kernels.SPLIT11_COLS, p, *args[:1], *args[2:], words_shape=shape)
         amax, bmax = _maxabs(a.data), _maxabs(b.data)
         if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
-            return _convert_fused(kernels.ACC, a.data.astype(np.float64) @ b.data.astype(np.float64), *args[:1],
-                                  *args[2:])
-        if k <= _SPLIT11_MAX_K:
-            # one BLAS product: the smaller operand cut in three 11-bit pieces (exact, see kernels.split11)
-            shape = (a.shape[0], b.shape[1])
-            if a.data.size <= b.data.size:
-                p = kernels.split11(a.data, False) @ b.data.astype(np.float64)
-                return _convert_fused(kernels.SPLIT11_ROWS, p, *args[:1], *args[2:], words_shape=shape)
-            p = a.data.astype(np.float64) @ kernels.split11(b.data, True)
-            return _convert_fused(kernels.SPLIT11_COLS, p, *args[:1], *args[2:], words_shape=shape)
+            return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])
         high, mid, low = _matmul_parts(a.data, b.data, amax, bmax)
         res = _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args[:1], *args[2:],
                              b=mid, c=low)

@@ -189,7 +189,7 @@ class _OpPlan:
 
 
 def _same(t: DfpTensor, u: DfpTensor) -> bool:
-    return t.fmt == u.fmt and same_array(t.data, u.data)
+    return same_array(t.data, u.data) and t.fmt == u.fmt
 
 
 def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
@@ -220,7 +220,11 @@ def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
             for t, tid in zip(rec.srcs, rec.src_tids, strict=True):
                 if tid not in written:
                     read_first.add(tid)
-                vid = next((v for v, u in reversed(known.get(tid, [])) if _same(t, u)), None)
+                vid = None
+                for v, u in reversed(known.get(tid, ())):  # the newest value of the id first
+                    if _same(t, u):
+                        vid = v
+                        break
                 src = None
                 if vid is None:
                     src = latest.get(tid)
