@@ -182,10 +182,16 @@ def _settings_json(d: dict[int, TensorSetting]) -> dict[str, int]:
 
 def _to_manifest(trace: Trace) -> tuple[dict, dict[str, np.ndarray]]:
     arrays: dict[str, np.ndarray] = {}
+    # A tensor that is the very object of an earlier record (an operand that an earlier command
+    # produced, a weight carried to the next iteration) names that record's array instead of
+    # storing it again. The trace keeps every tensor alive, so the ids are stable here.
+    stored: dict[tuple[int, DfpFormat], str] = {}
 
     def tensor(t: DfpTensor, key: str) -> dict:
-        arrays[key] = t.data.astype(_STORE_DTYPE[t.fmt.width])
-        return {"array": key, "shape": list(t.shape), "width": t.fmt.bits, "frac": t.fmt.frac}
+        name = stored.setdefault((id(t.data), t.fmt), key)
+        if name == key:
+            arrays[key] = t.data.astype(_STORE_DTYPE[t.fmt.width])
+        return {"array": name, "shape": list(t.shape), "width": t.fmt.bits, "frac": t.fmt.frac}
 
     iters = []
     for it in trace.iterations:
@@ -280,6 +286,9 @@ def _setting(word: Any, where: str) -> TensorSetting:
 class _Reader:
     def __init__(self, manifest: dict, arrays: Any, cfg: CoreConfig):
         self.arrays, self.cfg = arrays, cfg
+        # one tensor object per (array, format): records naming the same array share it, so
+        # readers can tell by identity that an operand is an earlier result (sim._analyse)
+        self.tensors: dict[tuple[str, DfpFormat], DfpTensor] = {}
 
     def tid(self, v: Any, where: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < self.cfg.tensor_ids:
@@ -320,6 +329,11 @@ class _Reader:
             fmt = DfpFormat(Width.from_bits(bits), frac)
         except (ValueError, TypeError) as exc:
             raise TraceError(f"trace: {where}: {exc}") from exc
+        known = self.tensors.get((key, fmt))
+        if known is not None:
+            if list(known.shape) != shape:
+                raise TraceError(f"trace: {where}: array {key!r} has shape {list(known.shape)}, manifest says {shape}")
+            return known
         if key not in self.arrays:
             raise TraceError(f"trace: {where}: array {key!r} is missing from {ARRAYS}")
         a = self.arrays[key]
@@ -328,9 +342,10 @@ class _Reader:
         if a.dtype.kind not in "iu":
             raise TraceError(f"trace: {where}: array {key!r} has dtype {a.dtype}, expected integers")
         try:
-            return DfpTensor(a.astype(np.int64), fmt)
+            t = self.tensors[(key, fmt)] = DfpTensor(a.astype(np.int64), fmt)
         except ValueError as exc:
             raise TraceError(f"trace: {where}: array {key!r}: {exc}") from exc
+        return t
 
     def record(self, r: Any, where: str) -> Record:
         kind_s = _need(r, "kind", str, where)

@@ -189,7 +189,7 @@ class _OpPlan:
 
 
 def _same(t: DfpTensor, u: DfpTensor) -> bool:
-    return same_array(t.data, u.data) and t.fmt == u.fmt
+    return t is u or (same_array(t.data, u.data) and t.fmt == u.fmt)
 
 
 def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:

@@ -76,6 +76,36 @@ def test_round_trip_and_reference_replay_is_bit_exact(mixed_trace, trace_dir):
     assert rep.iterations == 3 and rep.ops == n_ops and rep.policy_updates == 3
 
 
+def test_an_operand_that_is_an_earlier_result_is_stored_once_and_read_back_shared(mixed_trace, trace_dir, tmp_path):
+    """The writer names an earlier record's array for the same tensor object; the reader returns one
+    tensor object per array; a trace whose records each name their own array reads back equal."""
+    m = json.loads((trace_dir / MANIFEST).read_text())
+    srcs = [t for it in m["iterations"] for r in it["records"] for t in r.get("srcs", [])]
+    refs = [t["array"] for t in srcs] + [r["out"]["array"] for it in m["iterations"] for r in it["records"]
+                                         if "out" in r]
+    arrays = dict(np.load(trace_dir / ARRAYS))
+    assert set(arrays) == set(refs) and len(arrays) < len(refs)  # shared, and nothing unnamed is stored
+    shared = read_trace(trace_dir)
+    recs = [r for r in shared.iterations[0].records if isinstance(r, OpRecord)]
+    outs = {id(r.out) for r in recs}
+    assert any(id(t) in outs for r in recs for t in r.srcs)
+    # every operand in its own array, as the writer did before sharing
+    for j, t in enumerate(srcs):
+        arrays[f"apart{j}"] = arrays[t["array"]]
+        t["array"] = f"apart{j}"
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    (apart / MANIFEST).write_text(json.dumps(m))
+    np.savez_compressed(apart / ARRAYS, **arrays)
+    alone = read_trace(apart)
+    for a, b in zip(shared.iterations, alone.iterations, strict=True):
+        for ra, rb in zip(a.records, b.records, strict=True):
+            if isinstance(ra, OpRecord):
+                for x, y in zip(ra.srcs, rb.srcs, strict=True):
+                    assert np.array_equal(x.data, y.data) and x.fmt == y.fmt
+    replay_reference(alone)
+
+
 def test_any_record_replays_on_its_own(mixed_trace):
     recs = [r for r in mixed_trace.iterations[1].records if isinstance(r, OpRecord)]
     stoch = next(r for r in recs if r.setting.rounding == RoundingMode.STOCHASTIC)
