@@ -9,6 +9,7 @@ timing, and ``rtl_gen`` writes it into the manifest beside the Verilog.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tomllib
@@ -108,8 +109,9 @@ class CoreConfig:
     def word_bits(self) -> int:
         return 32 * self.lanes
 
-    @property
+    @functools.cached_property
     def counter_max(self) -> int:
+        """Largest value of a statistics counter (read once per command: cached on the frozen instance)."""
         return (1 << self.counter_bits) - 1
 
     def peak_macs_per_cycle(self, width: Width) -> int:

@@ -25,7 +25,6 @@ This class is deliberately small: the cycle simulator subclasses or wraps it.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -247,7 +246,7 @@ class Engine:
                                np.array([s.fmt.frac for s in cur]), self.cfg, self.threshold)
             for tid, s, frac in zip(tids, cur, fracs.tolist(), strict=True):
                 # an unchanged point position rewrites the same value: keep the (immutable) setting
-                new = s if frac == s.fmt.frac else replace(s, fmt=DfpFormat(s.fmt.width, frac))
+                new = s if frac == s.fmt.frac else TensorSetting(DfpFormat(s.fmt.width, frac), s.rounding, s.auto)
                 settings[tid] = new
                 del entries[tid]
                 changed[tid] = new

@@ -230,7 +230,9 @@ def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: Co
     over = n[:, None] - c  # over[:, i] = sum of the bins above i
     budget = (n >> THRESHOLD_BITS) * threshold + (((n & ((1 << THRESHOLD_BITS) - 1)) * threshold) >> THRESHOLD_BITS)
     istar = np.count_nonzero(over > budget[:, None], axis=1)
-    f = np.clip(np.asarray(bits) - 2 - (cfg.hist_min_exp + istar), FRAC_MIN, FRAC_MAX)
+    f = np.asarray(bits) - 2 - (cfg.hist_min_exp + istar)
+    np.maximum(f, FRAC_MIN, out=f)  # (np.clip costs more than the rest of this function on ~20 rows)
+    np.minimum(f, FRAC_MAX, out=f)
     return np.where(n == 0, current, f).astype(np.int64)
 
 
