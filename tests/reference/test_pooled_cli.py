@@ -18,29 +18,27 @@ def _run(tmp_path, *extra: str) -> int:
     return args.func(args)
 
 
-def test_train_memplan_reorder_writes_the_same_metrics_plus_the_plan(tmp_path, capsys):
-    assert _run(tmp_path, "--precision", "fp32", "--name", "plain") == 0
-    assert _run(tmp_path, "--precision", "fp32", "--memplan", "reorder", "--name", "pooled") == 0
-    assert "memplan reorder: arena" in capsys.readouterr().out
+def _pooled_like_plain(tmp_path, capsys, memplan: str, *model: str) -> dict:
+    """Train plain and on ``memplan`` (seed 4, see _run); the epoch metrics must be equal; the plan's record."""
+    assert _run(tmp_path, *model, "--precision", "fp32", "--name", "plain") == 0
+    assert _run(tmp_path, *model, "--precision", "fp32", "--memplan", memplan, "--name", "pooled") == 0
+    assert f"memplan {memplan}: arena" in capsys.readouterr().out
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     pooled = json.loads((tmp_path / "pooled" / "metrics.json").read_text())
     for key in ("loss", "train_acc", "test_acc"):
         assert pooled["epochs"][0][key] == plain["epochs"][0][key]
-    mp = pooled["memplan"]
+    return pooled["memplan"]
+
+
+def test_train_memplan_reorder_writes_the_same_metrics_plus_the_plan(tmp_path, capsys):
+    mp = _pooled_like_plain(tmp_path, capsys, "reorder")
     assert mp["strategy"] == "reorder" and mp["pool_peak_bytes"] == mp["peak_live_bytes"] <= mp["peak_arena_bytes"]
     assert set(mp["orders"]) == {"conv1", "conv2", "fc1", "fc2"}
 
 
 def test_train_memplan_weight_area_runs_fused_blocks_with_the_same_metrics(tmp_path, capsys):
-    """seed 4 (recorded in _run); the MLP's two layers are both fused at batch 32"""
-    assert _run(tmp_path, "--model", "mlp", "--precision", "fp32", "--name", "plain") == 0
-    assert _run(tmp_path, "--model", "mlp", "--precision", "fp32", "--memplan", "weight-area", "--name", "wa") == 0
-    assert "memplan weight-area: arena" in capsys.readouterr().out
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    pooled = json.loads((tmp_path / "wa" / "metrics.json").read_text())
-    for key in ("loss", "train_acc", "test_acc"):
-        assert pooled["epochs"][0][key] == plain["epochs"][0][key]
-    mp = pooled["memplan"]
+    """The MLP's two layers are both fused at batch 32."""
+    mp = _pooled_like_plain(tmp_path, capsys, "weight-area", "--model", "mlp")
     assert mp["strategy"] == "weight_area" and mp["fused_rows"] == 48
     assert mp["orders"] == {"fc1": "fused", "fc2": "fused"}
 
