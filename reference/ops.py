@@ -79,11 +79,7 @@ class OpResult:
 
 
 def _op_width(*fmts: DfpFormat) -> Width:
-    w = fmts[0].width
-    for f in fmts[1:]:  # (not max() over a generator: this runs once per command)
-        if f.width > w:
-            w = f.width
-    return w
+    return max(f.width for f in fmts)
 
 
 #: Exact results are kept in int64 when every term is below this bound (a sum of two then
@@ -524,16 +520,9 @@ def _matmul_pair(a: np.ndarray, b: np.ndarray, amax: int | None = None,
     :func:`_matmul_pair_split_one`).
     """
     f8 = np.float64
-    k = a.shape[1]
-    # Splitting only one operand: its halves are below 2**16 in magnitude, so every partial sum of
-    # the two products is below K * 2**16 * max|other| (at most K * 2**47 for 32-bit operands).
-    amax = 1 << 31 if amax is None else amax
-    bmax = 1 << 31 if bmax is None else bmax
-    split_a_ok, split_b_ok = k * bmax << 16 <= 1 << 53, k * amax << 16 <= 1 << 53
-    if split_a_ok and (a.size <= b.size or not split_b_ok):
-        return _matmul_pair_split_one(a, b, split_a=True)
-    if split_b_ok:
-        return _matmul_pair_split_one(a, b, split_a=False)
+    split = _pair_split(a, b, amax, bmax)
+    if split != "both":
+        return _matmul_pair_split_one(a, b, split_a=split == "a")
     ah, al = (a >> 16).astype(f8), (a & 0xFFFF).astype(f8)
     bh, bl = (b >> 16).astype(f8), (b & 0xFFFF).astype(f8)
     p_hh = (ah @ bh).astype(np.int64)
@@ -545,6 +534,21 @@ def _matmul_pair(a: np.ndarray, b: np.ndarray, amax: int | None = None,
     p_hh += t >> 32
     t &= _M32
     return p_hh, t
+
+
+def _pair_split(a: np.ndarray, b: np.ndarray, amax: int | None, bmax: int | None) -> str:
+    """Which operands :func:`_matmul_pair` cuts in 16-bit halves: ``"a"``, ``"b"`` or ``"both"``.
+
+    Splitting only one operand: its halves are below 2**16 in magnitude, so every partial sum of
+    the two products is below K * 2**16 * max|other| (``amax``, ``bmax``; 2**31 if not given).
+    """
+    k = a.shape[1]
+    amax = 1 << 31 if amax is None else amax
+    bmax = 1 << 31 if bmax is None else bmax
+    split_a_ok, split_b_ok = k * bmax << 16 <= 1 << 53, k * amax << 16 <= 1 << 53
+    if split_a_ok and (a.size <= b.size or not split_b_ok):
+        return "a"
+    return "b" if split_b_ok else "both"
 
 
 def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray, split_a: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -575,11 +579,11 @@ def _matmul_parts(a: np.ndarray, b: np.ndarray, amax: int, bmax: int):
     """The float64 partial products of :func:`_matmul_pair` (same choice of split, same exactness),
     for :func:`reference.kernels.convert_parts` to recombine: (high, mid or None, low)."""
     k = a.shape[1]
-    split_a_ok, split_b_ok = k * bmax << 16 <= 1 << 53, k * amax << 16 <= 1 << 53
-    if split_a_ok and (a.size <= b.size or not split_b_ok):
+    split = _pair_split(a, b, amax, bmax)
+    if split == "a":
         a2, bf = kernels.split_cols(a), b.astype(np.float64)
         return a2[:, :k] @ bf, None, a2[:, k:] @ bf
-    if split_b_ok:
+    if split == "b":
         af, b2 = a.astype(np.float64), kernels.split_rows(b)
         return af @ b2[k:], None, af @ b2[:k]
     a2, b2 = kernels.split_cols(a), kernels.split_rows(b)
@@ -619,12 +623,9 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
         amax, bmax = _maxabs(a.data), _maxabs(b.data)
         if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
             return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])
-        high, mid, low = _matmul_parts(a.data, b.data, amax, bmax)
-        res = _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args[:1], *args[2:],
-                             b=mid, c=low)
-        if res is not None:
-            return res
-        return _convert_pair(*_matmul_pair(a.data, b.data, amax, bmax), *args)
+        high, mid, low = _matmul_parts(a.data, b.data, amax, bmax)  # products below 2**79: never too wide
+        return _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args[:1], *args[2:],
+                              b=mid, c=low)
     ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
     # The exact integer products go to the kernel as floats: it converts them while copying.
     return _convert_fused(kernels.ACC, a.data.astype(ft) @ b.data.astype(ft), *args[:1], *args[2:])
