@@ -36,8 +36,10 @@ PAIR = 4  # v = a * 2**32 + b, 0 <= b < 2**32 (an accumulator up to 80 bits)
 PAIR_SUM = 5  # SUM formed as such pairs (32-bit operands, accumulator up to 80 bits)
 PARTS = 6  # v = a * 2**32 + b * 2**16 + c: float64 partial products of a split 32-bit matmul
 PARTS_ONE = 7  # v = a * 2**16 + c: the same with one operand split
-SPLIT11_COLS = 8  # v = P2 * 2**22 + P1 * 2**11 + P0 with a = [P0 | P1 | P2] (see split11)
-SPLIT11_ROWS = 9  # the same with a = [P0 ; P1 ; P2]
+SPLIT3_COLS = 8  # v = P2 * 2**22 + P1 * 2**11 + P0 with a = [P0 | P1 | P2] (see split_pieces)
+SPLIT3_ROWS = 9  # the same with a = [P0 ; P1 ; P2]
+SPLIT2_COLS = 10  # v = P1 * 2**16 + P0 with a = [P0 | P1]
+SPLIT2_ROWS = 11  # the same with a = [P0 ; P1]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -326,50 +328,98 @@ def convert_parts(high, mid, low, three, shift, mode, u16, bits, base, nb):  # p
 
 
 @numba.njit(cache=True, nogil=True)
-def split11(x, by_cols):  # pragma: no cover - compiled
-    """Integers of at most 32 bits in three exact float64 pieces, x = x2 * 2**22 + x1 * 2**11 + x0.
+def scan_f8(x, row_sums):  # pragma: no cover - compiled
+    """A float64 copy of int64 ``x`` [R, C] (values of at most 32 bits) with, from the same pass, the OR
+    of all values, max |x| and the largest L1 norm of a row (``row_sums``) or of a column."""
+    rows, cols = x.shape
+    out = np.empty((rows, cols), dtype=np.float64)
+    orv = 0
+    mx = 0
+    best = 0
+    if row_sums:
+        for i in range(rows):
+            s = 0
+            for j in range(cols):
+                v = x[i, j]
+                out[i, j] = v
+                m = abs(v)
+                orv |= v
+                mx = max(mx, m)
+                s += m
+            best = max(best, s)
+    else:
+        sums = np.zeros(cols, dtype=np.int64)
+        for i in range(rows):
+            for j in range(cols):
+                v = x[i, j]
+                out[i, j] = v
+                m = abs(v)
+                orv |= v
+                mx = max(mx, m)
+                sums[j] += m
+        for j in range(cols):
+            best = max(best, sums[j])
+    return out, orv, mx, best
 
-    ``x0``, ``x1`` are the unsigned 11-bit fields, ``x2 = x >> 22`` is signed (|x2| <= 2**9).
-    ``by_cols``: [R, C] -> [R, 3C] = [x0 | x1 | x2], else [3R, C] = [x0 ; x1 ; x2].
+
+@numba.njit(cache=True, nogil=True)
+def split_pieces(x, by_cols, n):  # pragma: no cover - compiled
+    """Integers of at most 32 bits in ``n`` exact float64 pieces, ``x = sum_i x_i * 2**(w * i)``.
+
+    ``n = 3``: w = 11; ``x0``, ``x1`` are the unsigned 11-bit fields, ``x2 = x >> 22`` is signed
+    (|x2| <= 2**9). ``n = 2``: w = 16, balanced digits: ``x0 = ((x + 2**15) & 0xFFFF) - 2**15`` in
+    [-2**15, 2**15), ``x1 = (x - x0) >> 16``, so every |x_i| <= 2**15.
+    ``by_cols``: [R, C] -> [R, nC] = [x0 | x1 | ...], else [nR, C] = [x0 ; x1 ; ...].
     """
     rows, cols = x.shape
-    out = np.empty((rows, 3 * cols) if by_cols else (3 * rows, cols), dtype=np.float64)
+    out = np.empty((rows, n * cols) if by_cols else (n * rows, cols), dtype=np.float64)
     for i in range(rows):
         for j in range(cols):
             v = np.int64(x[i, j])
-            if by_cols:
-                out[i, j] = v & 0x7FF
-                out[i, cols + j] = (v >> 11) & 0x7FF
-                out[i, 2 * cols + j] = v >> 22
+            if n == 3:
+                p0, p1, p2 = v & 0x7FF, (v >> 11) & 0x7FF, v >> 22
             else:
-                out[i, j] = v & 0x7FF
-                out[rows + i, j] = (v >> 11) & 0x7FF
-                out[2 * rows + i, j] = v >> 22
+                p0 = ((v + 0x8000) & 0xFFFF) - 0x8000
+                p1, p2 = (v - p0) >> 16, 0
+            if by_cols:
+                out[i, j] = p0
+                out[i, cols + j] = p1
+                if n == 3:
+                    out[i, 2 * cols + j] = p2
+            else:
+                out[i, j] = p0
+                out[rows + i, j] = p1
+                if n == 3:
+                    out[2 * rows + i, j] = p2
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def convert_split11(p, by_cols, shift, mode, u16, bits, base, nb):  # pragma: no cover - compiled
-    """:func:`convert_pair` of a 32-bit matrix product whose one operand was cut by :func:`split11`.
+def convert_split(p, by_cols, n, shift, mode, u16, bits, base, nb):  # pragma: no cover - compiled
+    """:func:`convert_pair` of a 32-bit matrix product whose one operand was cut by :func:`split_pieces`.
 
-    ``p`` is the exact float64 product with the pieces (``[M, 3N]`` by columns, else ``[3M, N]``):
-    v = P2 * 2**22 + P1 * 2**11 + P0, each |P_i| <= 2**53, recombined as (hi, lo) pairs.
+    ``p`` is the exact float64 product with the ``n`` pieces (``[M, nN]`` by columns, else ``[nM, N]``):
+    v = sum_i P_i * 2**(w * i) (w = 11 for three pieces, 16 for two), each |P_i| <= 2**53, recombined
+    as (hi, lo) pairs.
     """
+    w = 11 if n == 3 else 16
     if by_cols:
-        rows, cols = p.shape[0], p.shape[1] // 3
+        rows, cols = p.shape[0], p.shape[1] // n
     else:
-        rows, cols = p.shape[0] // 3, p.shape[1]
-    n = rows * cols
-    hi = np.empty(n, dtype=np.int64)
-    lo = np.empty(n, dtype=np.int64)
+        rows, cols = p.shape[0] // n, p.shape[1]
+    m = rows * cols
+    hi = np.empty(m, dtype=np.int64)
+    lo = np.empty(m, dtype=np.int64)
     for i in range(rows):
         for j in range(cols):
             if by_cols:
-                x0, x1, x2 = np.int64(p[i, j]), np.int64(p[i, cols + j]), np.int64(p[i, 2 * cols + j])
+                x0, x1 = np.int64(p[i, j]), np.int64(p[i, cols + j])
+                x2 = np.int64(p[i, 2 * cols + j]) if n == 3 else 0
             else:
-                x0, x1, x2 = np.int64(p[i, j]), np.int64(p[rows + i, j]), np.int64(p[2 * rows + i, j])
-            h2, l2 = _pair_shift(x2, 22)
-            h1, l1 = _pair_shift(x1, 11)
+                x0, x1 = np.int64(p[i, j]), np.int64(p[rows + i, j])
+                x2 = np.int64(p[2 * rows + i, j]) if n == 3 else 0
+            h2, l2 = _pair_shift(x2, 2 * w)
+            h1, l1 = _pair_shift(x1, w)
             lw = l2 + l1 + (x0 & _M32)  # below 3 * 2**32
             hi[i * cols + j] = h2 + h1 + (x0 >> 32) + (lw >> 32)
             lo[i * cols + j] = lw & _M32
@@ -409,8 +459,8 @@ def convert(kind: int, a: np.ndarray, shift: int, rounding: RoundingMode, u16: n
     or None from a pair wider than the kernels handle."""
     words = _NONE if u16 is None else u16
     mode = int(rounding)
-    if kind >= SPLIT11_COLS:
-        return convert_split11(a, kind == SPLIT11_COLS, shift, mode, words, bits, base, nb)
+    if kind >= SPLIT3_COLS:
+        return convert_split(a, kind % 2 == 0, 3 if kind < SPLIT2_COLS else 2, shift, mode, words, bits, base, nb)
     if kind >= PARTS:
         return convert_parts(a, a if b is None else b, c, kind == PARTS, shift, mode, words, bits, base, nb)
     fn = convert_pair if kind >= PAIR else convert_int64
@@ -427,4 +477,6 @@ def warm_up() -> None:
     for kind in (ACC, PAIR):
         convert(kind, one, 1, RoundingMode.NEAREST_EVEN, None, 16, 0, 2, b=one)
     convert(ACC, one.astype(np.float64), 1, RoundingMode.NEAREST_EVEN, None, 16, 0, 2)
+    scan_f8(one, True)
+    convert(SPLIT3_COLS, split_pieces(one, True, 3), 1, RoundingMode.NEAREST_EVEN, None, 32, 0, 2)
     xorshift_beats(np.ones(1, dtype=np.uint32), 1, 1)

@@ -314,10 +314,14 @@ def _convert_int64(acc: np.ndarray, f_acc: int, acc_bits: int, out_fmt: DfpForma
 def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rounding: RoundingMode,
                    cfg: CoreConfig, rng: np.ndarray, op_width: Width, b: np.ndarray | None = None, alpha: int = 1,
                    da: int = 0, db: int = 0, sign: int = 1, words_shape: tuple[int, ...] | None = None,
-                   c: np.ndarray | None = None) -> OpResult | None:
+                   c: np.ndarray | None = None, tz: int = 0) -> OpResult | None:
     """Form the accumulator of a 2-D command (``kind``, see :mod:`reference.kernels`), analyse it and
     convert it: the compiled twin of forming ``acc`` and calling :func:`_convert_int64_numpy` (or
-    :func:`_convert_pair_numpy`). None only for a pair with some |hi| >= 2**52."""
+    :func:`_convert_pair_numpy`). None only for a pair with some |hi| >= 2**52.
+
+    ``tz`` > 0: the formed values are the accumulator divided by 2**tz (its low ``tz`` bits are
+    zeros), converted as from ``F_acc - tz``. The generators still step when ``F_acc > F_out``.
+    """
     shift = f_acc - out_fmt.frac
     new_rng = rng
     u16 = None
@@ -326,8 +330,8 @@ def _convert_fused(kind: int, a: np.ndarray, f_acc: int, out_fmt: DfpFormat, rou
         u16, new_rng = _stochastic_words(rng, shape[0], shape[1], cfg, op_width)
     elif rounding not in _ROUNDINGS:
         raise ValueError(f"rounding: {rounding!r} is not a RoundingMode")
-    got = kernels.convert(kind, a, shift, rounding, u16, out_fmt.bits, f_acc + cfg.hist_min_exp, cfg.hist_bins, b,
-                          alpha, da, db, sign, c)
+    got = kernels.convert(kind, a, shift - tz, rounding, u16, out_fmt.bits, f_acc - tz + cfg.hist_min_exp,
+                          cfg.hist_bins, b, alpha, da, db, sign, c)
     if got is None:  # a pair too wide for the kernel: the caller takes the exact path
         return None
     q, hist, zeros, overflow, underflow = got
@@ -572,7 +576,63 @@ def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray, split_a: bool) -> tuple
 
 
 #: 32-bit operands, one cut in 11-bit pieces: every partial sum is below K * 2**31 * 2**11 <= 2**53.
-_SPLIT11_MAX_K = 1 << 11
+_SPLIT3_MAX_K = 1 << 11
+
+
+def _pieces(l1: int, smax: int, tz: int) -> int:
+    """How many pieces :func:`_matmul32` cuts the smaller operand into: 1 (no cut), 2 or 3.
+
+    ``l1`` is the largest L1 norm, along K, of the other operand's rows (or columns), ``smax`` the
+    smaller operand's max |value|, ``tz`` the trailing zero bits that all values of both operands
+    share. Every partial sum of a product is at most ``l1 * (max |piece|)``:
+
+    - 1: ``l1 * smax < 2**(52 + tz)``. The partial sums are multiples of 2**tz below 2**(53 + tz),
+      exact in float64, and the product divided by 2**tz is an integer below 2**52;
+    - 2: balanced 16-bit pieces, |piece| <= 2**15, need ``l1 <= 2**38``;
+    - 3: 11-bit pieces, |piece| <= 2**11, need ``l1 <= 2**42``: always true for K <= 2**11.
+    """
+    if l1 * smax < 1 << (52 + tz):
+        return 1
+    return 2 if l1 <= 1 << 38 else 3
+
+
+def _trailing_zeros(x: int) -> int:
+    """Trailing zero bits of a two's-complement integer (0 for 0)."""
+    return (x & -x).bit_length() - 1 if x else 0
+
+
+def _matmul32(a: np.ndarray, b: np.ndarray, args: tuple, shape: tuple[int, int]) -> OpResult:
+    """A 32-bit matrix product with K <= 2**11, converted (``args`` as :func:`_convert_fused`'s).
+
+    One float64 product, exact by :func:`_pieces`: the smaller operand is cut into that many pieces
+    (:func:`reference.kernels.split_pieces`) and the pieces' products are recombined as (hi, lo)
+    pairs by the kernel. Operands whose values share trailing zero bits (the input image, whose few
+    significant bits sit high in a 32-bit word) are multiplied as they are and the product is scaled
+    by 2**-tz, exactly; the conversion then takes ``F_acc - tz``, which rounds, bins and saturates
+    every value the same way (the dropped low bits are zeros).
+    """
+    small_a = a.size <= b.size
+    s, big = (a, b) if small_a else (b, a)
+    sf, s_or, smax, _ = kernels.scan_f8(s, small_a)
+    if s.shape[1 if small_a else 0] * smax << 31 < 1 << 52:  # l1 <= K * 2**31: no need to scan the other
+        lf, n, tz = big.astype(np.float64), 1, 0
+    else:
+        # the other operand's L1 norms along K: of b's columns when a is cut, of a's rows when b is
+        lf, l_or, _, l1 = kernels.scan_f8(big, not small_a)
+        tz = _trailing_zeros(l_or) + _trailing_zeros(s_or)
+        n = _pieces(l1, smax, tz)
+    if n == 1:
+        p = sf @ lf if small_a else lf @ sf
+        if tz:
+            p *= 2.0 ** -tz
+        return _convert_fused(kernels.ACC, p, *args, tz=tz)
+    if small_a:
+        p = kernels.split_pieces(s, False, n) @ lf
+        kind = kernels.SPLIT3_ROWS if n == 3 else kernels.SPLIT2_ROWS
+    else:
+        p = lf @ kernels.split_pieces(s, True, n)
+        kind = kernels.SPLIT3_COLS if n == 3 else kernels.SPLIT2_COLS
+    return _convert_fused(kind, p, *args, words_shape=shape)
 
 
 def _matmul_parts(a: np.ndarray, b: np.ndarray, amax: int, bmax: int):
@@ -608,18 +668,8 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
     if in_bits > 16:
         f8 = np.float64
         shape = (a.shape[0], b.shape[1])
-        if k <= _SPLIT11_MAX_K:
-            # Only the smaller operand is scanned: if its magnitudes bound every partial sum below
-            # 2**52 whatever the other's (up to 2**31), one plain product is exact; otherwise one
-            # product with it cut in three 11-bit pieces (exact, see kernels.split11).
-            small_a = a.data.size <= b.data.size
-            if k * _maxabs(a.data if small_a else b.data) << 31 < 1 << 52:
-                return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])
-            if small_a:
-                p = kernels.split11(a.data, False) @ b.data.astype(f8)
-                return _convert_fused(kernels.SPLIT11_ROWS, p, *args[:1], *args[2:], words_shape=shape)
-            p = a.data.astype(f8) @ kernels.split11(b.data, True)
-            return _convert_fused(kernels.SPLIT11_COLS, p, *args[:1], *args[2:], words_shape=shape)
+        if k <= _SPLIT3_MAX_K:
+            return _matmul32(a.data, b.data, args[:1] + args[2:], shape)
         amax, bmax = _maxabs(a.data), _maxabs(b.data)
         if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
             return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])

@@ -167,7 +167,7 @@ def test_xorshift_beats_steps_every_generator_once_per_beat(n_beats, slots):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_32bit_matmul_kernels_equal_the_pair_product(seed):
-    """32-bit products through split11 (K <= 2048), the three-product and the one-split parts
+    """32-bit products through split_pieces (K <= 2048), the three-product and the one-split parts
     (larger K) equal _matmul_pair converted by _convert_pair_numpy, at the most negative values."""
     rs = np.random.default_rng(500 + seed)
     f = DfpFormat(Width.W32, 7)
@@ -183,3 +183,73 @@ def test_32bit_matmul_kernels_equal_the_pair_product(seed):
             hi, lo = ops._matmul_pair(a, b)
             want = ops._convert_pair_numpy(hi, lo, 14, 80, out, rnd, CFG, words, Width.W32)
             assert same(got, want), (seed, k, small_b)
+
+
+#: Values at the edges of the balanced 16-bit digits of ``kernels.split_pieces`` (low digit -2**15,
+#: 2**15 - 1, carries into the high digit) and of the 32-bit range.
+BALANCED = [0, 1, -1, 0x7FFF, 0x8000, -0x8000, -0x8001, 0xFFFF, 0x10000, 0x18000, -0x18000, (1 << 31) - 1,
+            -(1 << 31), (1 << 31) - 0x8000, (1 << 31) - 0x8001, -(1 << 31) + 0x8000]
+
+
+def with_values(x: np.ndarray, vals: list[int], rs: np.random.Generator) -> np.ndarray:
+    x = x.copy().reshape(-1)
+    k = min(len(vals), x.size)
+    x[rs.permutation(x.size)[:k]] = rs.permutation(vals)[:k]
+    return x.reshape(-1 if x.ndim == 1 else x.shape)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_32bit_matmul_paths_equal_the_pair_product(seed, monkeypatch):
+    """Every path of ``ops._matmul32`` equals _matmul_pair converted by _convert_pair_numpy: one product of
+    operands with shared trailing zeros (an image's few bits high in the word), at every rounding mode and
+    at shifts either side of the zeros; two balanced 16-bit pieces and three 11-bit pieces, with either
+    operand the one cut. Each case checks that it took the path it is meant for."""
+    taken: list[int] = []
+    real = ops._pieces
+
+    def spy(*args):
+        taken.append(real(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(ops, "_pieces", spy)
+    rs = np.random.default_rng(900 + seed)
+    fa, fb = DfpFormat(Width.W32, 30), DfpFormat(Width.W32, 20)  # F_acc = 50
+    cases = []
+    for m, k, n in ((300, 9, 8), (9, 300, 8), (8, 9, 300)):
+        img = rs.integers(0, 17, (m, k)) << 26  # tz 26 (an odd pixel is almost sure to occur)
+        img[0, 0] = 3 << 26
+        cases.append(("tz", img, corner(32, rs, (k, n)), 1))
+        cases.append(("tz", corner(32, rs, (n, m)), img, 1))
+    for k in (1, 9, 100):
+        for a_small in (True, False):
+            m, n = (5, 40) if a_small else (40, 5)
+            a = with_values(corner(32, rs, (m, k)), BALANCED, rs).reshape(m, k)
+            b = with_values(corner(32, rs, (k, n)), BALANCED, rs).reshape(k, n)
+            a[0, 0], b[0, 0] = -(1 << 31), (1 << 31) - 1  # whichever is cut, it needs pieces
+            cases.append(("two", a, b, 2))
+    for a_small in (True, False):
+        m, n = (5, 40) if a_small else (40, 5)
+        k = 1500  # L1 norms about K * 2**30 > 2**38
+        cases.append(("three", corner(32, rs, (m, k)), corner(32, rs, (k, n)), 3))
+    for name, a, b, want_n in cases:
+        for rnd in RoundingMode:
+            shifts = (-13, -1, 0, 1, 10, 25, 26, 27, 42, 60, 82) if name == "tz" else (-13, 0, 1, 17, 33, 82)
+            for shift in shifts:
+                out = DfpFormat(Width.W32, 50 - shift)  # F_out from -32 to 63
+                words = seed_states(int(rs.integers(0, 2**32)), CFG.rng_slots)
+                del taken[:]
+                got = ops.matmul(DfpTensor(a, fa), DfpTensor(b, fb), out, rnd, CFG, words)
+                hi, lo = ops._matmul_pair(a, b)
+                want = ops._convert_pair_numpy(hi, lo, 50, 80, out, rnd, CFG, words, Width.W32)
+                assert taken == [want_n], (seed, name, a.shape, b.shape)
+                assert same(got, want), (seed, name, a.shape, b.shape, rnd, shift)
+
+
+def test_piece_count_bounds():
+    """_pieces at its bounds: one product while l1 * smax < 2**(52 + tz), two pieces up to l1 = 2**38."""
+    assert ops._pieces((1 << 38) - 1, 1 << 14, 0) == 1
+    assert ops._pieces(1 << 38, 1 << 14, 0) == 2
+    assert ops._pieces(1 << 38, 1 << 14, 1) == 1
+    assert ops._pieces(1 << 38, 1 << 31, 0) == 2
+    assert ops._pieces((1 << 38) + 1, 1 << 31, 0) == 3
+    assert ops._trailing_zeros(-(1 << 31)) == 31 and ops._trailing_zeros(12) == 2 and ops._trailing_zeros(0) == 0
