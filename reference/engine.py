@@ -187,18 +187,20 @@ class Engine:
             raise ValueError(f"engine: {op.name} takes {arity} operand(s), got {len(srcs)} "
                              f"tensors and {len(src_tids)} tensor ids")
         width = setting.fmt.width
-        for i, (t, tid) in enumerate(zip(srcs, src_tids, strict=True)):
+        same_width = op is not Op.CONVERT
+        i = 0
+        for t, tid in zip(srcs, src_tids, strict=True):
             if type(tid) is not int or not 0 <= tid < n_tids:
                 self._check_tid(tid, f"src_tids[{i}]")
-            if not isinstance(t, DfpTensor):
+            if type(t) is not DfpTensor and not isinstance(t, DfpTensor):
                 raise TypeError(f"engine: {op.name} operand {i} must be a DfpTensor, got {type(t).__name__}")
-            if op != Op.CONVERT and t.fmt.width != width:
+            if same_width and t.fmt.width is not width:
                 raise ValueError(f"engine: {op.name} operand {i} (tid {tid}) is {t.fmt.bits}-bit but the "
                                  f"destination tid {dst} is {setting.fmt.bits}-bit; convert it first")
-        for i, t in enumerate(srcs):
             if max(t.data.shape) > MAX_DIM:
                 raise ValueError(f"engine: {op.name} operand {i} has shape {t.shape}; the command's M, N "
                                  f"fields hold at most {MAX_DIM} (split the batch)")
+            i += 1
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng

@@ -79,7 +79,11 @@ class OpResult:
 
 
 def _op_width(*fmts: DfpFormat) -> Width:
-    return max(f.width for f in fmts)
+    w = fmts[0].width
+    for f in fmts:  # (a loop: max() over a generator costs more than the rest of a small command's checks)
+        if f.width > w:
+            w = f.width
+    return w
 
 
 #: Exact results are kept in int64 when every term is below this bound (a sum of two then
@@ -683,6 +687,11 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
 
 def _align_frac(fw: list[tuple[int, int]], acc_bits: int) -> int:
     """F_acc of :func:`align_terms` for terms with (F_i, w_i)."""
+    if len(fw) == 2:  # the elementwise commands' case, without generators
+        (f1, w1), (f2, w2) = fw
+        finest = f1 if f1 > f2 else f2
+        room = min(f1 - w1, f2 - w2) + acc_bits - 1
+        return finest if finest < room else room
     return min(max(f for f, _ in fw), min(f + acc_bits - 1 - w for f, w in fw))
 
 
@@ -724,7 +733,7 @@ def _aligned_sum(x, fx: tuple[int, int], y, fy: tuple[int, int], sign: int, acc_
     f_acc = _align_frac([fx, fy], acc_bits)
     dx, dy = f_acc - fx[0], f_acc - fy[0]
     # |term| < 2**(w - 1 + max(d, 0)) for a w-bit term shifted by d; their sum one bit more
-    bound = max(fx[1] - 1 + max(dx, 0), fy[1] - 1 + max(dy, 0)) + 1
+    bound = max(fx[1] + (dx if dx > 0 else 0), fy[1] + (dy if dy > 0 else 0))
     if x.ndim == y.ndim == 2 and y.shape[1] == x.shape[1] and y.shape[0] in (1, x.shape[0]):
         # compiled: an int64 sum below 2**52 (8/16-bit accumulators: below 2**47), else (hi, lo)
         # pairs below 2**79, never too wide for the pair kernel

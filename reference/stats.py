@@ -21,6 +21,7 @@ fraction of non-zero values that would overflow is at most ``threshold / 2**16``
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -248,20 +249,31 @@ class Database:
             raise ValueError(f"tensor id {tid} outside [0, {self.cfg.tensor_ids})")
 
     def accumulate(self, tid: int, s: OpStats) -> None:
-        self._check(tid)
-        cur = self.entries.get(tid) or OpStats.empty(self.cfg)
+        """Add ``s`` to ``tid``'s entry, each counter saturating on its own at ``cfg.counter_max``.
+
+        The sum is done in place on the entry, which this database owns (it never holds an
+        operation's arrays; :meth:`read` returns a copy).
+        """
+        if not 0 <= tid < self.cfg.tensor_ids:
+            self._check(tid)
+        cur = self.entries.get(tid)
         cmax = self.cfg.counter_max
-        self.entries[tid] = OpStats(
-            hist=np.minimum(cur.hist + s.hist, cmax),
-            zeros=min(cur.zeros + s.zeros, cmax),
-            overflow=min(cur.overflow + s.overflow, cmax),
-            underflow=min(cur.underflow + s.underflow, cmax),
-            total=min(cur.total + s.total, cmax),
-        )
+        if cur is None:
+            cur = self.entries[tid] = OpStats(np.zeros(self.cfg.hist_bins, dtype=np.int64))
+        h = cur.hist
+        h += s.hist
+        np.minimum(h, cmax, out=h)
+        z, o, u, t = cur.zeros + s.zeros, cur.overflow + s.overflow, cur.underflow + s.underflow, cur.total + s.total
+        cur.zeros = z if z < cmax else cmax
+        cur.overflow = o if o < cmax else cmax
+        cur.underflow = u if u < cmax else cmax
+        cur.total = t if t < cmax else cmax
 
     def read(self, tid: int) -> OpStats:
+        """A copy of ``tid``'s entry (later accumulations do not change it)."""
         self._check(tid)
-        return self.entries.get(tid) or OpStats.empty(self.cfg)
+        cur = self.entries.get(tid)
+        return OpStats.empty(self.cfg) if cur is None else copy.deepcopy(cur)
 
     def clear(self, tid: int | None = None) -> None:
         if tid is None:
