@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import ops
+from . import kernels, ops
 from .config import CoreConfig
 from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize_float
 from .isa import MAX_DIM
@@ -144,8 +144,11 @@ class Engine:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 1:
             x = x.reshape(1, -1)
-        q, _, _ = quantize_float(x, setting.fmt, RoundingMode.NEAREST_EVEN, name=f"load tid {dst}")
-        out = DfpTensor(q, setting.fmt)
+        fmt = setting.fmt
+        q = kernels.quantize_nearest(x.reshape(-1), 2.0 ** fmt.frac, fmt.min_int, fmt.max_int)
+        if q is None:  # a NaN or infinity: quantize_float names it
+            q, _, _ = quantize_float(x, fmt, RoundingMode.NEAREST_EVEN, name=f"load tid {dst}")
+        out = DfpTensor(q.reshape(x.shape), fmt)
         if self.recorder is not None:
             self.recorder.on_load(self, int(dst), setting, out)
         return out

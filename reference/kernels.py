@@ -15,6 +15,8 @@ later processes load them in 0.3-0.8 s.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
@@ -424,6 +426,70 @@ def convert_split(p, by_cols, n, shift, mode, u16, bits, base, nb):  # pragma: n
             hi[i * cols + j] = h2 + h1 + (x0 >> 32) + (lw >> 32)
             lo[i * cols + j] = lw & _M32
     return _convert_pairs(hi, lo, rows, cols, shift, mode, u16, bits, base, nb)
+
+
+@numba.njit(cache=True, nogil=True)
+def float_hist(x, nb, lo_exp):  # pragma: no cover - compiled
+    """``stats.float_stats`` of flat float64 ``x``: (histogram, zeros), or None if a value is not finite.
+
+    Bin of a non-zero value: ``e - lo_exp`` clamped to [0, nb), with ``|x|`` in ``[2**e, 2**(e+1))``
+    (``math.frexp``'s exponent minus one), one lower for a negative power of two.
+    """
+    hist = np.zeros(nb, dtype=np.int64)
+    zeros = 0
+    for t in range(x.size):
+        v = x[t]
+        if not np.isfinite(v):
+            return None
+        if v == 0:
+            zeros += 1
+            continue
+        m, ex = math.frexp(v)
+        e = ex - 1 - lo_exp - (1 if m == -0.5 else 0)
+        hist[min(max(e, 0), nb - 1)] += 1
+    return hist, zeros
+
+
+@numba.njit(cache=True, nogil=True)
+def quantize_nearest(x, scale, lo, hi):  # pragma: no cover - compiled
+    """``formats.quantize_float`` to nearest even of flat float64 ``x``: ``clip(rint(x * scale), lo, hi)``
+    as int64 (``scale = 2**F`` with F in [-32, 63], so the product is exact but for results below
+    2**-1022 or beyond 2**1023, which round alike), or None if a value is not finite."""
+    q = np.empty(x.size, dtype=np.int64)
+    for t in range(x.size):
+        v = x[t]
+        if not np.isfinite(v):
+            return None
+        r = np.rint(v * scale)
+        q[t] = lo if r < lo else hi if r > hi else np.int64(r)
+    return q
+
+
+@numba.njit(cache=True, nogil=True)
+def policy_fracs(h, bits, current, lo_exp, threshold, fmin, fmax):  # pragma: no cover - compiled
+    """``stats.next_fracs`` for histograms ``h`` [T, bins] with counts in [0, 2**48), else None:
+    i* = the number of bins i with over(i) > floor(n * threshold / 2**16), F = bits - 2 - (lo_exp + i*)
+    clamped to [fmin, fmax]; ``current`` where n = 0."""
+    rows, nb = h.shape
+    out = np.empty(rows, dtype=np.int64)
+    for t in range(rows):
+        n = 0
+        for i in range(nb):
+            v = h[t, i]
+            if v < 0 or v >= 1 << 48:
+                return None
+            n += v
+        if n == 0:
+            out[t] = current[t]
+            continue
+        budget = (n >> 16) * threshold + (((n & 0xFFFF) * threshold) >> 16)
+        c = 0
+        istar = 0
+        for i in range(nb):
+            c += h[t, i]
+            istar += np.int64(n - c > budget)
+        out[t] = min(max(bits[t] - 2 - (lo_exp + istar), fmin), fmax)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

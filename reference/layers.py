@@ -174,8 +174,13 @@ class DfpBackend:
 
     def _run(self, op: Op, dst: int, srcs: list[Ref], alpha: tuple[int, int] | None = None) -> Ref:
         w = self._width(dst)
-        srcs = [self._at(s, w) for s in srcs]
-        return Ref(self.engine.run(op, dst, [s.t for s in srcs], [s.tid for s in srcs], alpha), dst)
+        ts, tids = [], []
+        for s in srcs:
+            if s.t.fmt.width is not w:
+                s = self._at(s, w)
+            ts.append(s.t)
+            tids.append(s.tid)
+        return Ref(self.engine.run(op, dst, ts, tids, alpha), dst)
 
     def load(self, tid: int, x: np.ndarray) -> Ref:
         return Ref(self.engine.load(tid, x), tid)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .config import CoreConfig
 from .formats import FRAC_MAX, FRAC_MIN, Width, _bit_length_int64, bit_length, same_array
 
@@ -153,6 +154,15 @@ def float_stats(x: np.ndarray, cfg: CoreConfig) -> OpStats:
     in ``(2**e, 2**(e+1)]`` for negative x (so -2**k is in the bin of exponent k - 1).
     """
     x = np.asarray(x, dtype=np.float64)
+    nb, lo_exp = cfg.hist_bins, cfg.hist_min_exp
+    got = kernels.float_hist(x.reshape(-1), nb, lo_exp)  # compiled; the NumPy lines below define it
+    if got is not None:
+        return OpStats(hist=got[0], zeros=got[1], total=int(x.size))
+    return _float_stats_numpy(x, cfg)
+
+
+def _float_stats_numpy(x: np.ndarray, cfg: CoreConfig) -> OpStats:
+    """:func:`float_stats` in NumPy (the definition the compiled kernel is tested against)."""
     if not np.isfinite(x).all():
         raise ValueError("float_stats: non-finite value(s) in the input")
     nb, lo_exp = cfg.hist_bins, cfg.hist_min_exp
@@ -222,6 +232,17 @@ def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: Co
     if not 0 <= threshold < (1 << THRESHOLD_BITS):
         raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
     h = np.asarray(hists, dtype=np.int64)
+    if h.ndim == 2:  # compiled; the NumPy lines below define it
+        got = kernels.policy_fracs(h, np.asarray(bits, dtype=np.int64), np.asarray(current, dtype=np.int64),
+                                   cfg.hist_min_exp, threshold, FRAC_MIN, FRAC_MAX)
+        if got is not None:
+            return got
+    return _next_fracs_numpy(h, bits, current, cfg, threshold)
+
+
+def _next_fracs_numpy(h: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: CoreConfig,
+                      threshold: int) -> np.ndarray:
+    """:func:`next_fracs` in NumPy (the definition the compiled kernel is tested against)."""
     if h.size and (int(h.max()) >= 1 << 48 or int(h.min()) < 0):  # beyond 48-bit counters: Python ints
         return np.array([_scan(row, int(b), int(cur), cfg, threshold)
                          for row, b, cur in zip(h.tolist(), np.asarray(bits).tolist(),

@@ -253,3 +253,40 @@ def test_piece_count_bounds():
     assert ops._pieces(1 << 38, 1 << 31, 0) == 2
     assert ops._pieces((1 << 38) + 1, 1 << 31, 0) == 3
     assert ops._trailing_zeros(-(1 << 31)) == 31 and ops._trailing_zeros(12) == 2 and ops._trailing_zeros(0) == 0
+
+
+def float_corners(rs: np.random.Generator, n: int) -> np.ndarray:
+    """Floats with every exponent, exact powers of two of both signs, halves, -0.0, subnormals, huge values."""
+    e = rs.integers(-1080, 1000, n) + int(rs.choice([0, -20, 20]))
+    x = rs.choice([-1.0, 1.0], n) * np.ldexp(1.0 + rs.random(n), e)
+    special = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0**-40, -(2.0**-40), 2.0**63, -(2.0**63), 1.5, 2.5, -2.5,
+               -(2.0**31), 2.0**31 - 0.5, 5e-324, -5e-324, 2.2250738585072014e-308, 1.7e308, -1.7e308]
+    k = min(n, len(special))
+    x[rs.permutation(n)[:k]] = rs.permutation(special)[:k]
+    x[rs.random(n) < 0.1] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float_kernels_equal_numpy(seed):
+    """kernels.float_hist and quantize_nearest (the host's statistics and loads) equal the NumPy
+    definitions (stats._float_stats_numpy, formats.quantize_float) on floats of every magnitude."""
+    from reference.formats import quantize_float
+    from reference.stats import _float_stats_numpy, float_stats
+
+    rs = np.random.default_rng(1300 + seed)
+    for cfg in (CFG, CoreConfig(hist_bins=8, hist_min_exp=-3)):
+        for n in (1, 7, 3000):
+            x = float_corners(rs, n)
+            for _ in range(2):
+                x = rs.permutation(x).reshape(-1, 1) if n > 1 else x.reshape(1, 1)
+                assert float_stats(x, cfg).as_dict() == _float_stats_numpy(x, cfg).as_dict(), (seed, n)
+            for w in Width:
+                for frac in (FRAC_MIN, -5, 0, 7, 30, FRAC_MAX):
+                    fmt = DfpFormat(w, frac)
+                    got = kernels.quantize_nearest(x.reshape(-1), 2.0**frac, fmt.min_int, fmt.max_int)
+                    want = quantize_float(x, fmt, RoundingMode.NEAREST_EVEN)[0].reshape(-1)
+                    assert got.tolist() == want.tolist(), (seed, n, w, frac)
+    for bad in (np.nan, np.inf, -np.inf):
+        assert kernels.float_hist(np.array([1.0, bad]), 64, -40) is None
+        assert kernels.quantize_nearest(np.array([1.0, bad]), 1.0, -128, 127) is None
