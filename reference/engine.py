@@ -31,7 +31,7 @@ import numpy as np
 
 from . import kernels, ops
 from .config import CoreConfig
-from .formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, quantize_float
+from .formats import DfpTensor, RoundingMode, TensorSetting, quantize_float, setting_of
 from .isa import MAX_DIM
 from .ops import Op
 from .rng import MASK32, seed_states
@@ -251,7 +251,7 @@ class Engine:
                                np.array([s.fmt.frac for s in cur]), self.cfg, self.threshold)
             for tid, s, frac in zip(tids, cur, fracs.tolist(), strict=True):
                 # an unchanged point position rewrites the same value: keep the (immutable) setting
-                new = s if frac == s.fmt.frac else TensorSetting(DfpFormat(s.fmt.width, frac), s.rounding, s.auto)
+                new = s if frac == s.fmt.frac else setting_of(s.fmt.width, frac, s.rounding, s.auto)
                 settings[tid] = new
                 del entries[tid]
                 changed[tid] = new

@@ -14,6 +14,7 @@ host-side conversion of data loaded into the core.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,6 +233,13 @@ class DfpTensor:
 
     def to_float(self) -> np.ndarray:
         return dequantize(self.data, self.fmt)
+
+
+@functools.lru_cache(maxsize=4096)
+def setting_of(width: Width, frac: int, rounding: RoundingMode, auto: bool) -> TensorSetting:
+    """``TensorSetting(DfpFormat(width, frac), rounding, auto)``, built and checked once per distinct
+    value (both are immutable): the policy and the host rewrite settings every iteration."""
+    return TensorSetting(DfpFormat(width, frac), rounding, auto)
 
 
 def same_array(a: np.ndarray, b: np.ndarray) -> bool:

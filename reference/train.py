@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .config import load_config
 from .data import Dataset
 from .engine import Engine
@@ -45,6 +46,7 @@ from .formats import (
     requantize_left,
     round_shift,
     saturate,
+    setting_of,
 )
 from .layers import (
     Backend,
@@ -306,7 +308,7 @@ def _host_setting(engine: Engine, tid: int, x: np.ndarray, threshold: int) -> No
     """The host picks the point position of data it is about to load, by the same policy."""
     s = engine.setting(tid)
     frac = next_frac(float_stats(x, engine.cfg), s.fmt.width, s.fmt.frac, engine.cfg, threshold)
-    engine.set_setting(tid, TensorSetting(DfpFormat(s.fmt.width, frac), s.rounding, False))
+    engine.set_setting(tid, setting_of(s.fmt.width, frac, s.rounding, False))
 
 
 def calibrate(model: Model, values: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
@@ -548,6 +550,15 @@ def reformat(t: DfpTensor, fmt: DfpFormat) -> DfpTensor:
     if fmt.width != t.fmt.width:
         raise ValueError(f"reformat: {t.fmt} -> {fmt} changes the width; the policy never does")
     shift = t.fmt.frac - fmt.frac
+    if t.data.ndim == 2:  # the conversion kernel of every command (statistics unused)
+        q = kernels.convert(kernels.ACC, t.data, shift, RoundingMode.NEAREST_EVEN, None, fmt.bits, 0, 1)[0]
+        return DfpTensor._trusted(q, fmt)
+    return _reformat_numpy(t, fmt)
+
+
+def _reformat_numpy(t: DfpTensor, fmt: DfpFormat) -> DfpTensor:
+    """:func:`reformat` in NumPy (the definition the kernel path is tested against)."""
+    shift = t.fmt.frac - fmt.frac
     if shift > 0:
         q, _ = saturate(round_shift(t.data, shift, RoundingMode.NEAREST_EVEN, t.fmt.bits), fmt)
     else:
@@ -571,7 +582,7 @@ def reformat_state(params: list[Param], engine: Engine) -> int:
             if r is None or not isinstance(r.t, DfpTensor):
                 continue
             fmt = engine.settings[r.tid].fmt
-            if r.t.fmt != fmt:
+            if r.t.fmt is not fmt and r.t.fmt != fmt:
                 setattr(p, attr, Ref(reformat(r.t, fmt), r.tid))
                 n += 1
     return n

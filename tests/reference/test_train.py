@@ -271,6 +271,27 @@ def test_reformat_rounds_to_nearest_even_and_saturates():
         reformat(t, DfpFormat(Width.W16, 4))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_reformat_equals_its_numpy_definition(seed):
+    """The kernel path of reformat equals round_shift/saturate (or the exact left shift) at every width and shift."""
+    from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor
+    from reference.train import _reformat_numpy, reformat
+
+    rs = np.random.default_rng(700 + seed)
+    for w in Width:
+        top = 1 << (w.bits - 1)
+        for _ in range(40):
+            x = rs.integers(-top, top, (int(rs.integers(1, 9)), int(rs.integers(1, 40))))
+            x.flat[: min(x.size, 4)] = [top - 1, -top, 0, 1 << int(rs.integers(0, w.bits - 1))][: min(x.size, 4)]
+            f_in, f_out = (int(v) for v in rs.integers(FRAC_MIN, FRAC_MAX + 1, 2))
+            if rs.random() < 0.5:
+                f_out = min(FRAC_MAX, max(FRAC_MIN, f_in + int(rs.integers(-3, 4))))
+            t = DfpTensor(x, DfpFormat(w, f_in))
+            got, want = reformat(t, DfpFormat(w, f_out)), _reformat_numpy(t, DfpFormat(w, f_out))
+            assert got.fmt == want.fmt and got.data.dtype == np.int64
+            assert got.data.tolist() == want.data.tolist(), (seed, w, f_in, f_out)
+
+
 @pytest.mark.parametrize("precision", [Precision.DFP8, Precision.DFP16])
 def test_state_carried_between_iterations_is_in_its_settings_format(precision, small):
     """The core reads every operand in its settings-register format: after POLICY_UPDATE the host
