@@ -583,21 +583,30 @@ def _matmul_pair_split_one(a: np.ndarray, b: np.ndarray, split_a: bool) -> tuple
 _SPLIT3_MAX_K = 1 << 11
 
 
-def _pieces(l1: int, smax: int, tz: int) -> int:
-    """How many pieces :func:`_matmul32` cuts the smaller operand into: 1 (no cut), 2 or 3.
+def _pieces(l1: int, cmax: int, tz: int) -> int:
+    """How many pieces one operand of :func:`_matmul32` must be cut into: 1 (no cut), 2 or 3.
 
-    ``l1`` is the largest L1 norm, along K, of the other operand's rows (or columns), ``smax`` the
-    smaller operand's max |value|, ``tz`` the trailing zero bits that all values of both operands
-    share. Every partial sum of a product is at most ``l1 * (max |piece|)``:
+    ``l1`` is the largest L1 norm along K of the *other* operand (of its rows if it is ``a``, of
+    its columns if it is ``b``), ``cmax`` the cut operand's max |value|, ``tz`` the trailing zero
+    bits that all values of both operands share. Every partial sum of a product is at most
+    ``l1 * (max |piece|)``:
 
-    - 1: ``l1 * smax < 2**(52 + tz)``. The partial sums are multiples of 2**tz below 2**(53 + tz),
+    - 1: ``l1 * cmax < 2**(52 + tz)``. The partial sums are multiples of 2**tz below 2**(53 + tz),
       exact in float64, and the product divided by 2**tz is an integer below 2**52;
     - 2: balanced 16-bit pieces, |piece| <= 2**15, need ``l1 <= 2**38``;
     - 3: 11-bit pieces, |piece| <= 2**11, need ``l1 <= 2**42``: always true for K <= 2**11.
     """
-    if l1 * smax < 1 << (52 + tz):
+    if l1 * cmax < 1 << (52 + tz):
         return 1
     return 2 if l1 <= 1 << 38 else 3
+
+
+def _plan(l1_big: int, smax: int, l1_small: int, bigmax: int, tz: int) -> tuple[int, bool]:
+    """(pieces, cut the smaller operand?) for :func:`_matmul32`: the fewest pieces that either cut
+    allows by :func:`_pieces` (the work is the same for the same number of pieces), the smaller
+    operand on a tie (its cut is cheaper to form)."""
+    n_small, n_big = _pieces(l1_big, smax, tz), _pieces(l1_small, bigmax, tz)
+    return (n_big, False) if n_big < n_small else (n_small, True)
 
 
 def _trailing_zeros(x: int) -> int:
@@ -608,33 +617,33 @@ def _trailing_zeros(x: int) -> int:
 def _matmul32(a: np.ndarray, b: np.ndarray, args: tuple, shape: tuple[int, int]) -> OpResult:
     """A 32-bit matrix product with K <= 2**11, converted (``args`` as :func:`_convert_fused`'s).
 
-    One float64 product, exact by :func:`_pieces`: the smaller operand is cut into that many pieces
-    (:func:`reference.kernels.split_pieces`) and the pieces' products are recombined as (hi, lo)
-    pairs by the kernel. Operands whose values share trailing zero bits (the input image, whose few
-    significant bits sit high in a 32-bit word) are multiplied as they are and the product is scaled
-    by 2**-tz, exactly; the conversion then takes ``F_acc - tz``, which rounds, bins and saturates
-    every value the same way (the dropped low bits are zeros).
+    One float64 product, exact by :func:`_plan`: one operand (normally the smaller) is cut into
+    that many pieces (:func:`reference.kernels.split_pieces`) and the pieces' products are
+    recombined as (hi, lo) pairs by the kernel. Operands whose values share trailing zero bits (the
+    input image, whose few significant bits sit high in a 32-bit word) are multiplied as they are and
+    the product is scaled by 2**-tz, exactly; the conversion then takes ``F_acc - tz``, which rounds,
+    bins and saturates every value the same way (the dropped low bits are zeros).
     """
     small_a = a.size <= b.size
     s, big = (a, b) if small_a else (b, a)
-    sf, s_or, smax, _ = kernels.scan_f8(s, small_a)
+    # each operand's L1 norms along K: of a's rows, of b's columns
+    sf, s_or, smax, s_l1 = kernels.scan_f8(s, small_a)
     if s.shape[1 if small_a else 0] * smax << 31 < 1 << 52:  # l1 <= K * 2**31: no need to scan the other
-        lf, n, tz = big.astype(np.float64), 1, 0
+        lf, n, cut_small, tz = big.astype(np.float64), 1, True, 0
     else:
-        # the other operand's L1 norms along K: of b's columns when a is cut, of a's rows when b is
-        lf, l_or, _, l1 = kernels.scan_f8(big, not small_a)
+        lf, l_or, lmax, l1 = kernels.scan_f8(big, not small_a)
         tz = _trailing_zeros(l_or) + _trailing_zeros(s_or)
-        n = _pieces(l1, smax, tz)
+        n, cut_small = _plan(l1, smax, s_l1, lmax, tz)
     if n == 1:
         p = sf @ lf if small_a else lf @ sf
         if tz:
             p *= 2.0 ** -tz
         return _convert_fused(kernels.ACC, p, *args, tz=tz)
-    if small_a:
-        p = kernels.split_pieces(s, False, n) @ lf
+    if small_a == cut_small:  # a is cut: its pieces stacked by rows
+        p = kernels.split_pieces(a, False, n) @ (lf if small_a else sf)
         kind = kernels.SPLIT3_ROWS if n == 3 else kernels.SPLIT2_ROWS
-    else:
-        p = lf @ kernels.split_pieces(s, True, n)
+    else:  # b is cut: its pieces side by side
+        p = (sf if small_a else lf) @ kernels.split_pieces(b, True, n)
         kind = kernels.SPLIT3_COLS if n == 3 else kernels.SPLIT2_COLS
     return _convert_fused(kind, p, *args, words_shape=shape)
 

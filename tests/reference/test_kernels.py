@@ -202,36 +202,46 @@ def with_values(x: np.ndarray, vals: list[int], rs: np.random.Generator) -> np.n
 def test_32bit_matmul_paths_equal_the_pair_product(seed, monkeypatch):
     """Every path of ``ops._matmul32`` equals _matmul_pair converted by _convert_pair_numpy: one product of
     operands with shared trailing zeros (an image's few bits high in the word), at every rounding mode and
-    at shifts either side of the zeros; two balanced 16-bit pieces and three 11-bit pieces, with either
-    operand the one cut. Each case checks that it took the path it is meant for."""
-    taken: list[int] = []
-    real = ops._pieces
+    at shifts either side of the zeros; two balanced 16-bit pieces of the smaller operand, or of the larger
+    one when only its cut is that short; three 11-bit pieces; with either operand the smaller. Each case
+    checks that it took the path it is meant for."""
+    taken: list[tuple[int, bool]] = []
+    real = ops._plan
 
     def spy(*args):
         taken.append(real(*args))
         return taken[-1]
 
-    monkeypatch.setattr(ops, "_pieces", spy)
+    monkeypatch.setattr(ops, "_plan", spy)
     rs = np.random.default_rng(900 + seed)
     fa, fb = DfpFormat(Width.W32, 30), DfpFormat(Width.W32, 20)  # F_acc = 50
     cases = []
     for m, k, n in ((300, 9, 8), (9, 300, 8), (8, 9, 300)):
         img = rs.integers(0, 17, (m, k)) << 26  # tz 26 (an odd pixel is almost sure to occur)
         img[0, 0] = 3 << 26
-        cases.append(("tz", img, corner(32, rs, (k, n)), 1))
-        cases.append(("tz", corner(32, rs, (n, m)), img, 1))
+        cases.append(("tz", img, corner(32, rs, (k, n)), (1, None)))
+        cases.append(("tz", corner(32, rs, (n, m)), img, (1, None)))
     for k in (1, 9, 100):
         for a_small in (True, False):
             m, n = (5, 40) if a_small else (40, 5)
             a = with_values(corner(32, rs, (m, k)), BALANCED, rs).reshape(m, k)
             b = with_values(corner(32, rs, (k, n)), BALANCED, rs).reshape(k, n)
             a[0, 0], b[0, 0] = -(1 << 31), (1 << 31) - 1  # whichever is cut, it needs pieces
-            cases.append(("two", a, b, 2))
+            cases.append(("two", a, b, (2, True)))
+    for a_small in (True, False):
+        # the larger operand's L1 norms (about 512 * 2**30) forbid two pieces of the smaller one; the
+        # smaller one's (about 512 * 2**24) allow two pieces of the larger
+        m, k, n = (5, 512, 40) if a_small else (40, 512, 5)
+        a, b = corner(32, rs, (m, k)), corner(32, rs, (k, n))
+        small = a if a_small else b
+        small //= 1 << 6
+        small.flat[0] = -(1 << 31)
+        cases.append(("two, larger cut", a, b, (2, False)))
     for a_small in (True, False):
         m, n = (5, 40) if a_small else (40, 5)
         k = 1500  # L1 norms about K * 2**30 > 2**38
-        cases.append(("three", corner(32, rs, (m, k)), corner(32, rs, (k, n)), 3))
-    for name, a, b, want_n in cases:
+        cases.append(("three", corner(32, rs, (m, k)), corner(32, rs, (k, n)), (3, True)))
+    for name, a, b, (want_n, want_small) in cases:
         for rnd in RoundingMode:
             shifts = (-13, -1, 0, 1, 10, 25, 26, 27, 42, 60, 82) if name == "tz" else (-13, 0, 1, 17, 33, 82)
             for shift in shifts:
@@ -241,7 +251,8 @@ def test_32bit_matmul_paths_equal_the_pair_product(seed, monkeypatch):
                 got = ops.matmul(DfpTensor(a, fa), DfpTensor(b, fb), out, rnd, CFG, words)
                 hi, lo = ops._matmul_pair(a, b)
                 want = ops._convert_pair_numpy(hi, lo, 50, 80, out, rnd, CFG, words, Width.W32)
-                assert taken == [want_n], (seed, name, a.shape, b.shape)
+                assert len(taken) == 1 and taken[0][0] == want_n, (seed, name, a.shape, b.shape, taken)
+                assert want_small is None or taken[0][1] == want_small, (seed, name, a.shape, b.shape, taken)
                 assert same(got, want), (seed, name, a.shape, b.shape, rnd, shift)
 
 
@@ -252,6 +263,9 @@ def test_piece_count_bounds():
     assert ops._pieces(1 << 38, 1 << 14, 1) == 1
     assert ops._pieces(1 << 38, 1 << 31, 0) == 2
     assert ops._pieces((1 << 38) + 1, 1 << 31, 0) == 3
+    assert ops._plan(1 << 40, 1 << 31, 1 << 30, 1 << 31, 0) == (2, False)  # only the larger's cut is short
+    assert ops._plan(1 << 30, 1 << 31, 1 << 30, 1 << 31, 0) == (2, True)  # a tie cuts the smaller
+    assert ops._plan(1 << 40, 1 << 31, 1 << 20, 1 << 31, 0) == (1, False)  # the smaller's norms prove it whole
     assert ops._trailing_zeros(-(1 << 31)) == 31 and ops._trailing_zeros(12) == 2 and ops._trailing_zeros(0) == 0
 
 
