@@ -330,38 +330,30 @@ def convert_parts(high, mid, low, three, shift, mode, u16, bits, base, nb):  # p
 
 
 @numba.njit(cache=True, nogil=True)
-def scan_f8(x, row_sums):  # pragma: no cover - compiled
+def scan_f8(x):  # pragma: no cover - compiled
     """A float64 copy of int64 ``x`` [R, C] (values of at most 32 bits) with, from the same pass, the OR
-    of all values, max |x| and the largest L1 norm of a row (``row_sums``) or of a column."""
+    of all values, max |x| and the largest L1 norm of a row and of a column."""
     rows, cols = x.shape
     out = np.empty((rows, cols), dtype=np.float64)
+    col_sums = np.zeros(cols, dtype=np.int64)
     orv = 0
     mx = 0
-    best = 0
-    if row_sums:
-        for i in range(rows):
-            s = 0
-            for j in range(cols):
-                v = x[i, j]
-                out[i, j] = v
-                m = abs(v)
-                orv |= v
-                mx = max(mx, m)
-                s += m
-            best = max(best, s)
-    else:
-        sums = np.zeros(cols, dtype=np.int64)
-        for i in range(rows):
-            for j in range(cols):
-                v = x[i, j]
-                out[i, j] = v
-                m = abs(v)
-                orv |= v
-                mx = max(mx, m)
-                sums[j] += m
+    row_best = 0
+    for i in range(rows):
+        s = 0
         for j in range(cols):
-            best = max(best, sums[j])
-    return out, orv, mx, best
+            v = x[i, j]
+            out[i, j] = v
+            m = abs(v)
+            orv |= v
+            mx = max(mx, m)
+            s += m
+            col_sums[j] += m
+        row_best = max(row_best, s)
+    col_best = 0
+    for j in range(cols):
+        col_best = max(col_best, col_sums[j])
+    return out, orv, mx, row_best, col_best
 
 
 @numba.njit(cache=True, nogil=True)
@@ -543,6 +535,6 @@ def warm_up() -> None:
     for kind in (ACC, PAIR):
         convert(kind, one, 1, RoundingMode.NEAREST_EVEN, None, 16, 0, 2, b=one)
     convert(ACC, one.astype(np.float64), 1, RoundingMode.NEAREST_EVEN, None, 16, 0, 2)
-    scan_f8(one, True)
+    scan_f8(one)
     convert(SPLIT3_COLS, split_pieces(one, True, 3), 1, RoundingMode.NEAREST_EVEN, None, 32, 0, 2)
     xorshift_beats(np.ones(1, dtype=np.uint32), 1, 1)

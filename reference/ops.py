@@ -627,11 +627,12 @@ def _matmul32(a: np.ndarray, b: np.ndarray, args: tuple, shape: tuple[int, int])
     small_a = a.size <= b.size
     s, big = (a, b) if small_a else (b, a)
     # each operand's L1 norms along K: of a's rows, of b's columns
-    sf, s_or, smax, s_l1 = kernels.scan_f8(s, small_a)
+    sf, s_or, smax, s_rows, s_cols = kernels.scan_f8(s)
     if s.shape[1 if small_a else 0] * smax << 31 < 1 << 52:  # l1 <= K * 2**31: no need to scan the other
         lf, n, cut_small, tz = big.astype(np.float64), 1, True, 0
     else:
-        lf, l_or, lmax, l1 = kernels.scan_f8(big, not small_a)
+        lf, l_or, lmax, l_rows, l_cols = kernels.scan_f8(big)
+        s_l1, l1 = (s_rows, l_cols) if small_a else (s_cols, l_rows)
         tz = _trailing_zeros(l_or) + _trailing_zeros(s_or)
         n, cut_small = _plan(l1, smax, s_l1, lmax, tz)
     if n == 1:
