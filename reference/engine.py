@@ -191,8 +191,7 @@ class Engine:
                              f"tensors and {len(src_tids)} tensor ids")
         width = setting.fmt.width
         same_width = op is not Op.CONVERT
-        i = 0
-        for t, tid in zip(srcs, src_tids, strict=True):
+        for i, (t, tid) in enumerate(zip(srcs, src_tids, strict=True)):
             if type(tid) is not int or not 0 <= tid < n_tids:
                 self._check_tid(tid, f"src_tids[{i}]")
             if type(t) is not DfpTensor and not isinstance(t, DfpTensor):
@@ -203,7 +202,6 @@ class Engine:
             if max(t.data.shape) > MAX_DIM:
                 raise ValueError(f"engine: {op.name} operand {i} has shape {t.shape}; the command's M, N "
                                  f"fields hold at most {MAX_DIM} (split the batch)")
-            i += 1
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng

@@ -458,10 +458,10 @@ def quantize_nearest(x, scale, lo, hi):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def policy_fracs(h, bits, current, lo_exp, threshold, fmin, fmax):  # pragma: no cover - compiled
+def policy_fracs(h, bits, current, lo_exp, threshold, tbits, fmin, fmax):  # pragma: no cover - compiled
     """``stats.next_fracs`` for histograms ``h`` [T, bins] with counts in [0, 2**48), else None:
-    i* = the number of bins i with over(i) > floor(n * threshold / 2**16), F = bits - 2 - (lo_exp + i*)
-    clamped to [fmin, fmax]; ``current`` where n = 0."""
+    i* = the number of bins i with over(i) > floor(n * threshold / 2**tbits), F = bits - 2 - (lo_exp + i*)
+    clamped to [fmin, fmax]; ``current`` where n = 0 (``tbits``: ``stats.THRESHOLD_BITS``)."""
     rows, nb = h.shape
     out = np.empty(rows, dtype=np.int64)
     for t in range(rows):
@@ -474,7 +474,7 @@ def policy_fracs(h, bits, current, lo_exp, threshold, fmin, fmax):  # pragma: no
         if n == 0:
             out[t] = current[t]
             continue
-        budget = (n >> 16) * threshold + (((n & 0xFFFF) * threshold) >> 16)
+        budget = (n >> tbits) * threshold + (((n & ((1 << tbits) - 1)) * threshold) >> tbits)
         c = 0
         istar = 0
         for i in range(nb):

@@ -678,21 +678,20 @@ def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMod
         raise ValueError(f"matmul: K={k} exceeds {MAX_K}: the accumulator could overflow")
     w = _op_width(a.fmt, b.fmt, out_fmt)
     in_bits = max(a.fmt.bits, b.fmt.bits)
-    args = (a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
+    # the conversion's arguments: every path forms the exact product and converts it compiled
+    args = (a.fmt.frac + b.fmt.frac, out_fmt, rounding, cfg, rng, w)
     if in_bits > 16:
         f8 = np.float64
-        shape = (a.shape[0], b.shape[1])
         if k <= _SPLIT3_MAX_K:
-            return _matmul32(a.data, b.data, args[:1] + args[2:], shape)
+            return _matmul32(a.data, b.data, args, (a.shape[0], b.shape[1]))
         amax, bmax = _maxabs(a.data), _maxabs(b.data)
         if k * amax * bmax < 1 << 52:  # every partial sum below 2**52 (e.g. the ones row of a bias gradient)
-            return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args[:1], *args[2:])
+            return _convert_fused(kernels.ACC, a.data.astype(f8) @ b.data.astype(f8), *args)
         high, mid, low = _matmul_parts(a.data, b.data, amax, bmax)  # products below 2**79: never too wide
-        return _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args[:1], *args[2:],
-                              b=mid, c=low)
+        return _convert_fused(kernels.PARTS if mid is not None else kernels.PARTS_ONE, high, *args, b=mid, c=low)
     ft = np.float32 if in_bits <= 8 and k <= _F32_MAX_K else np.float64
     # The exact integer products go to the kernel as floats: it converts them while copying.
-    return _convert_fused(kernels.ACC, a.data.astype(ft) @ b.data.astype(ft), *args[:1], *args[2:])
+    return _convert_fused(kernels.ACC, a.data.astype(ft) @ b.data.astype(ft), *args)
 
 
 def _align_frac(fw: list[tuple[int, int]], acc_bits: int) -> int:

@@ -234,7 +234,7 @@ def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: Co
     h = np.asarray(hists, dtype=np.int64)
     if h.ndim == 2:  # compiled; the NumPy lines below define it
         got = kernels.policy_fracs(h, np.asarray(bits, dtype=np.int64), np.asarray(current, dtype=np.int64),
-                                   cfg.hist_min_exp, threshold, FRAC_MIN, FRAC_MAX)
+                                   cfg.hist_min_exp, threshold, THRESHOLD_BITS, FRAC_MIN, FRAC_MAX)
         if got is not None:
             return got
     return _next_fracs_numpy(h, bits, current, cfg, threshold)
@@ -275,8 +275,7 @@ class Database:
         The sum is done in place on the entry, which this database owns (it never holds an
         operation's arrays; :meth:`read` returns a copy).
         """
-        if not 0 <= tid < self.cfg.tensor_ids:
-            self._check(tid)
+        self._check(tid)
         cur = self.entries.get(tid)
         cmax = self.cfg.counter_max
         if cur is None:
