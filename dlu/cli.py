@@ -37,14 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a bad-input exception (an ``OSError`` as 'what: path', not its repr)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, KeyError):
+        return f"missing key {exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one subcommand. Bad input (ValueError, OSError, KeyError) is one line on stderr and exit
+    code 2; Ctrl-C is ``dlu COMMAND: interrupted`` and exit code 130 (outputs are written by rename,
+    so an interrupted command leaves the previous ones intact)."""
+    command = "?"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        # Bad input (config, trace, setting): one clear line, no traceback.
-        print(f"dlu {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"dlu {command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, KeyError) as exc:
+        # Bad input (config, trace, setting, path): one clear line, no traceback.
+        print(f"dlu {command}: error: {describe(exc)}", file=sys.stderr)
         return 2
 
 

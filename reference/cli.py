@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="parent directory of the run directory")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick runs and tests)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -71,10 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_bench)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+def train_config(args: argparse.Namespace):
+    """The :class:`~reference.train.TrainConfig` of ``dlu train``'s arguments (ValueError naming a bad one)."""
     from .models import GradOrder, ModelKind
-    from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision, train, write_run
+    from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision
 
     prec = Precision(args.precision)
     spec = None
@@ -82,27 +84,63 @@ def _train(args: argparse.Namespace) -> int:
         if prec == Precision.FP32:
             raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
         spec = load_precision(args.config, prec.width)
-    cfg = TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
-                      lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
-                      weight_decay=args.weight_decay, seed=args.seed, core=args.core,
-                      trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
-    name = args.name or f"{args.model}-{args.precision}-s{args.seed}"
+    return TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
+                       lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
+                       weight_decay=args.weight_decay, seed=args.seed, core=args.core,
+                       trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
+
+
+def load_train_data(args: argparse.Namespace):
+    """The data set of ``--data``, cut to ``--limit-train`` images."""
+    from .data import Dataset, load_dataset
+
+    data = load_dataset(args.data)
+    k = args.limit_train
+    if k is not None:
+        if k > len(data.x_train):
+            raise ValueError(f"train: --limit-train={k} exceeds the {len(data.x_train)} training images")
+        data = Dataset(f"{data.name}[:{k}]", data.x_train[:k], data.y_train[:k], data.x_test, data.y_test,
+                       data.image_hwc, data.classes)
+    return data
+
+
+def run_dir(args: argparse.Namespace, default_name: str):
+    """Check ``--out``/``--name`` before any work (see :func:`reference.outputs.prepare_dir`); the run's path."""
     from pathlib import Path
 
-    if (Path(args.out) / name).exists() and not args.force:  # fail before training, not after
-        raise ValueError(f"train: run directory {Path(args.out) / name} exists (choose another --name or --force)")
-    data = load_dataset(args.data)
-    if args.memplan:
-        from .memplan import Strategy
-        from .pooled import train_pooled
+    from .outputs import prepare_dir
+    from .train import check_run_name
 
-        result = train_pooled(cfg, data, Strategy[args.memplan.upper().replace("-", "_")], progress=not args.quiet)
-        mp = result.metrics["memplan"]
-        print(f"memplan {args.memplan}: arena {mp['peak_arena_bytes']} bytes, peak live {mp['peak_live_bytes']} "
-              f"bytes (orders: {', '.join(f'{k} {v}' for k, v in mp['orders'].items()) or 'conventional'})")
-    else:
-        result = train(cfg, data, progress=not args.quiet)
-    path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
+    name = args.name or default_name
+    check_run_name(name)
+    return prepare_dir(Path(args.out) / name, args.force, "train: run directory",
+                       lambda m: print(m, file=sys.stderr))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .outputs import claim
+    from .train import write_run
+
+    cfg = train_config(args)
+    final = run_dir(args, f"{args.model}-{args.precision}-s{args.seed}")
+    name = final.name
+    with claim(final, "train: run directory"):
+        if final.exists() and not args.force:  # appeared since run_dir looked
+            raise ValueError(f"train: run directory {final} exists (choose another --name or pass --force)")
+        data = load_train_data(args)
+        if args.memplan:
+            from .memplan import Strategy
+            from .pooled import train_pooled
+
+            result = train_pooled(cfg, data, Strategy[args.memplan.upper().replace("-", "_")], progress=not args.quiet)
+            mp = result.metrics["memplan"]
+            print(f"memplan {args.memplan}: arena {mp['peak_arena_bytes']} bytes, peak live {mp['peak_live_bytes']} "
+                  f"bytes (orders: {', '.join(f'{k} {v}' for k, v in mp['orders'].items()) or 'conventional'})")
+        else:
+            from .train import train
+
+            result = train(cfg, data, progress=not args.quiet)
+        path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
     fin = result.metrics["final"]
     print(f"{name}: test accuracy {fin['test_acc']:.4f}, final loss {fin['loss']:.4f}, "
           f"{fin['mean_epoch_time_s']:.3f} s/epoch -> {path}")
@@ -112,18 +150,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
-    from pathlib import Path
-
     from .data import load_dataset
     from .models import ModelKind
+    from .outputs import atomic_write_text, check_output_file
     from .train import Precision, bench_markdown, benchmark
 
     try:
         precs = tuple(Precision(p.strip()) for p in args.precisions.split(","))
     except ValueError:
         raise ValueError(f"bench: --precisions {args.precisions!r}: each must be one of {_PRECISIONS}") from None
+    out = check_output_file(args.out)
     data = load_dataset(args.data)
     seeds = tuple(range(args.seeds))
     rows = benchmark(data, ModelKind(args.model), precs, seeds, args.epochs, args.batch, args.lr,
@@ -133,12 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
     header = (f"Test accuracy after {args.epochs} epochs on {data.name} ({len(data.x_train)} train / "
               f"{len(data.x_test)} test images), model {args.model}, seeds {list(seeds)}.\n\nReproduce: `{cmd}`")
     md = bench_markdown(rows, header)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(md)
-    os.replace(tmp, out)
+    atomic_write_text(out, md)
     print(md)
     print(f"written to {out}")
     return 0

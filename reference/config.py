@@ -18,6 +18,19 @@ from pathlib import Path
 
 from .formats import Width
 
+#: Upper bounds of the fields: what the generator and the register map (hw/regmap.py) can build in
+#: reasonable memory. ``dlu gen`` of 2**24 scratchpad bits (spad_words=16384, 4 banks of 256-bit
+#: words) peaks at 0.84 GB of memory and takes 50 s; the RNG_STATE window of the register map
+#: holds 512 generators (lanes * 32 / narrowest width); tensor ids are 10-bit command fields.
+MAX_LANES = 128
+MAX_RNG_SLOTS = 512
+MAX_SPAD_WORDS = 1 << 16
+MAX_SPAD_BITS = 1 << 24
+
+
+class ConfigTypeError(TypeError, ValueError):
+    """A config field of the wrong type (a ``ValueError`` too, so commands report it as bad input)."""
+
 
 @dataclass(frozen=True)
 class CoreConfig:
@@ -69,15 +82,21 @@ class CoreConfig:
                 continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"config: {f.name}={v!r}: must be an integer")
-        need(self.lanes >= 1 and self.lanes & (self.lanes - 1) == 0, "lanes", "must be a power of two >= 1")
+                raise ConfigTypeError(f"config: {f.name}={v!r}: must be an integer")
+        need(1 <= self.lanes <= MAX_LANES and self.lanes & (self.lanes - 1) == 0, "lanes",
+             f"must be a power of two in [1, {MAX_LANES}]")
         need(4 <= self.hist_bins <= 256, "hist_bins", "must be in [4, 256]")
         need(-128 <= self.hist_min_exp <= 64, "hist_min_exp", "must be in [-128, 64]")
         need(1 <= self.tensor_ids <= 1024, "tensor_ids", "must be in [1, 1024]")
-        need(self.spad_words >= 16 and self.spad_words & (self.spad_words - 1) == 0, "spad_words",
-             "must be a power of two >= 16")
+        need(16 <= self.spad_words <= MAX_SPAD_WORDS and self.spad_words & (self.spad_words - 1) == 0, "spad_words",
+             f"must be a power of two in [16, {MAX_SPAD_WORDS}]")
         need(3 <= self.spad_banks <= 16, "spad_banks", "must be in [3, 16]")
         need(16 <= self.counter_bits <= 48, "counter_bits", "must be in [16, 48]")
+        need(self.rng_slots <= MAX_RNG_SLOTS, "lanes", f"with {self.narrowest.bits}-bit data needs "
+             f"{self.rng_slots} stochastic-rounding generators; the register map holds {MAX_RNG_SLOTS}")
+        bits = self.spad_banks * self.spad_words * self.word_bits
+        need(bits <= MAX_SPAD_BITS, "spad_words", f"with spad_banks={self.spad_banks} and lanes={self.lanes} "
+             f"makes a {bits}-bit scratchpad; at most {MAX_SPAD_BITS} bits (2 MiB) can be generated")
 
     # Derived quantities: computed here once, never retyped elsewhere.
     @property
@@ -140,10 +159,10 @@ class CoreConfig:
 def _check_widths(value: object) -> tuple[int, ...]:
     """``widths`` as an ascending tuple of bits; TypeError/ValueError naming the bad value."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
-        raise TypeError(f"config: widths={value!r}: must be a list of widths in bits (8, 16, 32)")
+        raise ConfigTypeError(f"config: widths={value!r}: must be a list of widths in bits (8, 16, 32)")
     for b in value:
         if isinstance(b, bool) or not isinstance(b, int):
-            raise TypeError(f"config: widths={value!r}: {b!r} is not an integer number of bits")
+            raise ConfigTypeError(f"config: widths={value!r}: {b!r} is not an integer number of bits")
         if b not in {w.bits for w in Width}:
             raise ValueError(f"config: widths={value!r}: {b} is not one of 8, 16, 32")
     if not value:
@@ -168,15 +187,23 @@ def load_config(spec: str | Path) -> CoreConfig:
     path = Path(s)
     if not path.exists():
         raise ValueError(f"config: {s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    if not path.is_file():
+        raise ValueError(f"config: {path} is a folder, not a TOML file")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"config: {path}: malformed TOML: {exc}") from exc
+    if "core" in data:
+        extra = sorted(set(data) - {"core"})
+        if extra:
+            raise ValueError(f"config: {path}: unknown table(s) or key(s) {extra} beside [core]")
     table = data.get("core", data)
     if not isinstance(table, dict):
         raise ValueError(f"config: {path}: [core] must be a table, got {table!r}")
     table = dict(table)
     preset = table.pop("preset", "default")
+    if not isinstance(preset, str):
+        raise ConfigTypeError(f"config: {path}: preset={preset!r}: must be a preset name, one of {sorted(PRESETS)}")
     if preset not in PRESETS:
         raise ValueError(f"config: {path}: preset {preset!r} is not one of {sorted(PRESETS)}")
     base = PRESETS[preset]
@@ -184,4 +211,7 @@ def load_config(spec: str | Path) -> CoreConfig:
     unknown = set(table) - known
     if unknown:
         raise ValueError(f"config: {path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    return dataclasses.replace(base, **table)
+    try:
+        return dataclasses.replace(base, **table)
+    except ValueError as exc:
+        raise type(exc)(f"{exc} (in {path})") from None

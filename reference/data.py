@@ -14,6 +14,7 @@ into 1347 training and :data:`DIGITS_TEST_SIZE` = 450 test images with the fixed
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def load_digits_split() -> Dataset:
 
 
 def _open(path: Path) -> bytes:
+    if path.is_dir():
+        raise ValueError(f"idx: {path} is a folder, not an IDX file")
     if path.exists():
         return path.read_bytes()
     gz = path.with_name(path.name + ".gz")
@@ -78,7 +81,7 @@ def parse_idx(blob: bytes, expect_magic: int, name: str) -> np.ndarray:
     dims = tuple(int.from_bytes(blob[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if any(d == 0 for d in dims):
         raise ValueError(f"idx: {name}: dimensions {dims} contain a zero")
-    need = hdr + int(np.prod(dims))
+    need = hdr + math.prod(dims)  # Python ints: four 32-bit dimensions do not wrap
     if len(blob) != need:
         raise ValueError(f"idx: {name}: dimensions {dims} need {need} bytes, file has {len(blob)}")
     return np.frombuffer(blob, dtype=np.uint8, offset=hdr).reshape(dims)

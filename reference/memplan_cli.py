@@ -69,6 +69,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
 
+def check_image_path(path: str | Path, what: str) -> Path:
+    """``path`` if a plot can be written there in a format matplotlib knows (by its suffix, default png)."""
+    from reference.outputs import OutputError, check_output_file
+
+    p = check_output_file(path, what)
+    fmt = p.suffix.lstrip(".").lower() or "png"
+    if fmt not in ("png", "pdf", "svg", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp"):
+        raise OutputError(f"{what} {p}: unknown image format {fmt!r} (use .png, .svg or .pdf)")
+    return p
+
+
 def run(args: argparse.Namespace) -> int:
     from reference.formats import Width
     from reference.memplan import (
@@ -84,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     net = resolve_net(args.net)
     budget = parse_bytes(args.budget) if args.budget is not None else None
+    plot_path = None
+    if not args.no_plot:  # checked before the work
+        plot_path = check_image_path(args.plot or Path("out") / f"memplan_{net.name}_b{args.batch}.png", "--plot")
     widths = [Width.from_bits(b) for b in dict.fromkeys(args.width)]
     plans = {}
     print(f"{net.name}: {net.param_count:,} parameters, batch {args.batch}, arena granule {args.align} B, "
@@ -135,10 +149,9 @@ def run(args: argparse.Namespace) -> int:
             gains = " ".join(f"{n / base_n[w]:5.2f}" if base_n[w] else "    -" for w, n in zip(widths, ns,
                                                                                            strict=True))
             print(f"  {s.label:34s} " + " ".join(f"{n:10d}" for n in ns) + f"   {gains}")
-    if not args.no_plot:
-        path = args.plot or Path("out") / f"memplan_{net.name}_b{args.batch}.png"
-        write_plot(plans, widths, path, f"{net.name}, batch {args.batch}")
-        print(f"\nplot: {path}")
+    if plot_path is not None:
+        write_plot(plans, widths, plot_path, f"{net.name}, batch {args.batch}")
+        print(f"\nplot: {plot_path}")
     return 0
 
 

@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
-from .config import PRESETS
+from .config import load_config
 from .data import Dataset
 from .engine import Engine
 from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shift
@@ -134,7 +134,7 @@ class ParallelConfig:
     overlap: bool = True
     exchange: Exchange = Exchange.EXACT
     segment_elems: int = 1 << 16
-    timeout_s: float = 300.0
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.exchange, Exchange):
@@ -686,9 +686,10 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
     s = open_session(cfg, data, backend)
     hooks = ParallelHooks(comm, exchangers[0], cfg, pcfg, evaluate, on_step)
     epochs = run_epochs(s, hooks)
-    core = PRESETS[cfg.core]
+    core = load_config(cfg.core)
     metrics = {
         "train_config": cfg.to_dict(), "parallel": pcfg.to_dict(), "ranks": comm.size,
+        "core": core.to_dict(), "core_digest": core.digest(),
         "data": {"name": data.name, "train": int(s.n), "test": int(len(data.x_test))},
         "epochs": [e.to_dict(times=False) for e in epochs],
         "final": {"test_acc": epochs[-1].test_acc, "loss": epochs[-1].loss},

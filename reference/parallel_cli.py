@@ -22,6 +22,9 @@ from pathlib import Path
 
 from reference.cli import _positive_int
 
+#: Default of ``--timeout``: the longest any rank waits for another before the job is aborted.
+DEFAULT_TIMEOUT_S = 60.0
+
 #: Variables set by MPI launchers (MPICH/Hydra, Open MPI, Slurm with PMI); read at run time.
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -49,11 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exchange after back-propagation with blocking waits (the baseline)")
     g.add_argument("--segment-elems", type=_positive_int, default=1 << 16,
                    help="largest number of values per non-blocking allreduce")
-    g.add_argument("--timeout", type=_positive_float, default=300.0, help="longest wait for any exchange, s")
-    g.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
-                   help="use only the first N training images (quick runs and tests)")
+    g.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+                   help="longest wait for any exchange, s: a rank that hangs this long ends the whole job "
+                        "(a rank that dies ends it at once; docs/robustness.md)")
     g.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)  # fault injection (tests)
     g.add_argument("--fail-mode", choices=("exit", "hang"), default="exit", help=argparse.SUPPRESS)
+    g.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)  # the launcher holds the lock
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,16 +89,43 @@ def _mpiexec() -> str:
     return found
 
 
+def _check_options(args: argparse.Namespace):
+    """The training config, after rejecting the options that --workers does not honour."""
+    from .cli import train_config
+
+    if args.memplan:
+        raise ValueError("train: --memplan is single-process only (reference.pooled); drop it or --workers")
+    if args.trace_iters and args.trace_iters.strip() not in ("", "none"):
+        raise ValueError("train: --trace-iters is single-process only: traces are not recorded with --workers")
+    return train_config(args)
+
+
+def _check_args(args: argparse.Namespace):
+    """Everything that can be checked before MPI starts: options, output folder; the config and run path."""
+    return _check_options(args), _final(args)
+
+
+def _final(args: argparse.Namespace) -> Path:
+    from .cli import run_dir
+
+    return run_dir(args, f"{args.model}-{args.precision}-w{args.workers}-{args.exchange}-s{args.seed}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Launch the MPI job, or (inside one) train this rank's shard."""
     if not _in_mpi_job():
         import subprocess
 
+        from .outputs import claim
+
+        _, final = _check_args(args)  # a bad argument fails here, once, before any rank starts
         argv = getattr(args, "_argv", None)
         if argv is None:
             argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[1:]
-        cmd = [_mpiexec(), "-n", str(args.workers), sys.executable, "-m", "reference.parallel_cli", *argv]
-        rc = subprocess.run(cmd, check=False).returncode
+        cmd = [_mpiexec(), "-n", str(args.workers), sys.executable, "-m", "reference.parallel_cli", *argv,
+               "--launched"]
+        with claim(final, "train: run directory"):
+            rc = subprocess.run(cmd, check=False).returncode
         if rc:
             print(f"dlu train: error: the MPI job of {args.workers} ranks failed with exit code {rc} "
                   "(a rank died, timed out or reported an error above)", file=sys.stderr)
@@ -102,59 +133,53 @@ def run(args: argparse.Namespace) -> int:
     return _rank_main(args)
 
 
-def _config(args: argparse.Namespace):
-    from .models import GradOrder, ModelKind
-    from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision
-
-    prec = Precision(args.precision)
-    spec = None
-    if args.config:
-        if prec == Precision.FP32:
-            raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
-        spec = load_precision(args.config, prec.width)
-    return TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
-                       lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
-                       weight_decay=args.weight_decay, seed=args.seed, trace_iters=IterSpec.parse(args.trace_iters),
-                       grad_order=GradOrder(args.grad_order))
-
-
 def _rank_main(args: argparse.Namespace) -> int:
+    import contextlib
     import time
 
     from mpi4py import MPI
 
+    from .cli import load_train_data
+    from .outputs import claim
     from .parallel import Exchange, ParallelConfig, ParallelError, train_parallel
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     tag = f"dlu train: rank {rank}/{size}"
+    lock: contextlib.AbstractContextManager = contextlib.nullcontext()
     try:
         if size != args.workers:
             raise ValueError(f"train: --workers={args.workers} but the MPI job has {size} ranks")
-        cfg = _config(args)
-        pcfg = ParallelConfig(overlap=not args.no_overlap, exchange=Exchange(args.exchange),
-                              segment_elems=args.segment_elems, timeout_s=args.timeout)
-        data = _data(args)
-        fail = None
-        if args.fail_rank == rank:
-            def fail(it: int) -> None:
-                if it == 1:  # die or hang at the second step, while the others exchange
-                    _inject_failure(args.fail_mode)
-        result = train_parallel(cfg, data, pcfg, comm, on_step=fail)
-    except (ValueError, FileNotFoundError, ParallelError) as exc:
+        if rank == 0:  # rank 0 alone sweeps and writes the run directory
+            cfg, final = _check_args(args)
+        else:
+            cfg, final = _check_options(args), None
+        if rank == 0 and not args.launched:  # started by mpiexec directly: rank 0 holds the lock
+            lock = claim(final, "train: run directory")
+        with lock:
+            pcfg = ParallelConfig(overlap=not args.no_overlap, exchange=Exchange(args.exchange),
+                                  segment_elems=args.segment_elems, timeout_s=args.timeout)
+            data = load_train_data(args)
+            fail = None
+            if args.fail_rank == rank:
+                def fail(it: int) -> None:
+                    if it == 1:  # die or hang at the second step, while the others exchange
+                        _inject_failure(args.fail_mode)
+            result = train_parallel(cfg, data, pcfg, comm, on_step=fail)
+            if rank == 0:
+                path = _write(result, args.out, final.name, args.force)
+    except (ValueError, OSError, ParallelError) as exc:
+        # One line, then end the whole job: the other ranks may be waiting for this one.
         print(f"{tag}: error: {exc}", file=sys.stderr, flush=True)
-        if isinstance(exc, ParallelError) and "did not complete" in str(exc):
-            time.sleep(0.5)  # let the message out, then stop the ranks that may still hang
-            comm.Abort(2)
+        time.sleep(0.5)  # let the message out
+        comm.Abort(2)
         return 2
     if rank == 0:
-        name = args.name or f"{args.model}-{args.precision}-w{size}-{args.exchange}-s{args.seed}"
-        path = _write(result, args.out, name, args.force)
         m = result.metrics
-        print(f"{name}: {size} ranks, final loss {m['final']['loss']:.4f}, test accuracy {m['final']['test_acc']:.4f}, "
-              f"step {1e3 * m['step_time_s_median']:.2f} ms (waiting {1e3 * m['wait_time_s_median']:.2f} ms), "
-              f"gradients {m['gradient_bytes_per_step']} B/step ({m['gradient_wire_bytes_per_step_ring']:.0f} B on a "
-              f"ring) -> {path}", flush=True)
+        print(f"{final.name}: {size} ranks, final loss {m['final']['loss']:.4f}, test accuracy "
+              f"{m['final']['test_acc']:.4f}, step {1e3 * m['step_time_s_median']:.2f} ms (waiting "
+              f"{1e3 * m['wait_time_s_median']:.2f} ms), gradients {m['gradient_bytes_per_step']} B/step "
+              f"({m['gradient_wire_bytes_per_step_ring']:.0f} B on a ring) -> {path}", flush=True)
     return 0
 
 
@@ -164,19 +189,6 @@ def _inject_failure(mode: str) -> None:
     if mode == "exit":
         os._exit(3)
     time.sleep(3600)
-
-
-def _data(args: argparse.Namespace):
-    from .data import Dataset, load_dataset
-
-    data = load_dataset(args.data)
-    if args.limit_train is not None:
-        k = args.limit_train
-        if k > len(data.x_train):
-            raise ValueError(f"train: --limit-train={k} exceeds the {len(data.x_train)} training images")
-        data = Dataset(f"{data.name}[:{k}]", data.x_train[:k], data.y_train[:k], data.x_test, data.y_test,
-                       data.image_hwc, data.classes)
-    return data
 
 
 def params_arrays(result) -> dict:
@@ -202,25 +214,22 @@ def params_arrays(result) -> dict:
 def _write(result, out: str, name: str, force: bool) -> Path:
     import json
     import shutil
-    import tempfile
 
     import numpy as np
 
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"train: run name {name!r} must be a plain directory name")
+    from .outputs import publish_dir, temp_dir_beside
+    from .train import check_run_name
+
+    check_run_name(name)
     final = Path(out) / name
     if final.exists() and not force:
         raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    tmp = temp_dir_beside(final)
     try:
         metrics = dict(result.metrics, step_times_s=result.step_times, wait_times_s=result.wait_times)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
         np.savez(tmp / "params.npz", **params_arrays(result))
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final, replace=force, what="train: run directory")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

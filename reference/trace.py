@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,7 +338,11 @@ class _Reader:
             return known
         if key not in self.arrays:
             raise TraceError(f"trace: {where}: array {key!r} is missing from {ARRAYS}")
-        a = self.arrays[key]
+        try:
+            a = self.arrays[key]
+        except _NPZ_ERRORS as exc:  # a truncated or bit-flipped member
+            raise TraceError(f"trace: {where}: array {key!r} of {ARRAYS} is unreadable (corrupt file?): "
+                             f"{exc}") from None
         if list(a.shape) != shape or a.ndim != 2:
             raise TraceError(f"trace: {where}: array {key!r} has shape {list(a.shape)}, manifest says {shape}")
         if a.dtype.kind not in "iu":
@@ -390,6 +396,38 @@ class _Reader:
         )
 
 
+#: What reading a damaged .npz member can raise.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+def _check_meta(meta: Any) -> dict[str, Any]:
+    """The free metadata, with the fields readers use type-checked (TraceError naming the field)."""
+    if not isinstance(meta, dict):
+        raise TraceError(f"trace: manifest.meta: expected an object, got {type(meta).__name__} {meta!r}")
+    names = meta.get("tensor_names", {})
+    if not isinstance(names, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in names.items()):
+        raise TraceError(f"trace: manifest.meta.tensor_names: expected an object of tensor id -> name, got "
+                         f"{names!r:.80}")
+    hwc = meta.get("image_hwc")
+    if hwc is not None and not (isinstance(hwc, list) and len(hwc) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hwc)):
+        raise TraceError(f"trace: manifest.meta.image_hwc: expected [height, width, channels], got {hwc!r:.80}")
+    classes = meta.get("classes", 10)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise TraceError(f"trace: manifest.meta.classes: expected an integer >= 2, got {classes!r:.80}")
+    tc = meta.get("train_config", {})
+    if not isinstance(tc, dict):
+        raise TraceError(f"trace: manifest.meta.train_config: expected an object, got {tc!r:.80}")
+    for key, typ in (("model", str), ("precision", str), ("batch", int), ("momentum", (int, float)),
+                     ("precision_spec", (dict, type(None)))):
+        if key in tc and (isinstance(tc[key], bool) or not isinstance(tc[key], typ)):
+            raise TraceError(f"trace: manifest.meta.train_config.{key}: unexpected value {tc[key]!r:.80}")
+    if isinstance(tc.get("batch"), int) and tc["batch"] < 1:
+        raise TraceError(f"trace: manifest.meta.train_config.batch: must be >= 1, got {tc['batch']}")
+    return meta
+
+
 def read_trace(path: str | Path) -> Trace:
     """Read and validate a trace directory; raises :class:`TraceError` naming the bad field."""
     path = Path(path)
@@ -418,16 +456,28 @@ def read_trace(path: str | Path) -> Trace:
         raise TraceError(f"trace: manifest.config_digest {digest!r} does not match the config ({cfg.digest()})")
     seed = _need(manifest, "seed", int, "manifest")
     threshold = _need(manifest, "threshold", int, "manifest")
-    meta = manifest.get("meta", {})
+    meta = _check_meta(manifest.get("meta", {}))
+    its = _need(manifest, "iterations", list, "manifest")
+    if not its:
+        raise TraceError(f"trace: {mpath}: manifest.iterations is empty (a trace holds at least one iteration)")
     try:
         arrays = np.load(apath, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (*_NPZ_ERRORS,) as exc:
         raise TraceError(f"trace: {apath}: not a readable .npz file: {exc}") from exc
     with arrays:
         rd = _Reader(manifest, arrays, cfg)
         iters = []
-        for i, it in enumerate(_need(manifest, "iterations", list, "manifest")):
+        seen: dict[int, int] = {}
+        for i, it in enumerate(its):
             where = f"iterations[{i}]"
+            num = _need(it, "iteration", int, where)
+            if num in seen:
+                raise TraceError(f"trace: {where}.iteration: iteration {num} is listed twice (also at "
+                                 f"iterations[{seen[num]}])")
+            if seen and num < max(seen):
+                raise TraceError(f"trace: {where}.iteration: iteration {num} follows {max(seen)}; the "
+                                 "iterations must be in training order")
+            seen[num] = i
             db = {}
             for k, s in _need(it, "db_at_start", dict, where).items():
                 tid = rd.tid(int(k) if str(k).isdigit() else k, f"{where}.db_at_start[{k}]")

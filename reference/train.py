@@ -158,6 +158,10 @@ def parse_precision(data: dict, base_width: Width = Width.W16, where: str = "con
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 1 << 16:
         raise ValueError(f"precision config: [precision] threshold={threshold!r}: must be an integer in [0, 65536)")
     per_class = {c.value: table.pop(c.value) for c in CONFIG_CLASSES if c.value in table}
+    for k, v in per_class.items():
+        if not isinstance(v, dict):
+            raise ValueError(f"precision config: {where}: {k} = {v!r}: [precision.{k}] must be a table "
+                             f"(e.g. [precision.{k}] width = 16)")
     top = _class_spec(table, ClassSpec(base_width, RoundingMode.NEAREST_EVEN), "precision")
     specs = {}
     for c in CONFIG_CLASSES:
@@ -174,49 +178,86 @@ def load_precision(path: str | Path, base_width: Width = Width.W16) -> Precision
         raise FileNotFoundError(f"precision config: {path} does not exist")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"precision config: {path}: malformed TOML: {exc}") from exc
     return parse_precision(data, base_width, str(path))
 
 
 @dataclass(frozen=True)
 class IterSpec:
-    """Which iterations to trace: ``all``, or a set of iteration indices."""
+    """Which iterations to trace: ``all``, or iteration indices and inclusive ranges (kept as ranges)."""
 
     all: bool = False
     iters: frozenset[int] = frozenset()
+    ranges: tuple[tuple[int, int], ...] = ()
 
     def __contains__(self, it: int) -> bool:
-        return self.all or it in self.iters
+        return self.all or it in self.iters or any(a <= it <= b for a, b in self.ranges)
 
     @property
     def empty(self) -> bool:
-        return not self.all and not self.iters
+        return not self.all and not self.iters and not self.ranges
+
+    @property
+    def last(self) -> int | None:
+        """The largest index named (None for ``all`` or none)."""
+        ends = [*self.iters, *(b for _, b in self.ranges)]
+        return None if self.all or not ends else max(ends)
+
+    def indices(self, n: int) -> list[int]:
+        """The selected indices below ``n``, ascending (work bounded by ``n`` and the spec's length)."""
+        if self.all:
+            return list(range(n))
+        out = {i for i in self.iters if i < n}
+        for a, b in self.ranges:
+            out.update(range(a, min(b, n - 1) + 1))
+        return sorted(out)
+
+    def to_json(self) -> str | list[int | list[int]]:
+        """``"all"``, or the ascending indices, a range of more than 16 written ``[first, last]``."""
+        if self.all:
+            return "all"
+        items: list[tuple[int, int]] = sorted([(i, i) for i in self.iters] + list(self.ranges))
+        out: list[int | list[int]] = []
+        for a, b in items:
+            out.extend(range(a, b + 1) if b - a < 16 else [[a, b]])
+        return out
+
+    def check_within(self, n: int, what: str = "trace-iters") -> None:
+        """ValueError if an index is ``>= n`` (a run of ``n`` iterations)."""
+        last = self.last
+        if last is not None and last >= n:
+            raise ValueError(f"{what}: iteration {last} is past the end: this run has {n} iterations "
+                             f"(0-{n - 1}; 'all' selects every one)")
 
     @classmethod
     def parse(cls, spec: str | None) -> IterSpec:
-        """``"all"``, ``""``/``"none"``, or comma-separated indices and ranges (``0,5,10-12``)."""
+        """``"all"``, ``""``/``"none"``, or comma-separated indices and ranges (``0,5,10-12``).
+
+        Ranges stay ranges: parsing ``0-1000000000`` takes no memory.
+        """
         if spec is None or spec.strip() in ("", "none"):
             return cls()
         s = spec.strip()
         if s == "all":
             return cls(all=True)
-        out: set[int] = set()
+        single: set[int] = set()
+        ranges: list[tuple[int, int]] = []
         for part in s.split(","):
             part = part.strip()
             try:
-                if "-" in part:
+                if "-" in part[1:]:
                     a, b = (int(v) for v in part.split("-", 1))
                     if a > b:
                         raise ValueError
-                    out.update(range(a, b + 1))
+                    ranges.append((a, b))
                 else:
-                    out.add(int(part))
+                    single.add(int(part))
             except ValueError:
                 raise ValueError(f"trace-iters: {part!r} in {spec!r} is not an iteration index or range a-b") from None
-        if any(i < 0 for i in out):
+        if any(i < 0 for i in single) or any(a < 0 for a, _ in ranges):
             raise ValueError(f"trace-iters: {spec!r}: iteration indices must be >= 0")
-        return cls(iters=frozenset(out))
+        return cls(iters=frozenset(single), ranges=tuple(sorted(set(ranges))))
 
 
 class LrSchedule(enum.Enum):
@@ -270,6 +311,19 @@ class TrainConfig:
             raise ValueError(f"train: core={self.core!r}: {exc}") from None
         if self.precision == Precision.FP32 and (self.spec is not None or not self.trace_iters.empty):
             raise ValueError("train: precision=fp32 takes no precision config and no trace (use a dfp mode)")
+        self._check_core_widths()
+
+    def _check_core_widths(self) -> None:
+        """ValueError if the precision uses a width the core has no datapath for (up front, not mid-run)."""
+        spec = self.precision_spec()
+        if spec is None:
+            return
+        core = load_config(self.core)
+        need = {spec.for_class(c).width.bits for c in CONFIG_CLASSES}
+        lacking = sorted(need - set(core.widths))
+        if lacking:
+            raise ValueError(f"train: core={self.core!r} has widths {list(core.widths)}; the precision needs "
+                             f"{'/'.join(map(str, lacking))}-bit data (choose a core with it, or another precision)")
 
     def precision_spec(self) -> PrecisionSpec | None:
         if self.precision == Precision.FP32:
@@ -285,7 +339,7 @@ class TrainConfig:
             "momentum": self.momentum,
             "weight_decay": self.weight_decay, "seed": self.seed, "grad_order": self.grad_order.value,
             "core": self.core,
-            "trace_iters": "all" if self.trace_iters.all else sorted(self.trace_iters.iters),
+            "trace_iters": self.trace_iters.to_json(),
         }
 
 
@@ -372,6 +426,7 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
 
 def _train(cfg: TrainConfig, data: Dataset, progress: bool,
            on_grads_ready: Callable[[Layer], None] | None) -> TrainResult:
+    cfg.trace_iters.check_within(cfg.epochs * (len(data.x_train) // cfg.batch))
     s = open_session(cfg, data)
     if s.engine is not None and not cfg.trace_iters.empty:
         s.recorder = TraceRecorder()
@@ -697,37 +752,38 @@ def evaluate_session(s: Session) -> float:
 # ---------------------------------------------------------------------------------------
 
 
+def check_run_name(name: str) -> None:
+    """ValueError unless ``name`` is a plain directory name (no path, not hidden)."""
+    if not name or "/" in name or name.startswith(".") or name in ("..",):
+        raise ValueError(f"train: run name {name!r} must be a plain directory name")
+
+
 def write_run(result: TrainResult, out: str | Path, name: str, force: bool = False, plots: bool = True) -> Path:
     """Write ``out/name/`` (metrics.json, PNG plots, trace/) atomically: temp dir, then rename.
 
-    Raises FileExistsError if the run directory exists and ``force`` is false.
+    With ``force`` an existing run is swapped out atomically (:func:`reference.outputs.publish_dir`):
+    a SIGKILL at any moment leaves the old or the new run complete. Without it, FileExistsError if
+    the run directory exists before, and OutputError if it appears while writing (a concurrent run).
     """
     import json
-    import os
     import shutil
-    import tempfile
 
+    from .outputs import publish_dir, temp_dir_beside
     from .plots import plot_run
-    from .trace import _umask_perms, write_trace
+    from .trace import write_trace
 
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"train: run name {name!r} must be a plain directory name")
-    out = Path(out)
-    final = out / name
+    check_run_name(name)
+    final = Path(out) / name
     if final.exists() and not force:
         raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
-    _umask_perms(tmp)
+    tmp = temp_dir_beside(final)
     try:
         (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
         if plots:
             plot_run(result.metrics, tmp)
         if result.trace is not None:
             write_trace(result.trace, tmp / "trace")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final, replace=force, what="train: run directory")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

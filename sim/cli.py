@@ -65,10 +65,17 @@ def _load_energy(spec: str | None):
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import replay
-    from .rtl_engine import RtlNotAvailable, ensure_available
+    from reference.outputs import check_output_file
+
+    from .replay import default_results_path, replay
+    from .rtl_engine import RtlNotAvailable, default_rtl_results_path, ensure_available
 
     rtl = args.engine == "rtl" or args.check or args.rtl_commands is not None or args.rtl_baseline
+    # every output path before any work: a bad one fails now, not after the replay
+    check_output_file(args.out if args.out is not None else default_results_path(args.trace),
+                      "replay: --out" if args.out is not None else "replay: results file")
+    if rtl:
+        check_output_file(default_rtl_results_path(args.trace), "replay: RTL results file")
     if rtl:
         try:
             ensure_available()
@@ -139,8 +146,11 @@ def resolve_input(spec: str, core=None, energy=None) -> dict:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from reference.outputs import check_output_dir
+
     from .report import write_report
 
+    check_output_dir(args.out, "report: --out")
     core, energy = _load_core(args.core), _load_energy(args.energy)
     path = write_report([resolve_input(s, core, energy) for s in args.inputs], args.out)
     print(f"report: {path}")

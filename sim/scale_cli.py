@@ -7,6 +7,7 @@ scaling efficiency, step time, gradient bytes exchanged per step) and writes a p
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from reference.cli import _positive_int
 from reference.parallel_cli import _positive_float
@@ -70,21 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _atomic_write(path, write) -> None:
-    import os
-    import tempfile
-    from pathlib import Path
+    from reference.outputs import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def table_markdown(rows, workers: list[int]) -> str:
@@ -172,10 +161,18 @@ def plot(rows, workers: list[int], title: str, path) -> None:
 
 def _scale(args: argparse.Namespace) -> int:
     from reference.config import load_config
+    from reference.memplan_cli import check_image_path
     from reference.nets import resolve_net
+    from reference.outputs import check_output_file
 
     from .scale import GPUS, Allreduce, Chip, Links, sweep
 
+    if args.sensitivity and args.plot:
+        raise ValueError("scale: --plot draws the worker sweep; --sensitivity writes a table only (use --md)")
+    if args.md:  # output paths before the work
+        check_output_file(args.md, "--md")
+    if args.plot and not args.sensitivity:
+        check_image_path(args.plot, "--plot")
     net = resolve_net(args.net)
     chip = Chip(load_config(args.core), args.cores, args.clock_ghz * 1e9, args.compute_bits)
     gpu = GPUS[args.gpu] if args.gpu else None
@@ -188,7 +185,7 @@ def _scale(args: argparse.Namespace) -> int:
         md = sensitivity_markdown(net, workers[-1], chip, links, gpu, args.global_batch)
         print(md)
         if args.md:
-            _atomic_write(args.md, lambda tmp: open(tmp, "w").write(md))
+            _atomic_write(args.md, lambda tmp: Path(tmp).write_text(md))
         return 0
     rows = sweep(net, workers, args.batch, chip, links, gpu=gpu, global_batch=args.global_batch)
     device = (gpu.name if gpu is not None else
@@ -199,7 +196,7 @@ def _scale(args: argparse.Namespace) -> int:
     md = f"{title}\n\nspeed relative to one worker (scaling efficiency)\n\n" + table_markdown(rows, workers)
     print(md)
     if args.md:
-        _atomic_write(args.md, lambda tmp: open(tmp, "w").write(md))
+        _atomic_write(args.md, lambda tmp: Path(tmp).write_text(md))
     if args.plot:
         plot(rows, workers, title, args.plot)
         print(f"plot written to {args.plot}")
