@@ -102,6 +102,8 @@ def _load_pair(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray, tu
 def load_mnist_dir(directory: str | Path) -> Dataset:
     """MNIST (or any IDX data set with the MNIST file names) from a local directory."""
     d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"data: mnist directory {d} is a file; expected the folder of the IDX files")
     if not d.is_dir():
         raise FileNotFoundError(f"data: mnist directory {d} does not exist")
     xtr, ytr, hwc = _load_pair(d, "train")

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
 
         from .outputs import claim
 
+        from .cli import load_train_data
+
         _, final = _check_args(args)  # a bad argument fails here, once, before any rank starts
+        load_train_data(args)  # and so does bad data
         argv = getattr(args, "_argv", None)
         if argv is None:
             argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else sys.argv[1:]
