@@ -116,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if not _in_mpi_job():
         import subprocess
 
-        from .outputs import claim
-
         from .cli import load_train_data
+        from .outputs import claim
 
         _, final = _check_args(args)  # a bad argument fails here, once, before any rank starts
         load_train_data(args)  # and so does bad data

@@ -455,7 +455,11 @@ def read_trace(path: str | Path) -> Trace:
     if digest != cfg.digest():
         raise TraceError(f"trace: manifest.config_digest {digest!r} does not match the config ({cfg.digest()})")
     seed = _need(manifest, "seed", int, "manifest")
+    if not 0 <= seed < 1 << 32:
+        raise TraceError(f"trace: manifest.seed: {seed} does not fit the 32-bit seed register")
     threshold = _need(manifest, "threshold", int, "manifest")
+    if not 0 <= threshold < 1 << 16:
+        raise TraceError(f"trace: manifest.threshold: {threshold} is outside [0, 2**16)")
     meta = _check_meta(manifest.get("meta", {}))
     its = _need(manifest, "iterations", list, "manifest")
     if not its:

@@ -238,7 +238,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         d = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"results: {path}: malformed JSON: {exc}") from exc
     if not isinstance(d, dict) or d.get("format") != RESULTS_FORMAT:
         raise ValueError(f"results: {path}: field 'format' is not {RESULTS_FORMAT!r}")
@@ -247,4 +247,35 @@ def load_results(path: str | Path) -> dict[str, Any]:
     for key in ("totals", "by_layer_pass", "by_iteration", "tensors"):
         if key not in d:
             raise ValueError(f"results: {path}: missing field {key!r}")
+    _check_results_shape(d, path)
     return d
+
+
+def _check_results_shape(d: dict[str, Any], path: Path) -> None:
+    """ValueError naming the first field whose type is not what :func:`results` writes."""
+    def need(v: Any, typ: type | tuple[type, ...], where: str) -> Any:
+        if isinstance(v, bool) or not isinstance(v, typ):
+            raise ValueError(f"results: {path}: field {where} has {type(v).__name__} {v!r:.60}, expected "
+                             f"{getattr(typ, '__name__', 'a number')}")
+        return v
+
+    def summary(t: Any, where: str) -> None:
+        need(t, dict, where)
+        for k in ("cycles", "bus_bytes"):
+            need(t.get(k), int, f"{where}.{k}")
+        need(t.get("utilization"), (int, float), f"{where}.utilization")
+        e = need(t.get("energy_pj"), dict, f"{where}.energy_pj")
+        need(e.get("total"), (int, float), f"{where}.energy_pj.total")
+
+    summary(d["totals"], "totals")
+    for i, g in enumerate(need(d["by_layer_pass"], list, "by_layer_pass")):
+        summary(g, f"by_layer_pass[{i}]")
+        need(g.get("layer"), str, f"by_layer_pass[{i}].layer")
+        need(g.get("pass"), str, f"by_layer_pass[{i}].pass")
+    for i, it in enumerate(need(d["by_iteration"], list, "by_iteration")):
+        need(it, dict, f"by_iteration[{i}]")
+        need(it.get("iteration"), int, f"by_iteration[{i}].iteration")
+        need(it.get("cycles"), int, f"by_iteration[{i}].cycles")
+    for name, t in need(d["tensors"], dict, "tensors").items():
+        need(t, dict, f"tensors.{name}")
+    need(d.get("config"), dict, "config")

@@ -94,6 +94,16 @@ def _flip_member(d: Path) -> None:
     p.write_bytes(bytes(b))
 
 
+def _results(root: Path, edit) -> str:
+    """A results JSON of a real replay, edited."""
+    if not (root / "good.json").exists():
+        assert main(["replay", "runs/run/trace", "--timing-only", "--quiet", "--out", str(root / "good.json")]) == 0
+    d = json.loads((root / "good.json").read_text())
+    edit(d)
+    (root / "bad.json").write_text(json.dumps(d))
+    return "bad.json"
+
+
 # (id, argv builder(root) -> list, words expected in the one line)
 CORE_TYPES = [
     ("lanes-str", '[core]\nlanes = "8"\n', "lanes='8'"),
@@ -182,6 +192,17 @@ CASES += [
     pytest.param(lambda r: ["report", _trace_edit(r, "t", _manifest_edit(
         lambda m: m["meta"].update(image_hwc="8x8"))), "--out", "rep"], "meta.image_hwc", id="trace-meta-hwc"),
     pytest.param(lambda r: ["replay", "notes", "--out", "x.json"], "manifest.json", id="trace-not-a-trace"),
+    pytest.param(lambda r: ["replay", _trace_edit(r, "t", _manifest_edit(lambda m: m.update(threshold=-5))),
+                            "--out", "x.json"], "manifest.threshold", id="trace-threshold"),
+    pytest.param(lambda r: ["replay", _trace_edit(r, "t", _manifest_edit(lambda m: m.update(seed=2**40))),
+                            "--out", "x.json"], "manifest.seed", id="trace-seed"),
+    # tracebacks: results JSON given to report
+    pytest.param(lambda r: ["report", _results(r, lambda d: d.update(totals=5)), "--out", "rep"], "totals",
+                 id="results-totals-int"),
+    pytest.param(lambda r: ["report", _results(r, lambda d: d.update(tensors=[])), "--out", "rep"], "tensors",
+                 id="results-tensors-list"),
+    pytest.param(lambda r: ["report", _results(r, lambda d: d["by_layer_pass"].append({"x": 1})), "--out", "rep"],
+                 "by_layer_pass", id="results-group-fields"),
     # usage errors are one line too
     pytest.param(lambda r: ["train", "--epochs", "0"], "--epochs", id="usage-epochs-0"),
     pytest.param(lambda r: ["gen"], "--out", id="usage-gen-no-out"),
