@@ -67,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dlu {command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError) as exc:
+    except Exception as exc:
+        from reference.outputs import caused_by_interrupt
+
+        if caused_by_interrupt(exc):  # Ctrl-C inside compiled code (numba) surfaces as a SystemError
+            print(f"dlu {command}: interrupted", file=sys.stderr)
+            return 130
+        if not isinstance(exc, (ValueError, OSError, KeyError)):
+            raise
         # Bad input (config, trace, setting, path): one clear line, no traceback.
         print(f"dlu {command}: error: {describe(exc)}", file=sys.stderr)
         return 2
+
 
 
 if __name__ == "__main__":

@@ -258,3 +258,16 @@ def prepare_dir(final: Path, force: bool, what: str, log: Callable[[str], object
     if final.exists() and not force:
         raise OutputError(f"{what} {final} exists (choose another --name or pass --force)")
     return final
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``exc`` (Ctrl-C inside numba-compiled
+    code surfaces as a ``SystemError`` whose cause is the KeyboardInterrupt)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

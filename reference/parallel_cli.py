@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
                "--launched"]
         with claim(final, "train: run directory"):
             rc = subprocess.run(cmd, check=False).returncode
+        if rc in (130, -2):  # mpiexec passed on a Ctrl-C
+            raise KeyboardInterrupt
         if rc:
             print(f"dlu train: error: the MPI job of {args.workers} ranks failed with exit code {rc} "
                   "(a rank died, timed out or reported an error above)", file=sys.stderr)
@@ -251,7 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is None:
         root.error("reference.parallel_cli needs --workers N")
     args._argv = argv
-    return run(args)
+    from .outputs import caused_by_interrupt
+
+    try:
+        return run(args)
+    except BaseException as exc:  # Ctrl-C reaches every rank: the launcher prints the one line
+        if not caused_by_interrupt(exc):
+            raise
+        if not args.launched and os.environ.get("PMI_RANK", "0") == "0":
+            print("dlu train: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # not MPI_Finalize: its requests are pending, and the job is ending anyway
 
 
 if __name__ == "__main__":

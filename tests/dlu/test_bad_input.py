@@ -11,6 +11,7 @@ concurrent runs) are at the end.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -358,3 +359,16 @@ def test_workers_bad_argument_fails_before_mpi_starts(tmp_path):
     assert "rank" not in p.stderr  # no rank started
     assert time.monotonic() - t0 < 60
 
+
+
+def test_sigint_of_a_workers_run_is_one_line_and_130(tmp_path):
+    # as a terminal's Ctrl-C: SIGINT to the whole process group (launcher, mpiexec, ranks)
+    p = subprocess.Popen([DLU, "train", "--workers", "2", "--model", "mlp", "--epochs", "100", "--quiet", "--out",
+                          str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    time.sleep(12)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert _run_lines(err) == ["dlu train: interrupted"], err
+    assert list(tmp_path.iterdir()) == []
