@@ -20,7 +20,6 @@ import enum
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -245,15 +244,13 @@ def write_trace(trace: Trace, path: str | Path, overwrite: bool = False) -> Path
     if path.exists() and not overwrite:
         raise FileExistsError(f"trace: {path} already exists")
     manifest, arrays = _to_manifest(trace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    _umask_perms(tmp)
+    from .outputs import publish_dir, temp_dir_beside
+
+    tmp = temp_dir_beside(path)
     try:
         np.savez_compressed(tmp / ARRAYS, **arrays)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish_dir(tmp, path, replace=overwrite, what="trace")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
