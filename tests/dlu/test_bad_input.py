@@ -372,3 +372,48 @@ def test_sigint_of_a_workers_run_is_one_line_and_130(tmp_path):
     assert p.returncode == 130, err
     assert _run_lines(err) == ["dlu train: interrupted"], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fields", [
+    dict(lanes=128, widths=[8, 16, 32], tensor_ids=1024, hist_bins=256, counter_bits=48),
+    dict(lanes=128, widths=[32], tensor_ids=1, hist_bins=4, counter_bits=16),
+    dict(lanes=1, spad_words=1 << 16, spad_banks=8),
+])
+def test_the_largest_accepted_configs_have_a_register_map(fields):
+    """The config bounds are what the register map can hold (its windows do not overlap)."""
+    from hw.regmap import address_bits, register_map
+    from reference.config import MAX_SPAD_BITS, CoreConfig
+
+    cfg = CoreConfig(**fields)
+    assert register_map(cfg) and address_bits(cfg) <= 32
+    assert cfg.spad_banks * cfg.spad_words * cfg.word_bits <= MAX_SPAD_BITS
+
+
+def test_one_past_each_bound_is_refused_naming_the_field():
+    from reference.config import CoreConfig
+
+    for fields, name in ((dict(lanes=256, widths=[32]), "lanes=256"), (dict(tensor_ids=1025), "tensor_ids=1025"),
+                         (dict(lanes=2, spad_words=1 << 17), "spad_words=131072"),
+                         (dict(lanes=8, spad_words=1 << 14, spad_banks=5), "spad_words=16384")):
+        with pytest.raises(ValueError, match=name):
+            CoreConfig(**fields)
+
+
+def test_sigkill_during_train_force_leaves_the_old_or_the_new_run(tmp_path):
+    seed = 16
+    rng = random.Random(seed)
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "metrics.json").write_text('{"old": true}')
+    for trial in range(3):
+        p = subprocess.Popen([DLU, "train", *QUICK, "--out", str(tmp_path), "--name", "run", "--force"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2 + rng.random() * 6)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+        m = json.loads((old / "metrics.json").read_text())  # complete: old marker, or a whole new run
+        assert m == {"old": True} or m["final"]["test_acc"] is not None, f"seed {seed} trial {trial}"
+    q = subprocess.run([DLU, "train", *QUICK, "--out", str(tmp_path), "--name", "run", "--force"],
+                       capture_output=True, text=True, timeout=240, check=False)
+    assert q.returncode == 0, q.stderr
+    assert [x.name for x in tmp_path.iterdir()] == ["run"]  # the killed runs' temporaries are gone
