@@ -37,7 +37,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise ValueError(f"demo: --epochs={args.epochs} must be >= 1")
-    out = Path(args.out)
+    from reference.outputs import check_output_dir
+
+    out = check_output_dir(Path(args.out), "demo: --out")  # before the work
     data = load_digits_split()
     lines = ["# DLU demo report", ""]
 
