@@ -256,6 +256,8 @@ def _run_lines(err: str) -> list[str]:
 
 
 def test_sigint_is_one_line_exit_130_and_leaves_outputs_intact(tmp_path):
+    # 6 s: past start-up even on a loaded machine (a SIGINT during the interpreter's own start-up,
+    # before dlu.cli.main runs, is Python's; the training takes minutes)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "metrics.json").write_text('{"old": true}')
     p = subprocess.Popen([DLU, "train", "--model", "mlp", "--epochs", "200", "--quiet", "--no-plots", "--out",
@@ -299,7 +301,10 @@ def test_sigkill_while_replacing_leaves_a_complete_run(tmp_path, exchange):
                                          "from reference.outputs import")
     for trial in range(6):
         p = subprocess.Popen([sys.executable, "-c", code, str(final)], cwd=Path(__file__).parents[2])
-        time.sleep(0.6 + rng.random() * 0.8)
+        t0 = time.monotonic()
+        while not final.exists() and time.monotonic() - t0 < 60:  # the first version is in place
+            time.sleep(0.01)
+        time.sleep(rng.random() * 0.5)  # then somewhere in the replacing loop
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
         sweep_stale(final)  # what the next run does first
@@ -408,7 +413,7 @@ def test_sigkill_during_train_force_leaves_the_old_or_the_new_run(tmp_path):
     for trial in range(3):
         p = subprocess.Popen([DLU, "train", *QUICK, "--out", str(tmp_path), "--name", "run", "--force"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2 + rng.random() * 6)
+        time.sleep(2 + rng.random() * 6)  # before, during or after the run's rename: each must be safe
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
         m = json.loads((old / "metrics.json").read_text())  # complete: old marker, or a whole new run
@@ -417,3 +422,17 @@ def test_sigkill_during_train_force_leaves_the_old_or_the_new_run(tmp_path):
                        capture_output=True, text=True, timeout=240, check=False)
     assert q.returncode == 0, q.stderr
     assert [x.name for x in tmp_path.iterdir()] == ["run"]  # the killed runs' temporaries are gone
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_within_the_default_timeout(tmp_path):
+    from reference.parallel_cli import DEFAULT_TIMEOUT_S
+
+    t0 = time.monotonic()
+    p = subprocess.run([DLU, "train", *QUICK, "--workers", "2", "--limit-train", "128", "--fail-rank", "1",
+                        "--fail-mode", "hang", "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=DEFAULT_TIMEOUT_S + 120, check=False)
+    took = time.monotonic() - t0
+    assert p.returncode != 0 and "did not complete within 60 s" in p.stderr
+    assert took < DEFAULT_TIMEOUT_S + 60, took
+    assert list(tmp_path.iterdir()) == []
