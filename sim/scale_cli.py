@@ -23,6 +23,18 @@ def _int_list(s: str) -> list[int]:
     return vals
 
 
+#: Largest --batch: the cost model cuts each layer into legal commands, so its work grows with the batch
+#: (alexnet at this batch takes about a second per worker count; 10**8 took minutes).
+MAX_BATCH = 1 << 16
+
+
+def _batch(s: str) -> int:
+    v = _positive_int(s)
+    if v > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{v} is more than {MAX_BATCH} images")
+    return v
+
+
 def _nonneg(s: str) -> float:
     try:
         v = float(s)
@@ -41,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Event-level timing model of data-parallel training (sim.scale); see docs/parallel.md.")
     p.add_argument("--workers", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64], metavar="N,N,...")
     p.add_argument("--net", default="alexnet", help="built-in network (alexnet, vgg16, lenet5, digits_cnn) or file")
-    p.add_argument("--batch", type=_positive_int, default=32,
+    p.add_argument("--batch", type=_batch, default=32,
                    help="mini-batch per worker (weak scaling), or of all workers with --global-batch")
     p.add_argument("--global-batch", action="store_true",
                    help="strong scaling, as in the paper: one mini-batch of --batch images split over the workers")

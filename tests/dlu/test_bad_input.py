@@ -154,6 +154,7 @@ CASES += [
                  id="hang-trace-iters-huge"),
     pytest.param(lambda r: ["train", *QUICK, "--limit-train", "100000", "--out", "runs"], "--limit-train",
                  id="train-limit-too-big"),
+    pytest.param(lambda r: ["scale", "--batch", "100000000"], "--batch", id="hang-scale-batch-huge"),
     # tracebacks: output paths
     pytest.param(lambda r: ["train", *QUICK, "--out", "afile"], "is a file", id="out-train-file"),
     pytest.param(lambda r: ["train", *QUICK, "--out", "/proc/dlu-test"], "cannot write", id="out-train-unwritable"),
