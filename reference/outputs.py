@@ -88,9 +88,10 @@ def atomic_write(path: str | Path, write: Callable[[str], object], mode: int = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
-        os.chmod(tmp, mode & ~_umask())
-        os.replace(tmp, path)
+        with writing(path, "output"):
+            write(tmp)
+            os.chmod(tmp, mode & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -271,3 +272,15 @@ def caused_by_interrupt(exc: BaseException) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str) -> Iterator[None]:
+    """Name ``path`` in an OSError raised while writing it (a full disk, a file-size limit), as one line."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(f"{what} {path}: could not be written: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from exc

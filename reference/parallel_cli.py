@@ -221,7 +221,7 @@ def _write(result, out: str, name: str, force: bool) -> Path:
 
     import numpy as np
 
-    from .outputs import publish_dir, temp_dir_beside
+    from .outputs import publish_dir, temp_dir_beside, writing
     from .train import check_run_name
 
     check_run_name(name)
@@ -230,10 +230,11 @@ def _write(result, out: str, name: str, force: bool) -> Path:
         raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
     tmp = temp_dir_beside(final)
     try:
-        metrics = dict(result.metrics, step_times_s=result.step_times, wait_times_s=result.wait_times)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        np.savez(tmp / "params.npz", **params_arrays(result))
-        publish_dir(tmp, final, replace=force, what="train: run directory")
+        with writing(final, "train: run directory"):
+            metrics = dict(result.metrics, step_times_s=result.step_times, wait_times_s=result.wait_times)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            np.savez(tmp / "params.npz", **params_arrays(result))
+            publish_dir(tmp, final, replace=force, what="train: run directory")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -768,7 +768,7 @@ def write_run(result: TrainResult, out: str | Path, name: str, force: bool = Fal
     import json
     import shutil
 
-    from .outputs import publish_dir, temp_dir_beside
+    from .outputs import publish_dir, temp_dir_beside, writing
     from .plots import plot_run
     from .trace import write_trace
 
@@ -778,12 +778,13 @@ def write_run(result: TrainResult, out: str | Path, name: str, force: bool = Fal
         raise FileExistsError(f"train: run directory {final} exists (choose another --name or pass --force)")
     tmp = temp_dir_beside(final)
     try:
-        (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
-        if plots:
-            plot_run(result.metrics, tmp)
-        if result.trace is not None:
-            write_trace(result.trace, tmp / "trace")
-        publish_dir(tmp, final, replace=force, what="train: run directory")
+        with writing(final, "train: run directory"):
+            (tmp / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+            if plots:
+                plot_run(result.metrics, tmp)
+            if result.trace is not None:
+                write_trace(result.trace, tmp / "trace")
+            publish_dir(tmp, final, replace=force, what="train: run directory")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -437,3 +437,42 @@ def test_a_hung_rank_ends_the_job_within_the_default_timeout(tmp_path):
     assert p.returncode != 0 and "did not complete within 60 s" in p.stderr
     assert took < DEFAULT_TIMEOUT_S + 60, took
     assert list(tmp_path.iterdir()) == []
+
+
+def _fsize_limit(nbytes: int):
+    def set_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return set_limit
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_run(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE: writes fail with EFBIG, as on a full disk) while --force
+    replaces a run: one line naming the run directory, the old run intact, no temporary left."""
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "metrics.json").write_text('{"old": true}')
+    p = subprocess.run([DLU, "train", *QUICK, "--trace-iters", "0,1", "--out", str(tmp_path), "--name", "run",
+                        "--force"], capture_output=True, text=True, timeout=240, check=False,
+                       preexec_fn=_fsize_limit(20_000))
+    assert p.returncode == 2, p.stderr
+    assert _run_lines(p.stderr) == [f"dlu train: error: train: run directory {old}: could not be written: "
+                                    "File too large"], p.stderr
+    assert json.loads((old / "metrics.json").read_text()) == {"old": True}
+    assert [x.name for x in tmp_path.iterdir()] == ["run"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a mode-0555 folder (the /proc cases cover root)")
+def test_a_read_only_out_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["train", *QUICK, "--out", "ro"]) == 2
+        assert main(["bench", "--out", "ro/b.md"]) == 2
+    finally:
+        ro.chmod(0o755)
+    lines = _run_lines(capsys.readouterr().err)
+    assert len(lines) == 2 and all("cannot write in ro" in ln for ln in lines), lines
