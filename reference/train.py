@@ -217,11 +217,12 @@ class IterSpec:
         """``"all"``, or the ascending indices, a range of more than 16 written ``[first, last]``."""
         if self.all:
             return "all"
-        items: list[tuple[int, int]] = sorted([(i, i) for i in self.iters] + list(self.ranges))
-        out: list[int | list[int]] = []
-        for a, b in items:
-            out.extend(range(a, b + 1) if b - a < 16 else [[a, b]])
-        return out
+        big = [(a, b) for a, b in self.ranges if b - a >= 16]
+        ints = {i for i in self.iters if not any(a <= i <= b for a, b in big)}
+        for a, b in self.ranges:
+            if b - a < 16:
+                ints.update(range(a, b + 1))
+        return [*sorted(ints), *([a, b] for a, b in big)]
 
     def check_within(self, n: int, what: str = "trace-iters") -> None:
         """ValueError if an index is ``>= n`` (a run of ``n`` iterations)."""

@@ -159,6 +159,7 @@ def test_iter_spec():
     assert IterSpec.parse("2-4").indices(100) == [2, 3, 4] and IterSpec.parse("7,2-4").indices(5) == [2, 3, 4]
     huge = IterSpec.parse("0-1000000000")  # kept as a range: no memory, no time
     assert 10**9 in huge and 10**9 + 1 not in huge and huge.to_json() == [[0, 10**9]]
+    assert IterSpec.parse("2,1-3").to_json() == [1, 2, 3] and IterSpec.parse("5,0-100,200").to_json() == [200, [0, 100]]
     with pytest.raises(ValueError, match="iteration 1000000000 is past the end: this run has 20 iterations"):
         huge.check_within(20)
     assert 10**6 in IterSpec.parse("all") and IterSpec.parse("").empty and IterSpec.parse("none").empty
