@@ -359,7 +359,8 @@ def round_shift(
 
     ``acc`` holds signed integers of at most ``acc_bits`` bits (int64, or Python ints in an
     object array when ``acc_bits`` > 62). ``shift`` <= 0 is an exact left shift (the caller
-    saturates). For ``shift`` > 0, with ``fq = floor(acc / 2**shift)`` and
+    saturates): int64 when every result fits in int64, otherwise an object array of Python
+    ints (never a wrapped value). For ``shift`` > 0, with ``fq = floor(acc / 2**shift)`` and
     ``rem = acc - fq * 2**shift``:
 
     - NEAREST_EVEN: fq + 1 if rem > half, or rem == half and fq is odd;
@@ -378,7 +379,14 @@ def round_shift(
         k = -shift
         if _is_wide(acc):
             return acc * (1 << k)
-        return np.left_shift(acc, min(k, 63))
+        acc = np.asarray(acc, dtype=np.int64)
+        # Exact: an int64 result when every value fits, else Python ints (an object array).
+        if acc.size == 0 or k == 0:
+            return acc.copy()
+        lo, hi = int(acc.min()), int(acc.max())
+        if k < 63 and -(1 << (63 - k)) <= lo and hi < (1 << (63 - k)):
+            return np.left_shift(acc, k)
+        return acc.astype(object) * (1 << k)
     if not _is_wide(acc):
         acc = np.asarray(acc, dtype=np.int64)
         acc_bits = min(acc_bits, 62)

@@ -470,3 +470,20 @@ def test_quantize_any_float_vs_apytypes(xs, w, frac, mode):
     q, over, _ = quantize_float(x, DfpFormat(w, frac), mode)
     assert q.tolist() == apy_q
     assert over.tolist() == [_exact_q(float(v), frac, mode, w.bits)[1] for v in x]
+
+
+@pytest.mark.parametrize("k", [0, 1, 17, 47, 62, 63, 64, 100])
+def test_round_shift_left_is_exact_past_int64(k):
+    """shift <= 0 on int64 is an exact left shift: values whose product leaves int64 come back
+    as Python ints (object array), never wrapped; values that fit stay int64."""
+    rng = np.random.default_rng(k)
+    vals = [0, 1, -1, (1 << 31) - 1, -(1 << 31), (1 << 47) - 1, -(1 << 47), (1 << 62) - 1, -(1 << 62)]
+    vals += [int(x) for x in rng.integers(-(1 << 62), 1 << 62, size=8)]
+    for mode in RoundingMode:
+        got = round_shift(np.array(vals, dtype=np.int64), -k, mode, 80)
+        assert [int(x) for x in got] == [v << k for v in vals], f"k={k} {mode.name}"
+        fits = all(-(1 << 63) <= v << k < (1 << 63) for v in vals)
+        assert (got.dtype == np.int64) == fits
+    small = round_shift(np.array([3, -5], dtype=np.int64), -k, RoundingMode.FLOOR, 80)
+    assert [int(x) for x in small] == [3 << k, -5 << k]
+    assert small.dtype == (np.int64 if k < 60 else object)
