@@ -8,13 +8,13 @@ from amaranth.lib.wiring import In, Out
 
 from reference.config import CoreConfig
 from reference.formats import SETTING_BITS
-from reference.isa import COMMAND_WORDS
+from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_BITS, LOAD_TIMEOUT_DEFAULT
 from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
 
 from . import regmap
 from .database import DatabaseHostSignature
 from .rng import RngHostSignature
-from .settings import SettingsHostSignature, check_config
+from .settings import SETTING_LAYOUT, SettingsHostSignature, check_config, setting_is_legal
 
 #: AXI4-Lite response codes.
 RESP_OKAY = 0
@@ -54,6 +54,9 @@ class HostControlSignature(wiring.Signature):
         One-cycle pulse when a command with the interrupt flag completes.
     perf : In(ArrayLayout(unsigned(48), 4))
         The performance counters in :data:`hw.regmap.PERF_COUNTERS` order.
+    load_timeout : Out(LOAD_TIMEOUT_BITS)
+        The LOAD_TIMEOUT register (never 0): stalled cycles after which a LOAD ends with
+        ``ErrorCode.LOAD_TIMEOUT``.
     """
 
     def __init__(self) -> None:
@@ -61,6 +64,7 @@ class HostControlSignature(wiring.Signature):
             "clear_error": Out(1), "soft_reset": Out(1), "clear_perf": Out(1), "setting_error": Out(1),
             "busy": In(1), "done": In(1), "fifo_level": In(8), "error": In(4), "irq_event": In(1),
             "perf": In(data.ArrayLayout(unsigned(regmap.PERF_COUNTER_BITS), len(regmap.PERF_COUNTERS))),
+            "load_timeout": Out(LOAD_TIMEOUT_BITS, init=LOAD_TIMEOUT_DEFAULT),
         })
 
 
@@ -68,9 +72,16 @@ class AxiLiteSlave(wiring.Component):
     """The register interface of :func:`hw.regmap.register_map`.
 
     Writes complete when both the address and the data have arrived (in either order); reads
-    take three cycles from the address handshake to ``rvalid``. An address outside the map
-    answers SLVERR (reads return 0). A CMD_PUSH write that completes a command waits, without
-    a response, until the command FIFO accepts it.
+    take three cycles from the address handshake to ``rvalid``. Every write is answered
+    within a bounded number of cycles (at most one cycle more than an unhindered write), so
+    the bus never stalls and CONTROL.soft_reset can always be written. A write answers SLVERR
+    and changes nothing (:data:`hw.regmap.SLVERR_RULES` lists the cases) when: its address is
+    outside the map or read-only; its WSTRB is not ``0b1111``; it writes THRESHOLD bits above
+    ``THRESHOLD_BITS`` or 0 to LOAD_TIMEOUT; or it is the last CMD_PUSH word of a command
+    while STATUS.fifo_level is ``CMD_FIFO_DEPTH`` (the whole command is dropped and CMD_PUSH
+    expects its first word again). A SETTINGS write of an illegal code answers SLVERR too and
+    also records ``ErrorCode.BAD_SETTING`` in STATUS.error. A read answers SLVERR (data 0)
+    outside the map and past the last counter of a DATABASE entry.
 
     Parameters
     ----------
@@ -80,7 +91,8 @@ class AxiLiteSlave(wiring.Component):
     Members
     -------
     s_axil_* :
-        AXI4-Lite slave port (flat, standard names; ``awprot``/``arprot``/``wstrb`` ignored).
+        AXI4-Lite slave port (flat, standard names; ``awprot``/``arprot`` ignored; ``wstrb``
+        must be ``0b1111``).
     irq : Out(1)
         Interrupt: CONTROL.irq_enable and STATUS.irq_pending.
     seed : Out(32), seed_load : Out(1)
@@ -131,12 +143,13 @@ class AxiLiteSlave(wiring.Component):
         aw_ok, w_ok = Signal(), Signal()
         aw_addr = Signal(self.addr_bits)
         w_data = Signal(32)
+        w_strb = Signal(4)
         m.d.comb += [self.s_axil_awready.eq(~aw_ok & ~self.s_axil_bvalid),
                      self.s_axil_wready.eq(~w_ok & ~self.s_axil_bvalid)]
         with m.If(self.s_axil_awvalid & self.s_axil_awready):
             m.d.sync += [aw_ok.eq(1), aw_addr.eq(self.s_axil_awaddr)]
         with m.If(self.s_axil_wvalid & self.s_axil_wready):
-            m.d.sync += [w_ok.eq(1), w_data.eq(self.s_axil_wdata)]
+            m.d.sync += [w_ok.eq(1), w_data.eq(self.s_axil_wdata), w_strb.eq(self.s_axil_wstrb)]
         with m.If(self.s_axil_bvalid & self.s_axil_bready):
             m.d.sync += self.s_axil_bvalid.eq(0)
 
@@ -162,9 +175,15 @@ class AxiLiteSlave(wiring.Component):
         def respond(resp=RESP_OKAY):
             m.d.sync += [self.s_axil_bvalid.eq(1), self.s_axil_bresp.eq(resp), aw_ok.eq(0), w_ok.eq(0)]
 
+        setting_ok = setting_is_legal(data.View(SETTING_LAYOUT, w_data[:SETTING_BITS]), cfg)
+        fifo_full = self.ctl.fifo_level >= regmap.CMD_FIFO_DEPTH
+
         # strobes default to 0 (comb)
         with m.If(wr):
-            with m.If(aw_addr == off["CONTROL"]):
+            with m.If(w_strb != 0b1111):
+                # A narrow write means nothing to any register: refuse it whole.
+                respond(RESP_SLVERR)
+            with m.Elif(aw_addr == off["CONTROL"]):
                 m.d.comb += [
                     self.ctl.clear_error.eq(w_data[ctl_reg.field("clear_error").lsb]),
                     self.ctl.soft_reset.eq(w_data[ctl_reg.field("soft_reset").lsb]),
@@ -177,7 +196,12 @@ class AxiLiteSlave(wiring.Component):
                     m.d.sync += word.eq(0)
                 respond()
             with m.Elif(aw_addr == off["CMD_PUSH"]):
-                with m.If(word == COMMAND_WORDS - 1):
+                with m.If((word == COMMAND_WORDS - 1) & fifo_full):
+                    # No room: drop the command rather than hold the response.
+                    m.d.sync += word.eq(0)
+                    respond(RESP_SLVERR)
+                with m.Elif(word == COMMAND_WORDS - 1):
+                    # Not full: the FIFO takes it in this cycle (a bench without a FIFO may wait).
                     m.d.comb += self.cmds.valid.eq(1)
                     with m.If(self.cmds.ready):
                         m.d.sync += word.eq(0)
@@ -189,17 +213,28 @@ class AxiLiteSlave(wiring.Component):
                 m.d.sync += [self.seed.eq(w_data), self.seed_load.eq(1)]
                 respond()
             with m.Elif(aw_addr == off["THRESHOLD"]):
-                m.d.sync += self.threshold.eq(w_data[:THRESHOLD_BITS])
-                respond()
+                with m.If(w_data[THRESHOLD_BITS:] != 0):
+                    respond(RESP_SLVERR)
+                with m.Else():
+                    m.d.sync += self.threshold.eq(w_data[:THRESHOLD_BITS])
+                    respond()
+            with m.Elif(aw_addr == off["LOAD_TIMEOUT"]):
+                with m.If(w_data[:LOAD_TIMEOUT_BITS] == 0):
+                    respond(RESP_SLVERR)
+                with m.Else():
+                    m.d.sync += self.ctl.load_timeout.eq(w_data[:LOAD_TIMEOUT_BITS])
+                    respond()
             with m.Elif(in_rng_w):
                 m.d.comb += self.rng.we.eq(1)
                 respond()
             with m.Elif(in_settings_w):
                 # The settings port has one address: a read of the window in its data cycle
                 # goes first, the write waits one cycle.
+                # An illegal code answers SLVERR; the write still reaches the settings register,
+                # which keeps the entry and records BAD_SETTING.
                 with m.If(~settings_read):
                     m.d.comb += self.settings.we.eq(1)
-                    respond()
+                    respond(Mux(setting_ok, RESP_OKAY, RESP_SLVERR))
             with m.Else():
                 respond(RESP_SLVERR)
         with m.If(self.seed_load):
@@ -237,7 +272,7 @@ class AxiLiteSlave(wiring.Component):
         cval = Signal(cfg.counter_bits)
         m.d.comb += cval.eq(self.db.data.as_value().word_select(counter[:(n_counters - 1).bit_length()],
                                                                 cfg.counter_bits))
-        db_word = Mux(counter < n_counters, (cval >> (32 * subword))[:32], 0)
+        db_word = (cval >> (32 * subword))[:32]
 
         rdata = Signal(32)
         rresp = Signal(2)
@@ -263,6 +298,8 @@ class AxiLiteSlave(wiring.Component):
                 m.d.comb += rdata.eq(self.seed)
             with m.Case(off["THRESHOLD"]):
                 m.d.comb += rdata.eq(self.threshold)
+            with m.Case(off["LOAD_TIMEOUT"]):
+                m.d.comb += rdata.eq(self.ctl.load_timeout)
             for i, (name, _) in enumerate(regmap.PERF_COUNTERS):
                 with m.Case(off[name]):
                     m.d.comb += rdata.eq(self.ctl.perf[i][:32])
@@ -274,7 +311,7 @@ class AxiLiteSlave(wiring.Component):
                 with m.Elif(in_settings_r):
                     m.d.comb += rdata.eq(self.settings.rdata.setting.as_value()
                                          | (self.settings.rdata.valid << settings_win.field("valid").lsb))
-                with m.Elif(in_db):
+                with m.Elif(in_db & (counter < n_counters)):
                     m.d.comb += rdata.eq(db_word)
                 with m.Else():
                     m.d.comb += rresp.eq(RESP_SLVERR)

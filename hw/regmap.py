@@ -6,7 +6,10 @@ for ``docs/architecture.md`` (a test compares the two). Nothing else spells an a
 
 All registers are 32 bits wide at byte addresses that are multiples of 4. Counters wider than
 32 bits (database counters with ``counter_bits`` > 32, performance counters) are read as two
-words, low word first. Byte strobes are ignored: every write writes the whole register.
+words, low word first. Every write writes a whole register: a write whose WSTRB is not
+``0b1111`` answers SLVERR and changes nothing. :data:`SLVERR_RULES` lists every case in
+which the interface answers SLVERR instead of OKAY; no response is ever held back
+indefinitely (the bus never stalls, so CONTROL.soft_reset can always be written).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from dataclasses import dataclass
 
 from reference.config import CoreConfig
 from reference.formats import SETTING_BITS
-from reference.isa import COMMAND_WORDS, ErrorCode
+from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_BITS, LOAD_TIMEOUT_DEFAULT, ErrorCode
 from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
 
 #: Value of the ID register's upper 24 bits: ASCII "DLU".
 ID_MAGIC = 0x444C55
 #: Register-map version, the ID register's low byte. Bump on any change of this file's map.
-REGMAP_VERSION = 2
+REGMAP_VERSION = 3
 #: Depth of the command FIFO, in commands.
 CMD_FIFO_DEPTH = 8
 #: Width of the performance counters (saturating), read as two words.
@@ -33,6 +36,21 @@ PERF_COUNTER_BITS = 48
 RNG_STATE_BASE = 0x800
 SETTINGS_BASE = 0x1000
 DATABASE_BASE = 0x10000
+
+
+#: When the AXI4-Lite interface answers SLVERR (RRESP/BRESP = 2) instead of OKAY.
+SLVERR_RULES = (
+    "a read or write of an address outside the map (reads return 0)",
+    "a write to a read-only register (ID, CONFIG_DIGEST, STATUS, PERF_*, DATABASE); nothing changes",
+    "a write whose WSTRB is not 0b1111 (to any register); nothing changes",
+    "a SETTINGS write of an illegal code (reference.isa.decode_setting): the entry keeps its contents "
+    "and STATUS.error records BAD_SETTING (if no error is pending), as with OKAY before version 3",
+    f"a THRESHOLD write with bits above bit {THRESHOLD_BITS - 1} set; THRESHOLD keeps its value",
+    "a LOAD_TIMEOUT write of 0; LOAD_TIMEOUT keeps its value",
+    f"the last CMD_PUSH word of a command while STATUS.fifo_level = {CMD_FIFO_DEPTH} (FIFO full): the "
+    "command is dropped (not queued) and CMD_PUSH expects the first word of a command again",
+    "a DATABASE read past the last counter of an entry (data 0)",
+)
 
 
 class Access(enum.Enum):
@@ -132,11 +150,17 @@ def register_map(cfg: CoreConfig) -> tuple[Register, ...]:
         )),
         Register("CMD_PUSH", 0x020, Access.WO,
                  f"command FIFO: write the {COMMAND_WORDS} words of a reference.isa.Command in order; "
-                 "the last write waits (no AXI response) while the FIFO is full"),
+                 "the last write answers SLVERR and drops the command while the FIFO is full"),
         Register("SEED", 0x024, Access.RW, "seed register; a write reseeds the stochastic-rounding generators"),
         Register("THRESHOLD", 0x028, Access.RW, "policy threshold, units of 2**-16 of the non-zero values", (
-            Field("threshold", 0, THRESHOLD_BITS, "reference.stats.next_frac threshold", DEFAULT_THRESHOLD),
+            Field("threshold", 0, THRESHOLD_BITS, "reference.stats.next_frac threshold; a write of "
+                  "more bits answers SLVERR", DEFAULT_THRESHOLD),
         )),
+        Register("LOAD_TIMEOUT", 0x02C, Access.RW, "LOAD timeout: a LOAD that waits this many consecutive "
+                 "cycles for its next stream word ends with STATUS.error = LOAD_TIMEOUT (reference.isa); "
+                 "a write of 0 answers SLVERR", (
+                     Field("cycles", 0, LOAD_TIMEOUT_BITS, "stalled cycles, >= 1", LOAD_TIMEOUT_DEFAULT),
+                 )),
     ]
     for i, (name, doc) in enumerate(PERF_COUNTERS):
         regs.append(Register(name, 0x040 + 8 * i, Access.RO,
@@ -150,15 +174,16 @@ def register_map(cfg: CoreConfig) -> tuple[Register, ...]:
                          "a read returns the current state; a SEED write sets all of them to "
                          "reference.rng.seed_states(SEED), CONTROL.soft_reset to seed_states(0)", count=cfg.rng_slots))
     regs.append(Register("SETTINGS", SETTINGS_BASE, Access.RW,
-                         "settings register, one word per tensor id; an illegal code is not written "
-                         "and sets STATUS.error = BAD_SETTING", (
+                         "settings register, one word per tensor id; an illegal code is not written, "
+                         "answers SLVERR and sets STATUS.error = BAD_SETTING; bits 31:12 of a write are ignored", (
                              Field("setting", 0, SETTING_BITS, "reference.formats.TensorSetting.encode()"),
                              Field("valid", 31, 1, "read: the entry holds a legally written setting"),
                          ), count=cfg.tensor_ids))
     regs.append(Register("DATABASE", DATABASE_BASE, Access.RO,
                          f"distribution database: tensor id t, counter c at +t*{database_entry_stride(cfg):#x}"
                          f"+c*{4 * wpc}; c < hist_bins: histogram bin c, then zeros, overflow, underflow, "
-                         "total", count=cfg.tensor_ids, stride=database_entry_stride(cfg)))
+                         "total; reads past the last counter answer SLVERR", count=cfg.tensor_ids,
+                         stride=database_entry_stride(cfg)))
     regs.sort(key=lambda r: r.offset)
     for a, b in zip(regs, regs[1:], strict=False):
         assert a.end <= b.offset, f"register map: {a.name} overlaps {b.name}"

@@ -9,7 +9,9 @@ in hardware, alignment shifts of :mod:`reference.ops`), then:
   (``BODY``), then ``DRAIN_CYCLES`` (``DRAIN``) during which the last results are written
   and, in the last one, the statistics are accumulated into the database;
 - LOAD / STORE: K words (``LOAD``/``STORE``), then ``DRAIN_CYCLES``; a stream that is not
-  ready stretches the command by the stalled cycles (counted in PERF_STALL);
+  ready stretches the command by the stalled cycles (counted in PERF_STALL); a LOAD stalled
+  for ``ctl.load_timeout`` consecutive cycles ends there with ``ErrorCode.LOAD_TIMEOUT``
+  (:mod:`reference.isa`, "LOAD timeout");
 - POLICY_UPDATE: the :class:`hw.settings.PolicyController` pass, ``2 * tensor_ids`` cycles;
 - CLEAR_STATS: one cycle per cleared entry;
 - an illegal command: nothing after ``SETUP``; STATUS.error keeps the first error code until
@@ -25,7 +27,7 @@ from amaranth.utils import exact_log2
 
 from reference.config import CoreConfig
 from reference.formats import FRAC_MAX, FRAC_MIN, MAX_K, acc_width
-from reference.isa import CLEAR_CYCLES_PER_TID, DRAIN_CYCLES, SETUP_CYCLES, Ctl, ErrorCode
+from reference.isa import CLEAR_CYCLES_PER_TID, DRAIN_CYCLES, LOAD_TIMEOUT_BITS, SETUP_CYCLES, Ctl, ErrorCode
 from reference.ops import Op
 
 from . import regmap
@@ -319,6 +321,7 @@ class Sequencer(wiring.Component):
         finish = Signal()
         stall = Signal()
         pop = Signal()
+        load_wait = Signal(LOAD_TIMEOUT_BITS)  # consecutive stalled cycles of a LOAD (timeout)
 
         m.d.comb += self.cmd_start.eq(pop)
         m.d.comb += self.db_commit.tid.eq(p_tid_d)
@@ -381,7 +384,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += c.eq(Mux(bcast, T - 1, 0))  # entries left after this one
                     m.next = "CLEAR"
                 with m.Elif(opcode == Ctl.LOAD):
-                    m.d.sync += a_row.eq(addr_d)
+                    m.d.sync += [a_row.eq(addr_d), load_wait.eq(0)]
                     m.next = "LOAD"
                 with m.Elif(opcode == Ctl.STORE):
                     m.next = "STORE"
@@ -403,11 +406,17 @@ class Sequencer(wiring.Component):
                 with m.If(self.load.valid):
                     m.d.comb += [self.spad_wr.addr.eq(a_row), self.spad_wr.data.eq(self.load.payload),
                                  self.spad_wr.en.eq(-1)]
-                    m.d.sync += [a_row.eq(a_row + 1), n_words.eq(n_words + 1)]
+                    m.d.sync += [a_row.eq(a_row + 1), n_words.eq(n_words + 1), load_wait.eq(0)]
                     with m.If(n_words == p_k - 1):
                         m.next = "DRAIN"
                 with m.Else():
                     m.d.comb += stall.eq(1)
+                    m.d.sync += load_wait.eq(load_wait + 1)
+                    with m.If(load_wait == self.ctl.load_timeout - 1):
+                        with m.If((error == 0) & ~self.ctl.clear_error):
+                            m.d.sync += error.eq(ErrorCode.LOAD_TIMEOUT)
+                        m.d.comb += finish.eq(1)
+                        m.next = "IDLE"
             with m.State("STORE"):
                 # Issue a read only if the buffer will have room for it and the one in flight.
                 with m.If(self.store_level + inflight < STORE_FIFO_DEPTH):

@@ -49,6 +49,21 @@ contents and the status register records ``BAD_SETTING`` (:func:`decode_setting`
 command naming a tensor id whose setting has an unsupported width is rejected with
 ``BAD_SETTING`` too, at the point where a missing setting would be (:func:`check_command`):
 the hardware never holds such a setting, so to it the id simply has no (legal) setting.
+
+LOAD timeout
+------------
+A legal LOAD whose data stream runs dry does not hold the core forever: when ``T`` consecutive
+cycles pass in the LOAD's word phase without a word being accepted (``T`` is the host's
+LOAD_TIMEOUT register, reset value :data:`LOAD_TIMEOUT_DEFAULT`, never 0), the LOAD ends in
+that cycle with ``ErrorCode.LOAD_TIMEOUT`` (recorded like any error: only if none is pending).
+The words accepted before it are in the scratchpad, the rest of its ``K`` words are unchanged;
+there is no drain, and the core takes the next command from the FIFO in the following cycle.
+It is busy for ``SETUP_CYCLES + accepted + stalled`` cycles, ``stalled`` (in PERF_STALL)
+including the ``T`` cycles of the timeout: :func:`timed_out_load_cycles` is the count without
+the stalled cycles, as :func:`cycles` is for a command that completes. The cycle simulator
+(``sim/``) feeds every LOAD from its trace without gaps, so its LOADs never time out. Words the stream
+delivers after the timeout are taken by the next LOAD: the host's recovery is to stop its
+stream source, then clear the error (CONTROL.clear_error) or soft-reset.
 """
 
 from __future__ import annotations
@@ -85,6 +100,14 @@ class ErrorCode(enum.IntEnum):
     WIDTH_MISMATCH = 6
     BAD_ALPHA = 7
     BAD_SETTING = 8
+    LOAD_TIMEOUT = 9
+
+
+#: Default of the LOAD_TIMEOUT register: a LOAD that waits this many consecutive cycles for its
+#: next stream word ends with ``ErrorCode.LOAD_TIMEOUT`` (see "LOAD timeout" above).
+LOAD_TIMEOUT_DEFAULT = 1 << 16
+#: Width of the LOAD_TIMEOUT register (a write of 0 is rejected: the bound always exists).
+LOAD_TIMEOUT_BITS = 32
 
 
 class IllegalCommand(ValueError):
@@ -301,6 +324,14 @@ def cycles(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreConfig) ->
         return SETUP_CYCLES + cmd.k + DRAIN_CYCLES
     body = beats(cmd, settings, cfg) * (cmd.k if op == Op.MATMUL else 1)
     return SETUP_CYCLES + body + DRAIN_CYCLES
+
+
+def timed_out_load_cycles(accepted: int) -> int:
+    """Cycles, stalled cycles excluded, of a LOAD that ended with ``LOAD_TIMEOUT`` after
+    ``accepted`` words (see "LOAD timeout" in the module docstring)."""
+    if accepted < 0:
+        raise ValueError(f"accepted={accepted} is negative")
+    return SETUP_CYCLES + accepted
 
 
 def macs(cmd: Command) -> int:

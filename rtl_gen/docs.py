@@ -44,6 +44,7 @@ def _timing_table(cfg: CoreConfig) -> str:
         f"| MATMUL | {s} + M * ceil(N / V) * K + {d} |",
         f"| ADD, SUB, MUL, AXPY, RELU, RELU_BACKWARD, CONVERT | {s} + M * ceil(N / V) + {d} |",
         f"| LOAD, STORE | {s} + K + {d} (+ cycles the stream is not ready) |",
+        f"| LOAD ended by LOAD_TIMEOUT after A words | {s} + A (+ stalled cycles, LOAD_TIMEOUT of them at the end) |",
         f"| POLICY_UPDATE | {s} + {isa.POLICY_CYCLES_PER_TID} * tensor_ids |",
         f"| CLEAR_STATS | {s} + {isa.CLEAR_CYCLES_PER_TID} * (tensor_ids if broadcast else 1) |",
         f"| illegal command | {s} |",

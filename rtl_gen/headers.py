@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hw import regmap
 from reference.config import CoreConfig
-from reference.isa import COMMAND_WORDS, Ctl, ErrorCode
+from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_DEFAULT, Ctl, ErrorCode
 from reference.ops import Op
 
 
@@ -22,6 +22,9 @@ def _constants(cfg: CoreConfig) -> list[tuple[str, int, str]]:
         ("TENSOR_IDS", cfg.tensor_ids, "settings entries and database entries"),
         ("HIST_BINS", cfg.hist_bins, "histogram bins per database entry"),
         ("COUNTER_BITS", cfg.counter_bits, "database counter width"),
+        ("HIST_MIN_EXP", cfg.hist_min_exp,
+         "exponent of histogram bin 0: bin i counts magnitudes in [2**e, 2**(e+1)), e = HIST_MIN_EXP + i"),
+        ("LOAD_TIMEOUT_DEFAULT", LOAD_TIMEOUT_DEFAULT, "LOAD_TIMEOUT register after reset (stalled cycles)"),
         ("WIDTH_CODES", sum(1 << int(w) for w in cfg.supported_widths),
          "bit c set: settings width code c is supported (code 0: 8, 1: 16, 2: 32 bits)"),
     ]
@@ -48,7 +51,8 @@ def c_header(cfg: CoreConfig) -> str:
              f"/* config digest {cfg.digest()} */", "#ifndef DLU_REGS_H", "#define DLU_REGS_H", ""]
     for name, value, doc in _constants(cfg):
         comment = f"  /* {doc} */" if doc else ""
-        lines.append(f"#define DLU_{name} 0x{value:X}u{comment}")
+        literal = f"0x{value:X}u" if value >= 0 else f"({value})"
+        lines.append(f"#define DLU_{name} {literal}{comment}")
     lines += ["", "#endif /* DLU_REGS_H */", ""]
     return "\n".join(lines)
 
@@ -58,5 +62,5 @@ def py_header(cfg: CoreConfig) -> str:
              f'CONFIG_DIGEST_HEX = "{cfg.digest()}"']
     for name, value, doc in _constants(cfg):
         comment = f"  # {doc}" if doc else ""
-        lines.append(f"{name} = {value:#x}{comment}")
+        lines.append(f"{name} = {value:#x}{comment}" if value >= 0 else f"{name} = {value}{comment}")
     return "\n".join(lines) + "\n"

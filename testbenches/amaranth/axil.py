@@ -18,13 +18,13 @@ class AxiLiteMaster:
     def _s(self, name: str):
         return getattr(self.dut, f"{self.prefix}_{name}")
 
-    async def write(self, ctx, addr: int, value: int) -> int:
-        """Write one word; returns BRESP."""
+    async def write(self, ctx, addr: int, value: int, strb: int = 0xF) -> int:
+        """Write one word with byte strobes ``strb``; returns BRESP."""
         s = self._s
         ctx.set(s("awaddr"), addr)
         ctx.set(s("awvalid"), 1)
         ctx.set(s("wdata"), value & 0xFFFFFFFF)
-        ctx.set(s("wstrb"), 0xF)
+        ctx.set(s("wstrb"), strb)
         ctx.set(s("wvalid"), 1)
         ctx.set(s("bready"), 1)
         aw = w = False
@@ -44,6 +44,19 @@ class AxiLiteMaster:
                 ctx.set(s("bready"), 0)
                 return resp
         raise AxiLiteTimeout(f"AXI4-Lite write to {addr:#x}: no response in {self.timeout} cycles")
+
+    async def push(self, ctx, addr: int, words: list[int], attempts: int = 10_000) -> int:
+        """Write a command's words to CMD_PUSH at ``addr``; while its last word answers SLVERR
+        (FIFO full: the command was dropped) write the whole command again. Returns the number
+        of refusals."""
+        for refused in range(attempts):
+            for w in words[:-1]:
+                assert await self.write(ctx, addr, w) == 0, f"CMD_PUSH word {w:#x} refused"
+            resp = await self.write(ctx, addr, words[-1])
+            if resp == 0:
+                return refused
+            assert resp == 2, f"CMD_PUSH: BRESP {resp}"
+        raise AxiLiteTimeout(f"CMD_PUSH: command refused {attempts} times")
 
     async def read_resp(self, ctx, addr: int) -> tuple[int, int]:
         """Read one word; returns (data, RRESP)."""

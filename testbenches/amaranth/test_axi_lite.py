@@ -15,7 +15,7 @@ from hw.rng import XorshiftBank
 from hw.settings import SettingsRegister
 from reference.config import PRESETS, CoreConfig
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
-from reference.isa import Command
+from reference.isa import LOAD_TIMEOUT_DEFAULT, Command
 from reference.rng import seed_states
 from reference.stats import DEFAULT_THRESHOLD
 
@@ -67,7 +67,10 @@ def test_id_digest_threshold_seed_settings_and_unmapped():
         assert await bus.read(ctx, REGS["ID"].offset) == (regmap.ID_MAGIC << 8) | regmap.REGMAP_VERSION
         assert await bus.read(ctx, REGS["CONFIG_DIGEST"].offset) == int(CFG.digest()[:8], 16)
         assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
-        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x12345) == 0
+        # THRESHOLD holds THRESHOLD_BITS bits: a wider value answers SLVERR and changes nothing.
+        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x12345) == 2
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
+        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x2345) == 0
         assert await bus.read(ctx, REGS["THRESHOLD"].offset) == 0x2345
         assert ctx.get(h.axil.threshold) == 0x2345
         assert await bus.write(ctx, REGS["SEED"].offset, 0xDEADBEEF) == 0
@@ -76,10 +79,10 @@ def test_id_digest_threshold_seed_settings_and_unmapped():
         assert await bus.write(ctx, base + 4 * 5, s1) == 0
         assert await bus.read(ctx, base + 4 * 5) == s1 | (1 << 31)
         assert await bus.read(ctx, base + 4 * 4) == 0  # never written: invalid
-        # Illegal code: entry unchanged, setting_error pulses exactly once.
+        # Illegal code: SLVERR, entry unchanged, setting_error pulses exactly once.
         assert pulses == [0]
         resp = await bus.write(ctx, base + 4 * 5, illegal)
-        assert resp == 0
+        assert resp == 2
         await ctx.tick()
         assert pulses == [1]
         assert await bus.read(ctx, base + 4 * 5) == s1 | (1 << 31)
@@ -101,7 +104,9 @@ def test_id_digest_threshold_seed_settings_and_unmapped():
     sim.run()
 
 
-def test_cmd_push_assembles_commands_and_stalls_when_fifo_full():
+def test_cmd_push_assembles_commands_and_waits_for_a_not_full_fifo():
+    """With STATUS.fifo_level below the depth, the last CMD_PUSH word is answered when the FIFO
+    takes the command (in the core: the same cycle)."""
     h = Harness(CFG)
     bus = AxiLiteMaster(h.axil)
     cmds = [Command(opcode=o, tid_d=1, tid_a=2, tid_b=3, addr_a=17, addr_b=70, addr_d=140, m=3, n=9, k=5,
@@ -117,7 +122,7 @@ def test_cmd_push_assembles_commands_and_stalls_when_fifo_full():
         words = cmds[2].encode()
         for w in words[:-1]:
             await bus.write(ctx, REGS["CMD_PUSH"].offset, w)
-        # The 8th word must wait for the FIFO: no response while ready is low.
+        # The 8th word waits for ready (a bench without a FIFO): no response while it is low.
         bus.timeout = 20
         with pytest.raises(AssertionError, match="no response"):
             await bus.write(ctx, REGS["CMD_PUSH"].offset, words[-1])
@@ -169,8 +174,10 @@ def test_database_window_reads_every_counter():
             for c, v in enumerate(want):
                 addr = win.offset + tid * win.stride + c * 4 * regmap.words_per_counter(cfg)
                 assert await bus.read(ctx, addr) == v, f"tid {tid} counter {c}"
-        # Past the last counter of an entry: 0.
-        assert await bus.read(ctx, win.offset + len(want) * 4) == 0
+        # Past the last counter of an entry: SLVERR, data 0 (every such word of the first entry).
+        wpc = regmap.words_per_counter(cfg)
+        for off in range(regmap.database_counters(cfg) * wpc * 4, win.stride, 4):
+            assert await bus.read_resp(ctx, win.offset + off) == (0, 2), f"offset {off:#x}"
 
     run(h, tb)
 
@@ -190,6 +197,7 @@ def test_control_strobes_perf_status_and_irq():
             ctx.set(h.axil.s_axil_bready, 1)
             ctx.set(h.axil.s_axil_awaddr, ctl.offset)
             ctx.set(h.axil.s_axil_wdata, value)
+            ctx.set(h.axil.s_axil_wstrb, 0xF)
             ctx.set(h.axil.s_axil_awvalid, 1)
             ctx.set(h.axil.s_axil_wvalid, 1)
             for _ in range(6):
@@ -263,5 +271,116 @@ def test_rng_state_window_writes_and_reads_every_generator(seed):
             [int(x) for x in seed_states(0x2468ACE0, CFG.rng_slots)]
         assert (await bus.read_resp(ctx, win.end))[1] == 2
         assert await bus.write(ctx, win.end, 5) == 2
+
+    run(h, tb)
+
+
+def test_cmd_push_while_fifo_full_answers_slverr_and_drops_the_command():
+    """The last word of a command while STATUS.fifo_level = CMD_FIFO_DEPTH: SLVERR within a few
+    cycles (the bus never stalls), no command leaves, and CMD_PUSH expects word 0 again; the
+    soft reset can be written meanwhile."""
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil, timeout=10)
+    cmd_a = Command(opcode=3, tid_d=1, tid_a=2, tid_b=3, addr_a=5, addr_b=70, addr_d=140, m=3, n=9, k=5)
+    cmd_b = Command(opcode=10, addr_d=7, k=11, irq=True)
+    got = []
+
+    async def tb(ctx):
+        ctx.set(h.axil.cmds.ready, 1)
+        ctx.set(h.axil.ctl.fifo_level, regmap.CMD_FIFO_DEPTH)
+        words = cmd_a.encode()
+        for w in words[:-1]:
+            assert await bus.write(ctx, REGS["CMD_PUSH"].offset, w) == 0
+        assert await bus.write(ctx, REGS["CMD_PUSH"].offset, words[-1]) == 2
+        assert await bus.write(ctx, REGS["CONTROL"].offset, REGS["CONTROL"].field("irq_enable").mask) == 0
+        # room again: the next 8 words are a whole new command (the dropped one left nothing)
+        ctx.set(h.axil.ctl.fifo_level, regmap.CMD_FIFO_DEPTH - 1)
+        assert await bus.push(ctx, REGS["CMD_PUSH"].offset, cmd_b.encode()) == 0
+        # the bus master's retry loop: refused twice while full, then queued
+        # the bus master's retry: refused twice while full, then queued
+        refusals = []
+        ctx.set(h.axil.ctl.fifo_level, regmap.CMD_FIFO_DEPTH)
+        for _ in range(2):
+            for w in words[:-1]:
+                assert await bus.write(ctx, REGS["CMD_PUSH"].offset, w) == 0
+            refusals.append(await bus.write(ctx, REGS["CMD_PUSH"].offset, words[-1]))
+        ctx.set(h.axil.ctl.fifo_level, 0)
+        assert refusals == [2, 2]
+        assert await bus.push(ctx, REGS["CMD_PUSH"].offset, words) == 0
+
+    async def monitor(ctx):
+        async for _clk, _rst, valid, ready, payload in ctx.tick().sample(h.axil.cmds.valid, h.axil.cmds.ready,
+                                                                h.axil.cmds.payload):
+            if valid and ready:
+                got.append([int(x) for x in payload])
+
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.add_process(monitor)
+    sim.run()
+    assert [Command.decode(w) for w in got] == [cmd_b, cmd_a]
+
+
+@pytest.mark.parametrize("reg", ["CONTROL", "CMD_PUSH", "SEED", "THRESHOLD", "LOAD_TIMEOUT", "SETTINGS", "RNG_STATE"])
+def test_partial_byte_strobes_answer_slverr_and_change_nothing(reg):
+    """Every write with WSTRB != 0b1111 is refused whole: no CONTROL strobe fires, no register,
+    settings entry, generator state or command word changes."""
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    addr = REGS[reg].offset
+    ctl = REGS["CONTROL"]
+    value = {"CONTROL": sum(f.mask for f in ctl.fields), "SETTINGS": TensorSetting(
+        DfpFormat(Width.W16, 3), RoundingMode.NEAREST_EVEN, False).encode()}.get(reg, 0x5A5A5A5A & 0xFFFF)
+    fired = []
+
+    async def tb(ctx):
+        before = {r: await bus.read_resp(ctx, REGS[r].offset) for r in ("CONTROL", "SEED", "THRESHOLD",
+                                                                         "LOAD_TIMEOUT", "SETTINGS", "RNG_STATE")}
+        ctx.set(h.axil.cmds.ready, 1)
+        for strb in (0x0, 0x1, 0x3, 0x7, 0xE, 0x8):
+            assert await bus.write(ctx, addr, value, strb=strb) == 2, f"WSTRB {strb:#x}"
+        after = {r: await bus.read_resp(ctx, REGS[r].offset) for r in before}
+        assert after == before
+        assert ctx.get(h.axil.seed_load) == 0
+        # CMD_PUSH: eight narrow writes queue nothing; full writes still assemble from word 0
+        if reg == "CMD_PUSH":
+            cmd = Command(opcode=4, tid_d=3, m=2, n=2)
+            assert await bus.push(ctx, addr, cmd.encode()) == 0
+            for _ in range(3):
+                await ctx.tick()
+            assert [Command.decode(w) for w in cmds] == [cmd]
+
+    cmds = []
+
+    async def monitor(ctx):
+        async for _clk, _rst, *sig in ctx.tick().sample(h.axil.ctl.clear_error, h.axil.ctl.soft_reset,
+                                                        h.axil.ctl.clear_perf, h.axil.cmds.valid,
+                                                        h.axil.cmds.ready, h.axil.cmds.payload):
+            fired.extend(n for n, v in zip(("clear_error", "soft_reset", "clear_perf"), sig[:3], strict=True) if v)
+            if sig[3] and sig[4]:
+                cmds.append([int(x) for x in sig[5]])
+
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.add_process(monitor)
+    sim.run()
+    assert fired == []
+
+
+def test_load_timeout_register_resets_to_default_and_refuses_zero():
+    h = Harness(CFG)
+    bus = AxiLiteMaster(h.axil)
+    reg = REGS["LOAD_TIMEOUT"]
+
+    async def tb(ctx):
+        assert await bus.read(ctx, reg.offset) == LOAD_TIMEOUT_DEFAULT == reg.field("cycles").reset
+        assert await bus.write(ctx, reg.offset, 0) == 2
+        assert await bus.read(ctx, reg.offset) == LOAD_TIMEOUT_DEFAULT
+        assert await bus.write(ctx, reg.offset, 0xFFFFFFFF) == 0
+        assert ctx.get(h.axil.ctl.load_timeout) == 0xFFFFFFFF
+        assert await bus.write(ctx, reg.offset, 1) == 0
+        assert await bus.read(ctx, reg.offset) == 1 == ctx.get(h.axil.ctl.load_timeout)
 
     run(h, tb)

@@ -64,17 +64,17 @@ class Host:
     def __init__(self, dut, ctx) -> None:
         self.dut, self.ctx, self.bus = dut, ctx, AxiLiteMaster(dut)
 
-    async def write(self, reg: str, value: int, index: int = 0) -> None:
+    async def write(self, reg: str, value: int, index: int = 0, resp: int = 0) -> None:
         r = REGS[reg]
-        assert await self.bus.write(self.ctx, r.offset + index * r.stride, value) == 0
+        got = await self.bus.write(self.ctx, r.offset + index * r.stride, value)
+        assert got == resp, f"write of {value:#x} to {reg}[{index}]: BRESP {got}, expected {resp}"
 
     async def read(self, reg: str, index: int = 0) -> int:
         r = REGS[reg]
         return await self.bus.read(self.ctx, r.offset + index * r.stride)
 
     async def push(self, cmd: Command) -> None:
-        for w in cmd.encode():
-            await self.write("CMD_PUSH", w)
+        await self.bus.push(self.ctx, REGS["CMD_PUSH"].offset, cmd.encode())
 
     async def wait_done(self, limit: int = 20_000) -> None:
         for _ in range(limit // 4):
@@ -89,8 +89,9 @@ class Host:
                 for c in range(regmap.database_counters(CFG))]
 
 
-def simulate(dut, tb, prog_loads: list[int], obs: dict, cu_seed: int = 0):
-    load_words = deque(prog_loads)
+def simulate(dut, tb, prog_loads: list[int] | deque, obs: dict, cu_seed: int = 0):
+    # a deque is used as is, so that a testbench can feed the stream as it goes
+    load_words = prog_loads if isinstance(prog_loads, deque) else deque(prog_loads)
 
     async def monitor(ctx):
         cycle = 0
@@ -222,7 +223,7 @@ def test_errors_soft_reset_and_recovery(with_cu):
     async def tb(ctx):
         h = Host(dut, ctx)
         await h.write("SETTINGS", s8, 1)
-        await h.write("SETTINGS", 3, 2)  # width code 3: illegal
+        await h.write("SETTINGS", 3, 2, resp=2)  # width code 3: illegal (SLVERR)
         assert field("STATUS", "error", await h.read("STATUS")) == ErrorCode.BAD_SETTING
         await h.push(Command(15))  # BAD_OPCODE, but BAD_SETTING stays (first error)
         await h.wait_done()
@@ -401,8 +402,7 @@ def test_odd_configuration_with_compute_unit():
         for tid, w in prog.settings.items():
             await bus.write(ctx, regs["SETTINGS"].offset + 4 * tid, w)
         for c in [Command(Ctl.CLEAR_STATS, broadcast_b=True)] + prog.commands:
-            for w in c.encode():
-                await bus.write(ctx, regs["CMD_PUSH"].offset, w)
+            await bus.push(ctx, regs["CMD_PUSH"].offset, c.encode())
         for _ in range(2000):
             if (await bus.read(ctx, regs["STATUS"].offset)) & regs["STATUS"].field("done").mask:
                 break
@@ -469,7 +469,7 @@ def test_width_variant_computes_its_widths_and_flags_the_others(variant):
             assert await h.db_entry(tid) == r.hist.tolist() + [r.zeros, r.overflow, r.underflow, r.total], tid
         before = await h.read("SETTINGS", 0)
         for word, code in probes:
-            await h.write("SETTINGS", word, 0)
+            await h.write("SETTINGS", word, 0, resp=0 if code == ErrorCode.NONE else 2)
             assert field("STATUS", "error", await h.read("STATUS")) == code, f"setting {word:#x}"
             want = (word | (1 << 31)) if code == ErrorCode.NONE else before
             assert await h.read("SETTINGS", 0) == want, f"setting {word:#x}"
@@ -487,3 +487,57 @@ def test_width_variant_computes_its_widths_and_flags_the_others(variant):
     want = [(w, mk) for o in outcomes if o.store_words is not None
             for w, mk in zip(o.store_words, o.store_masks, strict=True)]
     assert [g & mk for g, (_, mk) in zip(obs["store"], want, strict=True)] == [w & mk for w, mk in want]
+
+
+@pytest.mark.parametrize("timeout", [1, 23])
+def test_load_timeout_ends_a_starved_load_and_the_core_recovers(timeout):
+    """A LOAD whose stream delivers 2 of its 5 words: after LOAD_TIMEOUT stalled cycles it ends
+    with STATUS.error = LOAD_TIMEOUT (reference.isa "LOAD timeout"), busy minus stalled cycles
+    = timed_out_load_cycles(2), the 2 words are in the scratchpad and the other 3 unchanged;
+    after clear_error the next LOAD and STORE run normally. Compared with CoreModel."""
+    from reference.isa import LOAD_TIMEOUT_DEFAULT
+
+    rng = np.random.default_rng(timeout)
+    words = [int(x) for x in rng.integers(0, 1 << 62, size=12, dtype=np.uint64)]
+    dut = DLUCore(CFG, with_compute_unit=False)
+    model = CoreModel(CFG)
+    model.load_timeout = timeout
+    stream = deque(words[:5])
+    obs = {"starts": [], "store": [], "irq_cycles": 0, "durations": {}}
+    load = Command(Ctl.LOAD, addr_d=3, k=5)
+    store = Command(Ctl.STORE, addr_a=3, k=5)
+    expect = [model.execute(load, words[:5]), model.execute(load, words[5:7]), model.execute(store)]
+    expect += [model.execute(load, words[7:12]), model.execute(store)]
+    assert [o.error for o in expect] == [0, ErrorCode.LOAD_TIMEOUT, 0, 0, 0]
+
+    async def tb(ctx):
+        h = Host(dut, ctx)
+        assert await h.read("LOAD_TIMEOUT") == LOAD_TIMEOUT_DEFAULT
+        await h.write("LOAD_TIMEOUT", timeout)
+        await h.push(load)
+        await h.wait_done()
+        await h.write("CONTROL", REGS["CONTROL"].field("clear_perf").mask)
+        stream.extend(words[5:7])
+        await h.push(load)
+        await h.wait_done()
+        st = await h.read("STATUS")
+        assert field("STATUS", "error", st) == ErrorCode.LOAD_TIMEOUT
+        assert field("STATUS", "busy", st) == 0
+        busy = await h.read("PERF_BUSY")
+        stall = await h.read("PERF_STALL")
+        assert stall == timeout
+        assert busy - stall == expect[1].cycles
+        await h.push(store)
+        await h.wait_done()
+        assert field("STATUS", "error", await h.read("STATUS")) == ErrorCode.LOAD_TIMEOUT  # first error stays
+        await h.write("CONTROL", REGS["CONTROL"].field("clear_error").mask)
+        stream.extend(words[7:12])
+        await h.push(load)
+        await h.push(store)
+        await h.wait_done()
+        assert field("STATUS", "error", await h.read("STATUS")) == ErrorCode.NONE
+
+    simulate(dut, tb, stream, obs)
+    want = expect[2].store_words + expect[4].store_words
+    assert want == words[5:7] + words[2:5] + words[7:12]
+    assert obs["store"] == want

@@ -23,6 +23,7 @@ from reference import ops
 from reference.config import CoreConfig
 from reference.formats import DfpFormat, DfpTensor, TensorSetting, acc_width
 from reference.isa import (
+    LOAD_TIMEOUT_DEFAULT,
     SETUP_CYCLES,
     Command,
     Ctl,
@@ -33,6 +34,7 @@ from reference.isa import (
     decode_setting,
     macs,
     operand_shapes,
+    timed_out_load_cycles,
 )
 from reference.ops import Op
 from reference.rng import seed_states
@@ -70,6 +72,7 @@ class CoreModel:
         self.perf_busy = 0
         self.perf_macs = 0
         self.perf_values = 0
+        self.load_timeout = LOAD_TIMEOUT_DEFAULT  # the LOAD_TIMEOUT register
 
     # -- registers --------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -154,10 +157,16 @@ class CoreModel:
         elif op == Ctl.CLEAR_STATS:
             self.db.clear(None if cmd.broadcast_b else cmd.tid_d)
         elif op == Ctl.LOAD:
-            assert load_words is not None and len(load_words) == cmd.k
+            # Fewer than K words: the stream ran dry and the LOAD timed out (reference.isa).
+            assert load_words is not None and len(load_words) <= cmd.k
             for i, w in enumerate(load_words):
                 self.mem[cmd.addr_d + i] = w & self.word_mask
                 self.known[cmd.addr_d + i] = self.word_mask
+            if len(load_words) < cmd.k:
+                self.perf_busy += timed_out_load_cycles(len(load_words)) - out.cycles
+                out.cycles = timed_out_load_cycles(len(load_words))
+                self._fail(ErrorCode.LOAD_TIMEOUT)
+                out.error = ErrorCode.LOAD_TIMEOUT
         elif op == Ctl.STORE:
             out.store_words = self.mem[cmd.addr_a: cmd.addr_a + cmd.k]
             out.store_masks = self.known[cmd.addr_a: cmd.addr_a + cmd.k]

@@ -36,7 +36,7 @@ FRAC_CLASSES = ["min", "neg", "zero", "pos", "max"]
 SHIFT_CLASSES = ["left", "zero", "small", "large", "sticky"]
 STALLS = ["none", "idle", "backpressure", "both"]
 CTL_KINDS = ([c.name for c in Ctl] + [f"error_{e.name}" for e in ErrorCode if e != ErrorCode.NONE]
-             + ["clear_error", "soft_reset", "irq", "clear_perf"])
+             + ["clear_error", "soft_reset", "irq", "clear_perf", "cmd_fifo_full"])
 POLICY_OUTCOMES = ["skipped", "kept", "moved", "clamped_min", "clamped_max"]
 
 

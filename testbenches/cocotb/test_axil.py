@@ -137,6 +137,8 @@ async def register_map_read_write(dut):
     assert v == int(tb.cfg.digest()[:8], 16), f"CONFIG_DIGEST {v:#x}, CoreConfig.digest() {tb.cfg.digest()}"
     v, _ = await tb.read(tb.off("THRESHOLD"))
     assert v == regs["THRESHOLD"].field("threshold").reset, f"THRESHOLD resets to {v}"
+    v, _ = await tb.read(tb.off("LOAD_TIMEOUT"))
+    assert v == regs["LOAD_TIMEOUT"].field("cycles").reset, f"LOAD_TIMEOUT resets to {v}"
     for _ in range(tbutil.iterations(20)):
         # RW registers
         s = rng.getrandbits(32)
@@ -146,11 +148,24 @@ async def register_map_read_write(dut):
         assert v == s, f"SEED read {v:#x} after writing {s:#x}"
         assert tb.strobes["seed_load"] == before + 1, "SEED write must pulse seed_load exactly once"
         assert int(dut.seed.value) == s
-        t = rng.getrandbits(32)
-        await tb.write(tb.off("THRESHOLD"), t)
+        # THRESHOLD: a value wider than THRESHOLD_BITS answers SLVERR and changes nothing
+        from reference.stats import THRESHOLD_BITS
+
+        before, _ = await tb.read(tb.off("THRESHOLD"))
+        t = rng.getrandbits(rng.choice([THRESHOLD_BITS, 32]))
+        resp = await tb.write(tb.off("THRESHOLD"), t)
+        want = before if t >> THRESHOLD_BITS else t
+        assert resp == (2 if t >> THRESHOLD_BITS else 0), f"THRESHOLD write of {t:#x} answered {resp}"
         v, _ = await tb.read(tb.off("THRESHOLD"))
-        assert v == t & 0xFFFF, f"THRESHOLD read {v:#x} after writing {t:#x}"
-        assert int(dut.threshold.value) == t & 0xFFFF
+        assert v == want, f"THRESHOLD read {v:#x} after writing {t:#x}"
+        assert int(dut.threshold.value) == want
+        # LOAD_TIMEOUT: any non-zero value; 0 answers SLVERR
+        before, _ = await tb.read(tb.off("LOAD_TIMEOUT"))
+        t = rng.choice([0, 1, rng.getrandbits(32)])
+        resp = await tb.write(tb.off("LOAD_TIMEOUT"), t)
+        assert resp == (0 if t else 2), f"LOAD_TIMEOUT write of {t} answered {resp}"
+        v, _ = await tb.read(tb.off("LOAD_TIMEOUT"))
+        assert v == (t or before), f"LOAD_TIMEOUT reads {v} after writing {t} (before {before})"
         # STATUS and PERF are compositions of the sequencer's outputs
         await tb.falling()
         st = {"busy": rng.getrandbits(1), "done": rng.getrandbits(1), "fifo_level": rng.randrange(9),
@@ -247,7 +262,7 @@ async def irq_pending_enable_ack(dut):
 @cocotb.test(timeout_time=50_000_000, timeout_unit="ns")
 async def settings_window_and_database_window(dut):
     """Settings through the window (legal and illegal words) while database reads run concurrently."""
-    from reference.formats import TensorSetting
+    from reference.isa import IllegalCommand, decode_setting
     from reference.stats import Database, OpStats
 
     rng, _ = tbutil.test_rng("settings_window_and_database_window", dut._log)
@@ -301,15 +316,16 @@ async def settings_window_and_database_window(dut):
         tid = rng.randrange(cfg.tensor_ids)
         word = rng.randrange(1 << 12) if rng.random() < 0.4 else rng.randrange(1 << 11)
         try:
-            legal = TensorSetting.decode(word)
-        except ValueError:
+            legal = decode_setting(word, cfg)
+        except IllegalCommand:
             legal = None
         before = tb.strobes["setting_error"]
         # a concurrent read of another settings entry contends for the window's one address
         other = rng.randrange(cfg.tensor_ids)
         wtask = cocotb.start_soon(tb.write(tb.off("SETTINGS", tid), word | (rng.getrandbits(20) << 12)))
         rv, _ = await tb.read(tb.off("SETTINGS", other))
-        assert await wtask == 0
+        resp = await wtask
+        assert resp == (0 if legal else 2), f"settings word {word:#x} answered {resp}"
         await tb.falling(2)
         if legal is None:
             assert tb.strobes["setting_error"] == before + 1, f"illegal setting {word:#x}: no setting_error pulse"
@@ -332,11 +348,17 @@ async def settings_window_and_database_window(dut):
         e = db.read(t2)
         exp = [int(x) for x in e.hist] + [e.zeros, e.overflow, e.underflow, e.total]
         assert vals == exp, f"DATABASE[{t2}] reads {vals}, expected {exp}"
+        # past the last counter of the entry: SLVERR, data 0
+        past = rng.randrange((cfg.hist_bins + 4) * wpc, dbw.stride // 4)
+        v, resp = await tb.read(dbw.offset + t2 * dbw.stride + 4 * past)
+        assert (v, resp) == (0, 2), f"DATABASE[{t2}] word {past} (past the counters) answered {resp}, {v:#x}"
 
 
 @cocotb.test(timeout_time=50_000_000, timeout_unit="ns")
 async def command_push_under_backpressure(dut):
-    """CMD_PUSH: eight words make one command; the last write waits while the FIFO is not ready."""
+    """CMD_PUSH: eight words make one command; the last write waits while the FIFO is not ready,
+    and answers SLVERR, dropping the command, while STATUS.fifo_level says the FIFO is full."""
+    from hw.regmap import CMD_FIFO_DEPTH
     from reference.isa import COMMAND_WORDS
 
     rng, _ = tbutil.test_rng("command_push_under_backpressure", dut._log)
@@ -346,15 +368,42 @@ async def command_push_under_backpressure(dut):
     sent = []
     for _ in range(tbutil.iterations(20)):
         words = [rng.getrandbits(32) for _ in range(COMMAND_WORDS)]
-        sent.append(words)
-        for w in words:
+        full = rng.random() < 0.3
+        dut.fifo_level.value = CMD_FIFO_DEPTH if full else rng.randrange(CMD_FIFO_DEPTH)
+        if not full:
+            sent.append(words)
+        for w in words[:-1]:
             assert await tb.write(tb.off("CMD_PUSH"), w) == 0
+        resp = await tb.write(tb.off("CMD_PUSH"), words[-1])
+        assert resp == (2 if full else 0), f"last CMD_PUSH word with fifo_level full={full} answered {resp}"
         v, _ = await tb.read(tb.off("CMD_PUSH"))
         assert v == 0, f"CMD_PUSH is write-only, read {v:#x}"
     await tb.falling(10)
     got = [[(raw >> (32 * i)) & 0xFFFFFFFF for i in range(COMMAND_WORDS)] for _, raw in tb.cmds.items]
     assert got == sent, f"commands out of CMD_PUSH: {len(got)} (first difference at " \
                         f"{next((i for i, (a, b) in enumerate(zip(got, sent, strict=False)) if a != b), None)})"
+
+
+@cocotb.test(timeout_time=20_000_000, timeout_unit="ns")
+async def narrow_writes_are_refused(dut):
+    """A write with WSTRB != 0b1111 (cocotbext-axi: fewer than 4 bytes) answers SLVERR to every
+    writable register and changes nothing: no CONTROL strobe, no register, no command word."""
+    rng, _ = tbutil.test_rng("narrow_writes_are_refused", dut._log)
+    tb = TB(dut, rng)
+    await tb.reset()
+    names = ["CONTROL", "CMD_PUSH", "SEED", "THRESHOLD", "LOAD_TIMEOUT", "SETTINGS", "RNG_STATE"]
+    for _ in range(tbutil.iterations(20)):
+        snapshot = {n: (await tb.read(tb.off(n)))[0] for n in names if n != "CMD_PUSH"}
+        strobes = dict(tb.strobes)
+        name = rng.choice(names)
+        nbytes = rng.randint(1, 3)
+        lane = rng.randint(0, 4 - nbytes)
+        resp = await tb.axil.write(tb.off(name) + lane, bytes(rng.getrandbits(8) for _ in range(nbytes)))
+        assert int(resp.resp) == 2, f"{nbytes}-byte write to {name}+{lane} answered {resp.resp}"
+        await tb.falling(2)
+        assert tb.strobes == strobes, f"{nbytes}-byte write to {name}+{lane} fired {tb.strobes} (was {strobes})"
+        assert {n: (await tb.read(tb.off(n)))[0] for n in snapshot} == snapshot, f"write to {name} changed it"
+    assert tb.cmds.items == [], "narrow CMD_PUSH writes queued a command"
 
 
 def _run(config, record_property, iters, sim=None):

@@ -227,9 +227,20 @@ class CoreTB(tbutil.Clocked, Core):
         v = await self.rd(self.addr("STATUS"))
         return {f["name"]: self.field("STATUS", f["name"], v) for f in self.regs["STATUS"]["fields"]}
 
-    async def push(self, cmd) -> None:
-        for w in cmd.encode():
-            await self.wr(self.addr("CMD_PUSH"), w)
+    async def push(self, cmd) -> int:
+        """Write ``cmd`` to CMD_PUSH; while its last word answers SLVERR (FIFO full: dropped),
+        write the whole command again. Returns the number of refusals."""
+        *head, last = cmd.encode()
+        for refused in range(10_000):
+            for w in head:
+                resp = await self.axil.write(self.addr("CMD_PUSH"), w.to_bytes(4, "little"))
+                assert int(resp.resp) == 0, f"CMD_PUSH word {w:#x}: BRESP {resp.resp}"
+            resp = await self.axil.write(self.addr("CMD_PUSH"), last.to_bytes(4, "little"))
+            if int(resp.resp) == 0:
+                return refused
+            assert int(resp.resp) == 2, f"CMD_PUSH: BRESP {resp.resp}"
+            fcov.sample_ctl("cmd_fifo_full")
+        raise AssertionError(f"CMD_PUSH: {cmd} refused 10000 times")
 
     async def wait_done(self, max_polls: int = 2_000) -> dict:
         """Poll STATUS until done; each poll is one AXI read (a few cycles)."""
@@ -283,13 +294,20 @@ class Checker:
         self.model.write_setting(tid, word)
 
     async def run(self, cmd, load_words=None, what="", check_store=True):
-        from reference.isa import Ctl
+        from reference.isa import Ctl, ErrorCode
 
         tb, model = self.tb, self.model
         busy0, stall0 = await self.counters()
         in0, out0 = tb.beats_in, tb.beats_out
         exp = model.execute(cmd, load_words)
         self.log.info("command %d (%s): %s -> error %s, %d cycles", self.n + 1, what, cmd, exp.error.name, exp.cycles)
+        starved = cmd.opcode == Ctl.LOAD and exp.error == ErrorCode.LOAD_TIMEOUT
+        if starved:
+            # queued before the command, so that the words wait for the LOAD and then run dry
+            from cocotbext.axi import AxiStreamFrame
+
+            if load_words:
+                await tb.src.send(AxiStreamFrame(tdata=list(load_words)))
         await tb.push(cmd)
         if cmd.opcode == Ctl.LOAD and exp.error == 0:
             from cocotbext.axi import AxiStreamFrame
@@ -306,7 +324,7 @@ class Checker:
         busy1, stall1 = await self.counters()
         self.n += 1
         ctx = f"command {self.n} {what} {cmd}"
-        n_in = exp.cmd.k if (cmd.opcode == Ctl.LOAD and exp.error == 0) else 0
+        n_in = exp.cmd.k if (cmd.opcode == Ctl.LOAD and exp.error == 0) else len(load_words) if starved else 0
         n_out = exp.cmd.k if (cmd.opcode == Ctl.STORE and exp.error == 0) else 0
         assert (tb.beats_in - in0, tb.beats_out - out0) == (n_in, n_out), (
             f"{ctx}: s_axis/m_axis beats {tb.beats_in - in0}/{tb.beats_out - out0}, expected {n_in}/{n_out}")
@@ -633,6 +651,27 @@ async def control_and_data_movement(dut):
             st = await tb.status()
             assert st["error"] == 0, f"STATUS.error {st['error']} after clear_error"
             fcov.sample_ctl("clear_error")
+        elif r < 0.65:
+            # a LOAD whose stream runs dry ends after LOAD_TIMEOUT stalled cycles (reference.isa)
+            from reference.isa import LOAD_TIMEOUT_DEFAULT
+
+            await tb.control("clear_error")
+            model.clear_error()
+            t = rng.choice([1, 2, rng.randint(3, 40)])
+            await tb.wr(tb.addr("LOAD_TIMEOUT"), t)
+            model.load_timeout = t
+            tb.set_stalls(False, rng.random() < 0.5)  # no gaps before the stream runs dry
+            k = rng.randint(1, 12)
+            addr = rng.randint(0, total - k)
+            words = [rng.getrandbits(cfg.word_bits) for _ in range(rng.randint(0, k - 1))]
+            await chk.run(Command(int(Ctl.LOAD), addr_d=addr, k=k), words, what="starved LOAD")
+            assert model.error == ErrorCode.LOAD_TIMEOUT  # and STATUS.error equals it (Checker.run)
+            fcov.sample_ctl("error_LOAD_TIMEOUT")
+            await chk.run(Command(int(Ctl.STORE), addr_a=addr, k=k), what="STORE after LOAD_TIMEOUT")
+            await tb.wr(tb.addr("LOAD_TIMEOUT"), LOAD_TIMEOUT_DEFAULT)
+            model.load_timeout = LOAD_TIMEOUT_DEFAULT
+            await tb.control("clear_error")
+            model.clear_error()
         elif r < 0.7:
             # two errors in a row: the first code stays until cleared
             c1, c2 = illegal_command(cfg, rng, model), illegal_command(cfg, rng, model)
@@ -667,7 +706,7 @@ async def control_and_data_movement(dut):
                 assert v == 0, f"{name} = {v} after CONTROL.clear_perf"
             fcov.sample_ctl("clear_perf")
         if rng.random() < 0.1:
-            # more commands than the FIFO holds: the last CMD_PUSH writes wait for room
+            # more commands than the FIFO holds: a full FIFO refuses a command (SLVERR), the bench resends it
             n_q = rng.choice([2, 5, 8, 9, 10, 12])
             cmds = [Command(int(Ctl.CLEAR_STATS), tid_d=rng.randrange(cfg.tensor_ids)) for _ in range(n_q)]
             busy0, stall0 = await chk.counters()
