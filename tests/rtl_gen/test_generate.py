@@ -26,7 +26,8 @@ def out(tmp_path_factory) -> Path:
 
 
 def test_writes_netlist_manifest_and_headers(out):
-    assert sorted(p.name for p in out.iterdir()) == ["dlu_core.v", "dlu_regs.h", "dlu_regs.py", "files.f", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["dlu_core.v", "dlu_regs.h", "dlu_regs.py", "files.f",
+                                                      "manifest.json"]
     man = json.loads((out / "manifest.json").read_text())
     assert man["config"] == CFG.to_dict() and man["config_digest"] == CFG.digest()
     assert man["register_map"] == regmap.as_dict(CFG)
