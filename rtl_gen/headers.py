@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from hw import regmap
+from hw.settings import SETTING_LAYOUT
 from reference.config import CoreConfig
+from reference.formats import FRAC_MAX, FRAC_MIN, RoundingMode, Width
 from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_DEFAULT, Ctl, ErrorCode
 from reference.ops import Op
 
@@ -37,6 +39,26 @@ def _constants(cfg: CoreConfig) -> list[tuple[str, int, str]]:
             out.append((f"{r.name}_{f.name.upper()}_LSB", f.lsb, f.doc))
             out.append((f"{r.name}_{f.name.upper()}_MASK", f.mask, ""))
     out.append(("DATABASE_WORDS_PER_COUNTER", regmap.words_per_counter(cfg), "32-bit words per database counter"))
+    out.append(("DATABASE_COUNTERS", regmap.database_counters(cfg),
+                "counters per entry: hist_bins bins, then zeros, overflow, underflow, total"))
+    # The settings word (reference.formats.TensorSetting.encode, hw.settings.SETTING_LAYOUT).
+    for name, fld in SETTING_LAYOUT:
+        out.append((f"SETTING_{name.upper()}_LSB", fld.offset, f"settings word field {name}"))
+        out.append((f"SETTING_{name.upper()}_BITS", fld.width, ""))
+    for w in Width:
+        out.append((f"WIDTH_{w.bits}", int(w), f"settings width code of {w.bits}-bit data"))
+    for r in RoundingMode:
+        out.append((f"ROUND_{r.name}", int(r), "settings rounding code"))
+    out.append(("FRAC_MIN", FRAC_MIN, "lowest legal point position"))
+    out.append(("FRAC_MAX", FRAC_MAX, "highest point position"))
+    # The command words (reference.isa.Command.encode, probed field by field).
+    from .generate import command_format
+
+    for f in command_format():
+        n = f["name"].upper()
+        out.append((f"CMD_{n}_WORD", f["word"], f"command field {f['name']}: word index"))
+        out.append((f"CMD_{n}_LSB", f["lsb"], ""))
+        out.append((f"CMD_{n}_BITS", f["width"], ""))
     for e in ErrorCode:
         out.append((f"ERROR_{e.name}", int(e), "STATUS.error code"))
     for o in Op:
