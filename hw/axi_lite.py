@@ -77,7 +77,7 @@ class AxiLiteSlave(wiring.Component):
     the bus never stalls and CONTROL.soft_reset can always be written. A write answers SLVERR
     and changes nothing (:data:`hw.regmap.SLVERR_RULES` lists the cases) when: its address is
     outside the map or read-only; its WSTRB is not ``0b1111``; it writes THRESHOLD bits above
-    ``THRESHOLD_BITS`` or 0 to LOAD_TIMEOUT; or it is the last CMD_PUSH word of a command
+    its fields or 0 to LOAD_TIMEOUT; or it is the last CMD_PUSH word of a command
     while STATUS.fifo_level is ``CMD_FIFO_DEPTH`` (the whole command is dropped and CMD_PUSH
     expects its first word again). A SETTINGS write of an illegal code answers SLVERR too and
     also records ``ErrorCode.BAD_SETTING`` in STATUS.error. A read answers SLVERR (data 0)
@@ -213,10 +213,12 @@ class AxiLiteSlave(wiring.Component):
                 m.d.sync += [self.seed.eq(w_data), self.seed_load.eq(1)]
                 respond()
             with m.Elif(aw_addr == off["THRESHOLD"]):
-                with m.If(w_data[THRESHOLD_BITS:] != 0):
+                # The register holds len(threshold) bits: a wider value is refused, not truncated.
+                thr_bits = len(self.threshold)
+                with m.If(w_data[thr_bits:] != 0):
                     respond(RESP_SLVERR)
                 with m.Else():
-                    m.d.sync += self.threshold.eq(w_data[:THRESHOLD_BITS])
+                    m.d.sync += self.threshold.eq(w_data[:thr_bits])
                     respond()
             with m.Elif(aw_addr == off["LOAD_TIMEOUT"]):
                 with m.If(w_data[:LOAD_TIMEOUT_BITS] == 0):

@@ -45,7 +45,7 @@ SLVERR_RULES = (
     "a write whose WSTRB is not 0b1111 (to any register); nothing changes",
     "a SETTINGS write of an illegal code (reference.isa.decode_setting): the entry keeps its contents "
     "and STATUS.error records BAD_SETTING (if no error is pending), as with OKAY before version 3",
-    f"a THRESHOLD write with bits above bit {THRESHOLD_BITS - 1} set; THRESHOLD keeps its value",
+    "a THRESHOLD write with a bit set above its fields; THRESHOLD keeps its value",
     "a LOAD_TIMEOUT write of 0; LOAD_TIMEOUT keeps its value",
     f"the last CMD_PUSH word of a command while STATUS.fifo_level = {CMD_FIFO_DEPTH} (FIFO full): the "
     "command is dropped (not queued) and CMD_PUSH expects the first word of a command again",

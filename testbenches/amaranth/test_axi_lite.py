@@ -67,8 +67,9 @@ def test_id_digest_threshold_seed_settings_and_unmapped():
         assert await bus.read(ctx, REGS["ID"].offset) == (regmap.ID_MAGIC << 8) | regmap.REGMAP_VERSION
         assert await bus.read(ctx, REGS["CONFIG_DIGEST"].offset) == int(CFG.digest()[:8], 16)
         assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
-        # THRESHOLD holds THRESHOLD_BITS bits: a wider value answers SLVERR and changes nothing.
-        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x12345) == 2
+        # THRESHOLD holds its fields' bits: a wider value answers SLVERR and changes nothing.
+        thr_bits = max(f.lsb + f.width for f in REGS["THRESHOLD"].fields)
+        assert await bus.write(ctx, REGS["THRESHOLD"].offset, (1 << thr_bits) | 0x2345) == 2
         assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
         assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x2345) == 0
         assert await bus.read(ctx, REGS["THRESHOLD"].offset) == 0x2345
