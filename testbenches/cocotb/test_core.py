@@ -672,6 +672,30 @@ async def control_and_data_movement(dut):
             model.load_timeout = LOAD_TIMEOUT_DEFAULT
             await tb.control("clear_error")
             model.clear_error()
+        elif r < 0.67:
+            # issue 16's hang: a LOAD without stream data holds the core and commands queue behind
+            # it until the FIFO is full; the next command is refused (SLVERR) instead of stalling
+            # the bus, and a soft reset (which can always be written) recovers
+            from hw.regmap import CMD_FIFO_DEPTH
+            from reference.isa import LOAD_TIMEOUT_DEFAULT
+
+            await tb.wr(tb.addr("LOAD_TIMEOUT"), 1 << 20)
+            tb.set_stalls(False, False)
+            await tb.push(Command(int(Ctl.LOAD), addr_d=0, k=4))
+            filler = Command(int(Ctl.CLEAR_STATS), broadcast_b=True)
+            for _ in range(CMD_FIFO_DEPTH):
+                assert await tb.push(filler) == 0, "a push was refused before the FIFO was full"
+            st = await tb.status()
+            assert st["busy"] and st["fifo_level"] == CMD_FIFO_DEPTH, f"FIFO not full behind a starved LOAD: {st}"
+            *head, last = filler.encode()
+            for w in head:
+                await tb.wr(tb.addr("CMD_PUSH"), w)
+            resp = await tb.axil.write(tb.addr("CMD_PUSH"), last.to_bytes(4, "little"))
+            assert int(resp.resp) == 2, f"CMD_PUSH into a full FIFO answered {resp.resp}, not SLVERR"
+            fcov.sample_ctl("cmd_fifo_full")
+            await tb.control("soft_reset")
+            await soft_reset(tb, model)  # the model's side, and the checks after a soft reset
+            await tb.wr(tb.addr("LOAD_TIMEOUT"), LOAD_TIMEOUT_DEFAULT)
         elif r < 0.7:
             # two errors in a row: the first code stays until cleared
             c1, c2 = illegal_command(cfg, rng, model), illegal_command(cfg, rng, model)
