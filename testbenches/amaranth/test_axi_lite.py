@@ -385,3 +385,13 @@ def test_load_timeout_register_resets_to_default_and_refuses_zero():
         assert await bus.read(ctx, reg.offset) == 1 == ctx.get(h.axil.ctl.load_timeout)
 
     run(h, tb)
+
+
+def test_every_error_code_fits_status_error_and_timed_out_load_cycles():
+    from reference.isa import SETUP_CYCLES, ErrorCode, timed_out_load_cycles
+
+    width = REGS["STATUS"].field("error").width
+    assert all(0 <= int(e) < (1 << width) for e in ErrorCode)
+    assert timed_out_load_cycles(0) == SETUP_CYCLES and timed_out_load_cycles(7) == SETUP_CYCLES + 7
+    with pytest.raises(ValueError, match="accepted=-1 is negative"):
+        timed_out_load_cycles(-1)
