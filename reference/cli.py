@@ -26,9 +26,13 @@ def _float(s: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train on digits/MNIST in fp32 or dynamic fixed point (golden model)",
+    p = subparsers.add_parser("train", help="train a network in fp32 or dynamic fixed point (golden model)",
                               description="Train the golden model; writes OUT/NAME/metrics.json, plots and a trace.")
-    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    p.add_argument("--net", "--model", dest="model", default="cnn", metavar="NAME|FILE",
+                   help="built-in network (cnn, mlp, lenet5, alexnet, vgg16) or a network file (.toml/.json, "
+                        "see docs/networks.md); --model is an alias")
+    p.add_argument("--init-from", metavar="MODEL.onnx",
+                   help="seed the weights from this ONNX model's initializers (the network must be its import)")
     p.add_argument("--precision", choices=_PRECISIONS, default="dfp16")
     p.add_argument("--config", metavar="TOML", help="mixed-precision config ([precision] tables); needs a dfp mode, "
                    "whose width is the default for classes the file leaves out")
@@ -49,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(reference.pooled; weight-area and later also apply dW to W in blocks of rows; "
                         "same results as without; see docs/memplan.md)")
     p.add_argument("--name", help="run directory name (default: MODEL-PRECISION-sSEED)")
-    p.add_argument("--data", default="digits", help="'digits' (bundled with scikit-learn) or 'mnist:DIR'")
+    p.add_argument("--data", default="digits", help="'digits' (8x8, bundled with scikit-learn), 'digits28' (28x28 "
+                   "made from digits), 'mnist:DIR', 'cifar10:DIR', 'npz:FILE' or 'synthetic:CxHxW:CLASSES:N' (random, "
+                   "for timing)")
     p.add_argument("--trace-iters", default="", metavar="SPEC",
                    help="iterations to trace: 'all', or indices/ranges like '0,5,10-12' (default: none)")
     p.add_argument("--out", default="runs", help="parent directory of the run directory")
@@ -62,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     b = subparsers.add_parser("bench", help="accuracy and speed of fp32 vs dfp32/dfp16/dfp8 over several seeds",
                               description="Benchmark the precision modes on digits; writes a markdown table.")
-    b.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    b.add_argument("--net", "--model", dest="model", default="cnn", metavar="NAME|FILE",
+                   help="built-in network or network file (--model is an alias)")
     b.add_argument("--precisions", default=",".join(_PRECISIONS), help="comma-separated modes")
     b.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (0..N-1)")
     b.add_argument("--epochs", type=_positive_int, default=15)
@@ -72,10 +79,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default="runs/bench.md", help="markdown file to write")
     b.set_defaults(func=_bench)
 
+    m = subparsers.add_parser("import", help="import an ONNX model as a network file (and its weights)",
+                              description="Convert MODEL.onnx into a network file for dlu train --net; an "
+                                          "unsupported operator is named and nothing is written. Train from its "
+                                          "weights with dlu train --net NET.toml --init-from MODEL.onnx.")
+    m.add_argument("model", metavar="MODEL.onnx")
+    m.add_argument("--out", required=True, metavar="NET.toml", help="network file to write (.toml or .json)")
+    m.add_argument("--force", action="store_true", help="replace an existing file")
+    m.set_defaults(func=_import)
+
 
 def train_config(args: argparse.Namespace):
     """The :class:`~reference.train.TrainConfig` of ``dlu train``'s arguments (ValueError naming a bad one)."""
-    from .models import GradOrder, ModelKind
+    from .models import GradOrder
     from .train import IterSpec, LrSchedule, Precision, TrainConfig, load_precision
 
     prec = Precision(args.precision)
@@ -84,10 +100,11 @@ def train_config(args: argparse.Namespace):
         if prec == Precision.FP32:
             raise ValueError("train: --config needs --precision dfp32, dfp16 or dfp8 (its width is the default)")
         spec = load_precision(args.config, prec.width)
-    return TrainConfig(model=ModelKind(args.model), precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
+    return TrainConfig(model=args.model, precision=prec, spec=spec, epochs=args.epochs, batch=args.batch,
                        lr=args.lr, lr_schedule=LrSchedule(args.lr_schedule), momentum=args.momentum,
                        weight_decay=args.weight_decay, seed=args.seed, core=args.core,
-                       trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order))
+                       trace_iters=IterSpec.parse(args.trace_iters), grad_order=GradOrder(args.grad_order),
+                       init_from=getattr(args, "init_from", None))
 
 
 def load_train_data(args: argparse.Namespace):
@@ -122,7 +139,9 @@ def _train(args: argparse.Namespace) -> int:
     from .train import write_run
 
     cfg = train_config(args)
-    final = run_dir(args, f"{args.model}-{args.precision}-s{args.seed}")
+    from pathlib import Path
+
+    final = run_dir(args, f"{Path(args.model).stem}-{args.precision}-s{args.seed}")
     name = final.name
     with claim(final, "train: run directory"):
         if final.exists() and not args.force:  # appeared since run_dir looked
@@ -151,7 +170,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .models import ModelKind
     from .outputs import atomic_write_text, check_output_file
     from .train import Precision, bench_markdown, benchmark
 
@@ -162,9 +180,9 @@ def _bench(args: argparse.Namespace) -> int:
     out = check_output_file(args.out)
     data = load_dataset(args.data)
     seeds = tuple(range(args.seeds))
-    rows = benchmark(data, ModelKind(args.model), precs, seeds, args.epochs, args.batch, args.lr,
+    rows = benchmark(data, args.model, precs, seeds, args.epochs, args.batch, args.lr,
                      progress=lambda s: print(s, file=sys.stderr, flush=True))
-    cmd = (f"dlu bench --model {args.model} --precisions {args.precisions} --seeds {args.seeds} "
+    cmd = (f"dlu bench --net {args.model} --precisions {args.precisions} --seeds {args.seeds} "
            f"--epochs {args.epochs} --batch {args.batch} --lr {args.lr} --data {args.data}")
     header = (f"Test accuracy after {args.epochs} epochs on {data.name} ({len(data.x_train)} train / "
               f"{len(data.x_test)} test images), model {args.model}, seeds {list(seeds)}.\n\nReproduce: `{cmd}`")
@@ -172,4 +190,20 @@ def _bench(args: argparse.Namespace) -> int:
     atomic_write_text(out, md)
     print(md)
     print(f"written to {out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .onnx_import import import_onnx, write_net_file
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ValueError(f"import: {out} exists (pass --force to replace it)")
+    imp = import_onnx(args.model)
+    write_net_file(imp.net, out)
+    kinds = ", ".join(la.kind.value for la in imp.net.layers)
+    print(f"{out}: {imp.net.name}, input {list(imp.net.input_shape)}, {len(imp.net.layers)} layers ({kinds}), "
+          f"{imp.net.param_count} parameters")
     return 0

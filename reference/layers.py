@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from .engine import Engine
-from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width, setting_of
 from .ops import Op, scalar_to_dfp
+from .stats import float_stats, next_frac
 
 
 class TensorClass(enum.Enum):
@@ -131,6 +132,17 @@ class FloatBackend:
     def ones_row(self, n: int, dst: int) -> Ref:
         return Ref(np.ones((1, n), dtype=self.dtype), -1)
 
+    def concat(self, refs: list[Ref], axis: int) -> Ref:
+        if len(refs) == 1:
+            return refs[0]
+        return Ref(np.concatenate([r.t for r in refs], axis=axis), refs[0].tid)
+
+    def const(self, key: str, values: np.ndarray, dst: int) -> Ref:
+        return Ref(np.asarray(values, dtype=self.dtype), -1)
+
+    def host_float(self, dst: int, x: np.ndarray) -> Ref:
+        return self._out(dst, x)
+
     def to_float(self, r: Ref) -> np.ndarray:
         return np.asarray(r.t, dtype=np.float64)
 
@@ -145,11 +157,13 @@ class DfpBackend:
         self._shadows: dict[tuple[int, Width], int] = {}
         self._ones: dict[Width, int] = {}
         self._scalars: dict[tuple[float, Width], tuple[int, int]] = {}
+        self._consts: dict[tuple[str, Width], Ref] = {}
 
     def with_engine(self, engine: Engine) -> DfpBackend:
         """A backend on another engine (an evaluation fork) sharing this one's tensor ids."""
         be = DfpBackend(engine, self.ids)
         be._shadows, be._ones, be._scalars = self._shadows, self._ones, self._scalars
+        be._consts = self._consts
         return be
 
     def _width(self, tid: int) -> Width:
@@ -223,6 +237,43 @@ class DfpBackend:
             self.engine.set_setting(tid, TensorSetting(DfpFormat(w, 0), RoundingMode.NEAREST_EVEN, False))
             self._ones[w] = tid
         return Ref(DfpTensor(np.ones((1, n), dtype=np.int64), DfpFormat(w, 0)), self._ones[w])
+
+    def concat(self, refs: list[Ref], axis: int) -> Ref:
+        """Results of one tensor id (one format within an iteration) side by side: data movement."""
+        if len(refs) == 1:
+            return refs[0]
+        fmt = refs[0].t.fmt
+        if any(r.t.fmt != fmt for r in refs):
+            raise ValueError(f"concat: parts of tensor id {refs[0].tid} have different formats")
+        return Ref(DfpTensor._trusted(np.concatenate([r.t.data for r in refs], axis=axis), fmt), refs[0].tid)
+
+    def const(self, key: str, values: np.ndarray, dst: int) -> Ref:
+        """A host-made constant matrix at ``dst``'s width, rounded to nearest even.
+
+        Its point position is the largest that holds ``max|values|``; it gets a CONSTANT tensor
+        id (not auto-updated) per ``(key, width)`` on first use.
+        """
+        w = self._width(dst)
+        ck = (key, w)
+        if ck not in self._consts:
+            v = np.asarray(values, dtype=np.float64)
+            top = float(np.max(np.abs(v)))
+            frac = int(np.clip(w.bits - 2 - int(np.floor(np.log2(top))) if top > 0 else 0, FRAC_MIN, FRAC_MAX))
+            fmt = DfpFormat(w, frac)
+            tid = self.ids.new(f"const.{key}@{w.bits}", TensorClass.CONSTANT)
+            self.engine.set_setting(tid, TensorSetting(fmt, RoundingMode.NEAREST_EVEN, False))
+            q = np.clip(np.rint(v * 2.0 ** frac), fmt.min_int, fmt.max_int).astype(np.int64)
+            self._consts[ck] = Ref(DfpTensor(q, fmt), tid)
+        return self._consts[ck]
+
+    def host_float(self, dst: int, x: np.ndarray) -> Ref:
+        """Float values the host computed (e.g. LRN) loaded into ``dst``, at the point position the
+        policy picks for them (as the host does for the input images)."""
+        eng = self.engine
+        s = eng.setting(dst)
+        frac = next_frac(float_stats(x, eng.cfg), s.fmt.width, s.fmt.frac, eng.cfg, eng.threshold)
+        eng.set_setting(dst, setting_of(s.fmt.width, frac, s.rounding, False))
+        return Ref(eng.load(dst, x), dst)
 
     def to_float(self, r: Ref) -> np.ndarray:
         return r.t.to_float()
@@ -322,39 +373,61 @@ class Linear(Layer):
         self.bias.grad = be.matmul(self.bias.g_tid, be.ones_row(dy.t.shape[0], self.bias.g_tid), dy)
 
 
-def im2col(x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int) -> np.ndarray:
+def im2col(x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int, stride: int = 1,
+           pads: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """``[N*H*W, C]`` (NHWC rows) -> ``[N*Ho*Wo, k*k*C]`` patches, feature order (ky, kx, c).
 
-    Stride 1; zero padding ``pad``; ``Ho = H + 2*pad - k + 1``. Pure data movement.
+    Zero padding ``pad`` on every side (or ``pads`` = top, bottom, left, right);
+    ``Ho = (H + top + bottom - k) // stride + 1``. Pure data movement.
     """
     x4 = x.reshape(n, h, w, c)
-    if pad:
-        x4 = np.pad(x4, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    t, b, lf, r = pads if pads is not None else (pad, pad, pad, pad)
+    if t or b or lf or r:
+        x4 = np.pad(x4, ((0, 0), (t, b), (lf, r), (0, 0)))
     win = np.lib.stride_tricks.sliding_window_view(x4, (k, k), axis=(1, 2))  # [N, Ho, Wo, C, k, k]
+    if stride > 1:
+        win = win[:, ::stride, ::stride]
     ho, wo = win.shape[1], win.shape[2]
     return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, k * k * c)
 
 
-class Conv2d(Linear):
-    """Stride-1 convolution, ``k x k`` kernel, zero padding ``pad``, as im2col + one matrix multiply.
+def _shape(r: Ref) -> tuple[int, ...]:
+    return r.t.shape if isinstance(r.t, np.ndarray) else r.t.data.shape
 
-    Input ``[N*H*W, C]``, output ``[N*Ho*Wo, O]``; weights ``[k*k*C, O]`` (feature order ky, kx, c).
-    The input error is the full correlation of the padded output error with the flipped kernel:
-    ``dX = im2col(dY, pad=k-1-pad) @ Wflip`` with ``Wflip[(a, b, o), c] = W[(k-1-a, k-1-b, c), o]``,
-    again one matrix multiply.
+
+def _data(r: Ref) -> np.ndarray:
+    return r.t if isinstance(r.t, np.ndarray) else r.t.data
+
+
+class Conv2d(Linear):
+    """Convolution, ``k x k`` kernel, ``stride``, zero padding ``pad``, ``groups``, as im2col + matrix multiplies.
+
+    Input ``[N*H*W, C]``, output ``[N*Ho*Wo, O]``; weights ``[k*k*C/g, O]`` (feature order ky, kx, c;
+    group ``j`` owns output columns ``j*O/g ...``). Each group is one MATMUL command writing the
+    layer's tensor id; the host places the groups' columns side by side (data movement).
+
+    The input error is the full correlation of the output error, dilated by the stride and
+    padded by ``k-1-pad`` (plus the rows and columns the forward stride skipped), with the
+    flipped kernel: ``dX = im2col(dil(dY)) @ Wflip`` with
+    ``Wflip[(a, b, o), c] = W[(k-1-a, k-1-b, c), o]``, one matrix multiply per group.
     """
 
     def __init__(self, ids: TensorIds, name: str, in_hwc: tuple[int, int, int], out_channels: int,
-                 kernel: int, pad: int, in_err: int | None):
+                 kernel: int, pad: int, in_err: int | None, stride: int = 1, groups: int = 1):
         h, w, c = in_hwc
         if kernel < 1 or not 0 <= pad < kernel:
             raise ValueError(f"{name}: kernel={kernel}, pad={pad}: need kernel >= 1 and 0 <= pad < kernel")
-        self.h, self.w, self.c, self.k, self.pad = h, w, c, kernel, pad
-        self.ho, self.wo = h + 2 * pad - kernel + 1, w + 2 * pad - kernel + 1
+        if stride < 1:
+            raise ValueError(f"{name}: stride={stride}: must be >= 1")
+        if groups < 1 or c % groups or out_channels % groups:
+            raise ValueError(f"{name}: groups={groups}: must divide in_channels={c} and out_channels={out_channels}")
+        self.h, self.w, self.c, self.k, self.pad, self.stride, self.groups = h, w, c, kernel, pad, stride, groups
+        self.ho, self.wo = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
         if self.ho < 1 or self.wo < 1:
             raise ValueError(f"{name}: a {kernel}x{kernel} kernel does not fit a {h}x{w} input")
-        super().__init__(ids, name, kernel * kernel * c, out_channels, in_err)
+        super().__init__(ids, name, kernel * kernel * (c // groups), out_channels, in_err)
         self.out_hwc = (self.ho, self.wo, out_channels)
+        self._xs: list[Ref] = []
 
     def _n(self, rows: int, h: int, w: int) -> int:
         if rows % (h * w):
@@ -362,23 +435,62 @@ class Conv2d(Linear):
         return rows // (h * w)
 
     def _cols(self, be: Backend, x: Ref) -> Ref:
-        n = self._n(x.t.shape[0], self.h, self.w)
-        return be.host(x, lambda a: im2col(a, n, self.h, self.w, self.c, self.k, self.pad))
+        n = self._n(_shape(x)[0], self.h, self.w)
+        return be.host(x, lambda a: im2col(a, n, self.h, self.w, self.c, self.k, self.pad, self.stride))
+
+    def _wcols(self, be: Backend, j: int) -> Ref:
+        og = self.out_features // self.groups
+        return be.host(self.weight.value, lambda a: a[:, j * og:(j + 1) * og])
+
+    def forward(self, be: Backend, x: Ref) -> Ref:
+        cols = self._cols(be, x)
+        g = self.groups
+        if g == 1:
+            self._x = cols
+            return be.add(self.out_act, be.matmul(self.pre, cols, self.weight.value), self.bias.value)
+        k2, cg = self.k * self.k, self.c // g
+        self._xs = [be.host(cols, lambda a, j=j: a.reshape(-1, k2, self.c)[:, :, j * cg:(j + 1) * cg]
+                            .reshape(-1, k2 * cg)) for j in range(g)]
+        parts = [be.matmul(self.pre, self._xs[j], self._wcols(be, j)) for j in range(g)]
+        return be.add(self.out_act, be.concat(parts, 1), self.bias.value)
+
+    def backward_weights(self, be: Backend, dy: Ref) -> None:
+        g = self.groups
+        if g == 1:
+            return super().backward_weights(be, dy)
+        og = self.out_features // g
+        parts = [be.matmul(self.weight.g_tid, be.host(self._xs[j], np.transpose),
+                           be.host(dy, lambda a, j=j: a[:, j * og:(j + 1) * og])) for j in range(g)]
+        self.weight.grad = be.concat(parts, 1)
+        self.bias.grad = be.matmul(self.bias.g_tid, be.ones_row(_shape(dy)[0], self.bias.g_tid), dy)
+        return None
 
     def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
         if self.in_err is None:
             return None
-        n = self._n(dy.t.shape[0], self.ho, self.wo)
-        k, c, o = self.k, self.c, self.out_features
+        n = self._n(_shape(dy)[0], self.ho, self.wo)
+        k, c, o, s, g = self.k, self.c, self.out_features, self.stride, self.groups
+        cg, og = c // g, o // g
         q = k - 1 - self.pad
-        if self.ho + 2 * q - k + 1 != self.h:
-            raise ValueError(f"{self.name}: input error needs pad <= k-1 (got pad={self.pad}, k={k})")
-        cols = be.host(dy, lambda a: im2col(a, n, self.ho, self.wo, o, k, q))
+        rh = self.h + 2 * self.pad - k - (self.ho - 1) * s  # input rows the last window did not reach
+        rw = self.w + 2 * self.pad - k - (self.wo - 1) * s
+        hd, wd = (self.ho - 1) * s + 1, (self.wo - 1) * s + 1
 
-        def flip(wm: np.ndarray) -> np.ndarray:
-            return wm.reshape(k, k, c, o)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * o, c)
+        def cols_of(a: np.ndarray, j: int) -> np.ndarray:
+            a = a[:, j * og:(j + 1) * og] if g > 1 else a
+            if s > 1:
+                d = np.zeros((n, hd, wd, og), dtype=a.dtype)
+                d[:, ::s, ::s] = a.reshape(n, self.ho, self.wo, og)
+                a = d.reshape(n * hd * wd, og)
+            return im2col(a, n, hd, wd, og, k, q, 1, None if s == 1 else (q, q + rh, q, q + rw))
 
-        return be.matmul(self.in_err, cols, be.host(self.weight.value, flip))
+        def flip(wm: np.ndarray, j: int) -> np.ndarray:
+            wm = wm[:, j * og:(j + 1) * og] if g > 1 else wm
+            return wm.reshape(k, k, cg, og)[::-1, ::-1].transpose(0, 1, 3, 2).reshape(k * k * og, cg)
+
+        parts = [be.matmul(self.in_err, be.host(dy, lambda a, j=j: cols_of(a, j)),
+                           be.host(self.weight.value, lambda a, j=j: flip(a, j))) for j in range(g)]
+        return be.concat(parts, 1)
 
 
 class ReLU(Layer):
@@ -398,34 +510,108 @@ class ReLU(Layer):
         return be.relu_backward(self.in_err, dy, self._x)
 
 
-class MaxPool2d(Layer):
-    """2x2 max pooling, stride 2, on ``[N*H*W, C]``; exact selection and scatter on the host.
+class _Pool(Layer):
+    """Windows of ``k x k`` pixels, stride ``s``, padding ``pad`` on ``[N*H*W, C]`` (floor output size).
 
-    Ties go to the first maximum in (row, column) order of the window. The output keeps the
-    input's tensor ids (data movement does not change a format).
+    Backward passes scatter values back to the input pixels (data movement). Windows that
+    overlap (``k > s``) are split into ``m*m`` classes, ``m = ceil(k/s)``, by output position
+    modulo ``m``; windows of one class are disjoint, so each class scatters without adding,
+    and the classes' errors are summed by ADD commands.
     """
 
-    def __init__(self, name: str, in_hwc: tuple[int, int, int], in_act: int, in_err: int | None):
+    def __init__(self, name: str, in_hwc: tuple[int, int, int], kernel: int, stride: int | None, pad: int):
         h, w, c = in_hwc
-        if h % 2 or w % 2:
-            raise ValueError(f"{name}: 2x2 pooling needs even height and width, got {h}x{w}")
-        self.name, self.h, self.w, self.c = name, h, w, c
+        stride = kernel if stride is None else stride
+        if kernel < 1 or stride < 1 or not 0 <= pad < kernel:
+            raise ValueError(f"{name}: kernel={kernel}, stride={stride}, pad={pad}: need kernel, stride >= 1 "
+                             "and 0 <= pad < kernel")
+        self.name, self.h, self.w, self.c, self.k, self.s, self.pad = name, h, w, c, kernel, stride, pad
+        self.ho, self.wo = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        if self.ho < 1 or self.wo < 1:
+            raise ValueError(f"{name}: a {kernel}x{kernel} window does not fit a {h}x{w} input")
+        self.out_hwc = (self.ho, self.wo, c)
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray, list[np.ndarray]]] = {}
+
+    def _windows(self, a: np.ndarray, fill: float | int) -> np.ndarray:
+        """``[N*H*W, C]`` -> ``[N, Ho, Wo, C, k*k]``, window elements in (ky, kx) order."""
+        n = a.shape[0] // (self.h * self.w)
+        x4 = a.reshape(n, self.h, self.w, self.c)
+        p = self.pad
+        if p:
+            x4 = np.pad(x4, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=fill)
+        win = np.lib.stride_tricks.sliding_window_view(x4, (self.k, self.k), axis=(1, 2))
+        win = win[:, ::self.s, ::self.s][:, :self.ho, :self.wo]
+        return win.reshape(n, self.ho, self.wo, self.c, self.k * self.k)
+
+    def _scatter_targets(self, n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Per (window, element): flat input index ``[N, Ho, Wo, C, k*k]``, validity, and the
+        window classes (boolean masks over ``[N, Ho, Wo, C]``)."""
+        if n not in self._targets:
+            k, s, p = self.k, self.s, self.pad
+            e = np.arange(k * k)
+            y = (np.arange(self.ho) * s)[:, None, None] + (e // k)[None, None, :] - p  # [Ho, 1, k*k]
+            x = (np.arange(self.wo) * s)[None, :, None] + (e % k)[None, None, :] - p  # [1, Wo, k*k]
+            valid = (y >= 0) & (y < self.h) & (x >= 0) & (x < self.w)  # [Ho, Wo, k*k]
+            pix = np.where(valid, y * self.w + x, 0)
+            nn = np.arange(n)[:, None, None, None, None]
+            ch = np.arange(self.c)[None, None, None, :, None]
+            idx = (nn * (self.h * self.w) + pix[None, :, :, None, :]) * self.c + ch
+            valid5 = np.broadcast_to(valid[None, :, :, None, :], idx.shape)
+            m = -(-k // s)
+            i = np.arange(self.ho)[:, None] % m
+            j = np.arange(self.wo)[None, :] % m
+            classes = [np.broadcast_to(((i == u) & (j == v))[None, :, :, None], (n, self.ho, self.wo, self.c))
+                       for u in range(m) for v in range(m) if ((i == u) & (j == v)).any()]
+            self._targets = {n: (idx, valid5, classes)}
+        return self._targets[n]
+
+    def _scatter(self, be: Backend, d: Ref, dst: int, pick: np.ndarray | None) -> Ref:
+        """Per-window values ``d`` (``[N*Ho*Wo*C, k*k]``, or ``[N*Ho*Wo, C]`` with ``pick`` the chosen
+        element of each window) back to ``[N*H*W, C]``, window classes summed by ADD into ``dst``."""
+        n = _shape(d)[0] // (self.ho * self.wo * (1 if pick is not None else self.c))
+        idx, valid, classes = self._scatter_targets(n)
+        if pick is not None:
+            idx = np.take_along_axis(idx, pick[..., None], axis=-1)
+            valid = np.take_along_axis(valid, pick[..., None], axis=-1)
+        size = n * self.h * self.w * self.c
+
+        def one(a: np.ndarray, cls: np.ndarray) -> np.ndarray:
+            vals = a.reshape(idx.shape)
+            sel = valid & cls[..., None]
+            out = np.zeros(size, dtype=a.dtype)
+            out[idx[sel]] = vals[sel]
+            return out.reshape(-1, self.c)
+
+        parts = [be.host(d, lambda a, cls=cls: one(a, cls)) for cls in classes]
+        total = parts[0]
+        for part in parts[1:]:
+            total = be.add(dst, total, part)
+        return total
+
+
+class MaxPool2d(_Pool):
+    """Max pooling (``kernel``, ``stride`` = kernel by default, ``pad``) on ``[N*H*W, C]``; exact selection
+    and scatter on the host (padding is never selected).
+
+    Ties go to the first maximum in (row, column) order of the window. The output keeps the
+    input's tensor ids (data movement does not change a format); overlapping windows' errors
+    are summed by ADD commands into the input's error id.
+    """
+
+    def __init__(self, name: str, in_hwc: tuple[int, int, int], in_act: int, in_err: int | None,
+                 kernel: int = 2, stride: int | None = None, pad: int = 0):
+        super().__init__(name, in_hwc, kernel, stride, pad)
         self.in_err, self.out_act = in_err, in_act
         self.out_err = in_err if in_err is not None else -1
-        self.out_hwc = (h // 2, w // 2, c)
         self._arg: np.ndarray | None = None
 
-    def _windows(self, a: np.ndarray) -> np.ndarray:
-        n = a.shape[0] // (self.h * self.w)
-        a6 = a.reshape(n, self.h // 2, 2, self.w // 2, 2, self.c)
-        return a6.transpose(0, 1, 3, 5, 2, 4).reshape(n, self.h // 2, self.w // 2, self.c, 4)
-
     def forward(self, be: Backend, x: Ref) -> Ref:
-        win = self._windows(x.t if isinstance(x.t, np.ndarray) else x.t.data)
-        self._arg = np.argmax(win, axis=-1)
+        a0 = _data(x)
+        fill = np.iinfo(a0.dtype).min if a0.dtype.kind == "i" else -np.inf
+        self._arg = np.argmax(self._windows(a0, fill), axis=-1)
 
         def pick(a: np.ndarray) -> np.ndarray:
-            sel = np.take_along_axis(self._windows(a), self._arg[..., None], axis=-1)[..., 0]
+            sel = np.take_along_axis(self._windows(a, fill), self._arg[..., None], axis=-1)[..., 0]
             return sel.reshape(-1, self.c)
 
         return be.host(x, pick)
@@ -433,34 +619,144 @@ class MaxPool2d(Layer):
     def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
         if self.in_err is None:
             return None
-        arg = self._arg
-        n = arg.shape[0]
-        h2, w2, c = self.h // 2, self.w // 2, self.c
+        return self._scatter(be, dy, self.in_err, self._arg)
 
-        def scatter(d: np.ndarray) -> np.ndarray:
-            win = np.zeros((n, h2, w2, c, 4), dtype=d.dtype)
-            np.put_along_axis(win, arg[..., None], d.reshape(n, h2, w2, c, 1), axis=-1)
-            return win.reshape(n, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(-1, c)
 
-        return be.host(dy, scatter)
+class AvgPool2d(_Pool):
+    """Average pooling (padding counts in the divisor, PyTorch's ``count_include_pad``).
+
+    Forward: the windows ``[N*Ho*Wo*C, k*k]`` (host) times a constant column of ``1/k**2``, one
+    MATMUL. Backward: the error ``[N*Ho*Wo*C, 1]`` times a constant row of ``1/k**2`` (MATMUL),
+    scattered back to the pixels (host; overlapping windows summed by ADD).
+    """
+
+    def __init__(self, ids: TensorIds, name: str, in_hwc: tuple[int, int, int], in_err: int | None,
+                 kernel: int = 2, stride: int | None = None, pad: int = 0):
+        super().__init__(name, in_hwc, kernel, stride, pad)
+        self.in_err = in_err
+        self.out_act = ids.new(f"{name}.out", TensorClass.ACTIVATION)
+        self.out_err = ids.new(f"{name}.out.err", TensorClass.ERROR)
+        self.spread = ids.new(f"{name}.spread.err", TensorClass.ERROR) if in_err is not None else -1
+        kk = kernel * kernel
+        self._col, self._row = np.full((kk, 1), 1.0 / kk), np.full((1, kk), 1.0 / kk)
+
+    def forward(self, be: Backend, x: Ref) -> Ref:
+        kk = self.k * self.k
+        win = be.host(x, lambda a: self._windows(a, 0).reshape(-1, kk))
+        y = be.matmul(self.out_act, win, be.const(f"avg{kk}.col", self._col, self.out_act))
+        return be.host(y, lambda a: a.reshape(-1, self.c))
+
+    def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
+        if self.in_err is None:
+            return None
+        kk = self.k * self.k
+        d = be.matmul(self.spread, be.host(dy, lambda a: a.reshape(-1, 1)),
+                      be.const(f"avg{kk}.row", self._row, self.spread))
+        return self._scatter(be, d, self.in_err, None)
 
 
 class Flatten(Layer):
-    """``[N*H*W, C]`` -> ``[N, H*W*C]`` (NHWC order); exact, keeps the tensor ids."""
+    """``[N*H*W, C]`` -> ``[N, H*W*C]`` (NHWC order); exact, keeps the tensor ids.
 
-    def __init__(self, name: str, in_hwc: tuple[int, int, int], in_act: int, in_err: int | None):
-        self.name, self.in_hwc = name, in_hwc
+    With ``flat`` the input is already ``[N, F]`` and the layer passes it through.
+    """
+
+    def __init__(self, name: str, in_hwc: tuple[int, int, int], in_act: int, in_err: int | None,
+                 flat: bool = False):
+        self.name, self.in_hwc, self.flat = name, in_hwc, flat
         self.in_err, self.out_act = in_err, in_act
         self.out_err = in_err if in_err is not None else -1
         self.features = int(np.prod(in_hwc))
 
     def forward(self, be: Backend, x: Ref) -> Ref:
+        if self.flat:
+            return x
         return be.host(x, lambda a: a.reshape(-1, self.features))
 
     def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
         if self.in_err is None:
             return None
+        if self.flat:
+            return dy
         return be.host(dy, lambda a: a.reshape(-1, self.in_hwc[2]))
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training each value is kept with probability ``1 - p`` and scaled by
+    ``1 / (1 - p)``; in evaluation the layer passes values through.
+
+    The mask comes from ``rng`` (one draw per forward pass: reproducible for a seed). Zeroing
+    is data movement on the host; the scaling is one AXPY command (``alpha * x + 0``), forward
+    and backward.
+    """
+
+    def __init__(self, ids: TensorIds, name: str, p: float, in_err: int | None, rng: np.random.Generator):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name}: p={p!r}: must be in [0, 1)")
+        self.name, self.p, self.in_err, self.rng = name, p, in_err, rng
+        self.out_act = ids.new(f"{name}.out", TensorClass.ACTIVATION)
+        self.out_err = ids.new(f"{name}.out.err", TensorClass.ERROR)
+        self._mask: np.ndarray | None = None
+
+    def forward(self, be: Backend, x: Ref, training: bool = True) -> Ref:
+        if not training or self.p == 0.0:
+            self._mask = None
+            return x
+        mask = self.rng.random(_shape(x)) >= self.p
+        self._mask = mask
+        kept = be.host(x, lambda a: np.where(mask, a, 0).astype(a.dtype))
+        return be.axpy(self.out_act, 1.0 / (1.0 - self.p), kept, be.zeros(self.out_act, _shape(x)))
+
+    def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
+        if self.in_err is None:
+            return None
+        mask = self._mask
+        if mask is None:
+            return dy
+        kept = be.host(dy, lambda a: np.where(mask, a, 0).astype(a.dtype))
+        return be.axpy(self.in_err, 1.0 / (1.0 - self.p), kept, be.zeros(self.in_err, _shape(dy)))
+
+
+class LRN(Layer):
+    """Local response normalisation across channels, on the host in float64 (Caffe/ONNX LRN):
+    ``y = x / (bias + alpha/size * sum_{window} x**2) ** beta``, window of ``size`` channels
+    starting ``(size-1)//2`` before the channel.
+
+    Not a DLU command: in the dfp modes the host reads the input, computes in float and loads
+    the result (its point position picked by the policy, as for the input images); the same
+    for the input error.
+    """
+
+    def __init__(self, ids: TensorIds, name: str, channels: int, size: int, alpha: float, beta: float,
+                 bias: float, in_err: int | None):
+        self.name, self.c, self.size, self.alpha, self.beta, self.bias = name, channels, size, alpha, beta, bias
+        self.in_err = in_err
+        self.out_act = ids.new(f"{name}.out", TensorClass.ACTIVATION)
+        self.out_err = ids.new(f"{name}.out.err", TensorClass.ERROR)
+        self._saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _wsum(self, a: np.ndarray, before: int) -> np.ndarray:
+        after = self.size - 1 - before
+        p = np.pad(a, ((0, 0), (before, after)))
+        cs = np.concatenate([np.zeros((a.shape[0], 1)), np.cumsum(p, axis=1)], axis=1)
+        return cs[:, self.size:] - cs[:, :-self.size]
+
+    def forward(self, be: Backend, x: Ref) -> Ref:
+        xf = be.to_float(x)
+        scale = self.bias + self.alpha / self.size * self._wsum(xf * xf, (self.size - 1) // 2)
+        y = xf * scale ** -self.beta
+        self._saved = (xf, scale, y)
+        return be.host_float(self.out_act, y)
+
+    def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
+        if self.in_err is None:
+            return None
+        xf, scale, y = self._saved
+        d = be.to_float(dy)
+        before_t = self.size - 1 - (self.size - 1) // 2  # the transposed window
+        t = self._wsum(d * y / scale, before_t)
+        dx = d * scale ** -self.beta - 2.0 * self.alpha * self.beta / self.size * xf * t
+        return be.host_float(self.in_err, dx)
 
 
 # ---------------------------------------------------------------------------------------

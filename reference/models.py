@@ -1,8 +1,13 @@
-"""The two training models: an MLP and a small LeNet-style CNN for 8x8 (or larger) images.
+"""Trainable models built from network descriptions (:mod:`reference.nets`).
 
-A :class:`Model` is a list of :mod:`reference.layers` layers plus the tensor ids of its input
-and of the error of its logits (the two tensors the host loads). Parameters are initialised
-in float (:meth:`Model.init_params`) and bound to a backend (:meth:`Model.bind`).
+:func:`build_model` turns a :class:`~reference.nets.Net` (a built-in such as ``cnn``, ``mlp``,
+``lenet5``, ``alexnet``, or a network file) into a :class:`Model`: a list of
+:mod:`reference.layers` layers plus the tensor ids of its input and of the error of its
+logits (the two tensors the host loads). Parameters are initialised in float
+(:meth:`Model.init_params`) and bound to a backend (:meth:`Model.bind`).
+
+Input layout: a network on ``[C, H, W]`` samples takes ``[N*H*W, C]`` rows (NHWC), one on
+flat ``[F]`` samples takes ``[N, F]``.
 """
 
 from __future__ import annotations
@@ -10,12 +15,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
 from .layers import (
+    LRN,
+    AvgPool2d,
     Backend,
     Conv2d,
+    Dropout,
     Flatten,
     Layer,
     Linear,
@@ -26,9 +35,13 @@ from .layers import (
     TensorClass,
     TensorIds,
 )
+from .nets import LayerKind, Net, net_for_data
 
 
 class ModelKind(enum.Enum):
+    """The names of the trainer's two original built-in networks (``--model cnn|mlp``);
+    anything :func:`reference.nets.resolve_net` accepts is a network too."""
+
     MLP = "mlp"
     CNN = "cnn"
 
@@ -46,19 +59,27 @@ class Model:
 
     Members
     -------
-    kind, layers, ids
-        What it is, its layers in forward order, its tensor-id allocator.
+    net, layers, ids
+        Its description, its layers in forward order, its tensor-id allocator.
     input_tid
         Tensor id of the input images (host-loaded).
     image_hwc
         Input image shape (height, width, channels).
+    training
+        False while evaluating (dropout passes values through).
     """
 
-    kind: ModelKind
+    net: Net
     layers: list[Layer]
     ids: TensorIds
     input_tid: int
     image_hwc: tuple[int, int, int]
+    training: bool = True
+
+    @property
+    def spatial_input(self) -> bool:
+        """True when the input is ``[N*H*W, C]`` rows (a ``[C, H, W]`` network), False for ``[N, F]``."""
+        return len(self.net.input_shape) == 3
 
     @property
     def logits_err_tid(self) -> int:
@@ -95,13 +116,13 @@ class Model:
         h, w, c = self.image_hwc
         if images.ndim != 2 or images.shape[1] != h * w * c:
             raise ValueError(f"model: images of shape {images.shape} do not match {h}x{w}x{c}")
-        if self.kind == ModelKind.CNN:
+        if self.spatial_input:
             return images.reshape(-1, c)
         return images
 
     def forward(self, be: Backend, x: Ref) -> Ref:
         for layer in self.layers:
-            x = layer.forward(be, x)
+            x = layer.forward(be, x, self.training) if isinstance(layer, Dropout) else layer.forward(be, x)
         return x
 
     def backward(self, be: Backend, dy: Ref, order: GradOrder = GradOrder.INPUT_FIRST,
@@ -125,35 +146,64 @@ class Model:
             dy = dx
 
 
-def build_model(kind: ModelKind | str, image_hwc: tuple[int, int, int] = (8, 8, 1), classes: int = 10,
-                tensor_ids: int = 64) -> Model:
-    """Build the MLP (``in -> 64 -> classes``) or the CNN.
+def build_model(net: Net | ModelKind | str | dict, image_hwc: tuple[int, int, int] = (8, 8, 1),
+                classes: int = 10, tensor_ids: int = 64, seed: int = 0) -> Model:
+    """Build the model of ``net`` for images of ``image_hwc`` (height, width, channels) and ``classes``.
 
-    CNN: conv3x3(C->8, pad 1) - ReLU - maxpool2 - conv3x3(8->16, pad 1) - ReLU - maxpool2 -
-    flatten - linear(->32) - ReLU - linear(->classes). Height and width must be multiples of 4.
+    ``net`` is a :class:`~reference.nets.Net`, a built-in name (``cnn``, ``mlp``, ``lenet5``,
+    ``alexnet``, ...), a network file or its parsed content (see :func:`reference.nets.net_for_data`).
+    Tensor ids are allocated layer by layer in forward order; ``seed`` seeds dropout masks.
+
+    Raises
+    ------
+    ValueError
+        The network does not match the data (:class:`~reference.nets.NetFileError`), or it needs
+        more tensor ids than ``tensor_ids``.
     """
-    kind = ModelKind(kind)
+    if isinstance(net, ModelKind):
+        net = net.value
+    h, w, c = image_hwc
+    net = net_for_data(net, (c, h, w), classes)
     ids = TensorIds(tensor_ids)
     input_tid = ids.new("input", TensorClass.ACTIVATION)
-    h, w, c = image_hwc
     layers: list[Layer] = []
-    if kind == ModelKind.MLP:
-        fc1 = Linear(ids, "fc1", h * w * c, 64, None)
-        r1 = ReLU(ids, "relu1", fc1.out_err)
-        fc2 = Linear(ids, "fc2", 64, classes, r1.out_err)
-        layers = [fc1, r1, fc2]
-    else:
-        if h % 4 or w % 4:
-            raise ValueError(f"model: the CNN needs height and width divisible by 4, got {h}x{w}")
-        c1 = Conv2d(ids, "conv1", (h, w, c), 8, 3, 1, None)
-        r1 = ReLU(ids, "relu1", c1.out_err)
-        p1 = MaxPool2d("pool1", c1.out_hwc, r1.out_act, r1.out_err)
-        c2 = Conv2d(ids, "conv2", p1.out_hwc, 16, 3, 1, p1.out_err)
-        r2 = ReLU(ids, "relu2", c2.out_err)
-        p2 = MaxPool2d("pool2", c2.out_hwc, r2.out_act, r2.out_err)
-        fl = Flatten("flatten", p2.out_hwc, p2.out_act, p2.out_err)
-        fc1 = Linear(ids, "fc1", fl.features, 32, fl.out_err)
-        r3 = ReLU(ids, "relu3", fc1.out_err)
-        fc2 = Linear(ids, "fc2", 32, classes, r3.out_err)
-        layers = [c1, r1, p1, c2, r2, p2, fl, fc1, r3, fc2]
-    return Model(kind, layers, ids, input_tid, image_hwc)
+    spatial = len(net.input_shape) == 3
+    hwc = (h, w, c)
+    act, err = input_tid, None  # tensor ids of the current activation and of its error (None: not computed)
+    for i, la in enumerate(net.layers):
+        k = la.kind
+        new: Layer
+        if k is LayerKind.SOFTMAX_CE:
+            break
+        if k is LayerKind.CONV:
+            new = Conv2d(ids, la.name, hwc, la.out_channels, la.kernel, la.pad, err, stride=la.stride,
+                         groups=la.groups)
+            hwc = new.out_hwc
+        elif k is LayerKind.LINEAR:
+            if spatial:
+                fl = Flatten(f"{la.name}.flatten", hwc, act, err)
+                layers.append(fl)
+                spatial = False
+            new = Linear(ids, la.name, prod(hwc), la.out_features, err)
+            hwc = (1, 1, la.out_features)
+        elif k is LayerKind.RELU:
+            new = ReLU(ids, la.name, err)
+        elif k is LayerKind.MAXPOOL:
+            new = MaxPool2d(la.name, hwc, act, err, kernel=la.kernel, stride=la.stride, pad=la.pad)
+            hwc = new.out_hwc
+        elif k is LayerKind.AVGPOOL:
+            new = AvgPool2d(ids, la.name, hwc, err, kernel=la.kernel, stride=la.stride, pad=la.pad)
+            hwc = new.out_hwc
+        elif k is LayerKind.FLATTEN:
+            new = Flatten(la.name, hwc, act, err) if spatial else Flatten(la.name, hwc, act, err, flat=True)
+            spatial = False
+        elif k is LayerKind.DROPOUT:
+            new = Dropout(ids, la.name, la.p, err, np.random.default_rng([seed, 4, i]))
+        elif k is LayerKind.LRN:
+            new = LRN(ids, la.name, hwc[2], la.size, la.alpha, la.beta, la.bias, err)
+        else:  # pragma: no cover - every kind of reference.nets is handled above
+            raise ValueError(f"model: layer {la.name!r}: no trainer layer for type {k.value!r}")
+        layers.append(new)
+        act = new.out_act
+        err = new.out_err if new.out_err is not None and new.out_err >= 0 else None
+    return Model(net, layers, ids, input_tid, image_hwc)

@@ -1,14 +1,17 @@
-"""Network descriptions for the training-memory planner (:mod:`reference.memplan`).
+"""Network descriptions: the one description of a network for every consumer.
 
 A :class:`Net` is a sequential chain of :class:`Layer` objects on a per-sample input shape
-(``(C, H, W)`` or ``(F,)``), ending in a softmax cross-entropy loss. Only what decides
-memory is described: shapes, parameter counts and which layers exist. The numerics of
-each layer live in the trainer, not here.
+(``(C, H, W)`` or ``(F,)``), ending in a softmax cross-entropy loss. The trainer builds its
+model from it (:func:`reference.models.build_model`), the training-memory planner
+(:mod:`reference.memplan`) plans it and the scale model (:mod:`sim.scale`) times it. The
+numerics of each layer live in :mod:`reference.layers`, not here.
 
-Built-in networks (:data:`BUILTIN_NETS`): ``alexnet`` (Caffe's ``bvlc_alexnet``, grouped
-convolutions), ``vgg16`` (configuration D), ``lenet5`` (LeCun 1998 shapes with max
-pooling and ReLU) and ``digits_cnn`` (the project's CNN for 8x8 digits, kept in sync with
-``reference/models.py`` by a test).
+Built-in networks (:data:`BUILTIN_NETS`): ``cnn`` and ``mlp`` (the trainer's networks for
+8x8 digits; they adapt to the data's image shape and classes, see :data:`ADAPTIVE_NETS`),
+``lenet5`` (LeCun 1998 shapes with max pooling and ReLU; on 28x28 data its first
+convolution pads by 2, which is LeCun's 32x32 input), ``alexnet`` (Caffe's
+``bvlc_alexnet``, grouped convolutions, LRN), ``vgg16`` (configuration D) and
+``digits_cnn`` (``cnn`` on 1x8x8 under the name the memory planner's figures use).
 
 Network files
 -------------
@@ -17,11 +20,16 @@ JSON (``.json``) or TOML (``.toml``) with the keys::
     name   = "tiny"                  # optional, defaults to the file stem
     input  = [1, 8, 8]              # per-sample shape: [C, H, W] or [F]
     [[layers]]                       # in order; the last one must be softmax_ce
-    type = "conv"                    # conv | linear | relu | maxpool | lrn | dropout | flatten | softmax_ce
-    name = "conv1"                   # optional, defaults to "<type><index>"
+    type = "conv"                    # conv | linear | relu | maxpool | avgpool | lrn | dropout | flatten
+    name = "conv1"                   #   | softmax_ce;  name: optional, defaults to "<type><index>"
     out_channels = 8                 # conv: out_channels, kernel; optional stride=1, pad=0, groups=1
-    kernel = 3                       # maxpool: kernel; optional stride=kernel, pad=0
-    pad = 1                          # linear: out_features; lrn: optional size=5; dropout: optional p=0.5
+    kernel = 3                       # maxpool, avgpool: kernel; optional stride=kernel, pad=0
+    pad = 1                          # linear: out_features; dropout: optional p=0.5
+                                     # lrn: optional size=5, alpha=1e-4, beta=0.75, bias=1.0
+
+Average pooling counts padded positions in its divisor (PyTorch's ``count_include_pad``).
+A linear layer on a ``[C, H, W]`` input flattens it first, in (H, W, C) order (the trainer's
+activation layout; :mod:`reference.onnx_import` permutes imported weights to match).
 
 Any other key, a missing or non-positive size, a shape that vanishes or a loss that is not
 last raises :class:`NetFileError` (a ``ValueError``) naming the file, the layer and the field.
@@ -51,6 +59,7 @@ class LayerKind(enum.Enum):
     LINEAR = "linear"
     RELU = "relu"
     MAXPOOL = "maxpool"
+    AVGPOOL = "avgpool"
     LRN = "lrn"
     DROPOUT = "dropout"
     FLATTEN = "flatten"
@@ -62,13 +71,15 @@ class LayerKind(enum.Enum):
 
 
 # Per kind: required integer fields, optional fields with defaults. `stride=None` for
-# maxpool means "equal to kernel". Dropout's `p` is a float.
+# pooling means "equal to kernel". Dropout's `p` and LRN's alpha, beta, bias are floats.
+_FLOAT_FIELDS = ("p", "alpha", "beta", "bias")
 _FIELDS: dict[LayerKind, tuple[tuple[str, ...], dict[str, object]]] = {
     LayerKind.CONV: (("out_channels", "kernel"), {"stride": 1, "pad": 0, "groups": 1}),
     LayerKind.LINEAR: (("out_features",), {}),
     LayerKind.RELU: ((), {}),
     LayerKind.MAXPOOL: (("kernel",), {"stride": None, "pad": 0}),
-    LayerKind.LRN: ((), {"size": 5}),
+    LayerKind.AVGPOOL: (("kernel",), {"stride": None, "pad": 0}),
+    LayerKind.LRN: ((), {"size": 5, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
     LayerKind.DROPOUT: ((), {"p": 0.5}),
     LayerKind.FLATTEN: ((), {}),
     LayerKind.SOFTMAX_CE: ((), {}),
@@ -86,13 +97,14 @@ class Layer:
     kind
         The layer type.
     out_channels, kernel, stride, pad, groups
-        Convolution (square kernels); ``kernel``, ``stride``, ``pad`` also for max pooling.
+        Convolution (square kernels); ``kernel``, ``stride``, ``pad`` also for pooling.
     out_features
         Linear (fully connected) layer width; a 3-D input is flattened implicitly.
-    size
-        Local response normalisation window (channels).
+    size, alpha, beta, bias
+        Local response normalisation across channels (Caffe/ONNX LRN):
+        ``y = x / (bias + alpha / size * sum(x**2 over size channels)) ** beta``.
     p
-        Dropout probability (does not affect memory; validated only).
+        Dropout probability (inverted dropout: kept values are scaled by ``1 / (1 - p)``).
     """
 
     name: str
@@ -105,6 +117,17 @@ class Layer:
     out_features: int = 0
     size: int = 0
     p: float = 0.0
+    alpha: float = 0.0
+    beta: float = 0.0
+    bias: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        """The layer as a network-file table (only its kind's fields)."""
+        required, optional = _FIELDS[self.kind]
+        d: dict[str, object] = {"type": self.kind.value, "name": self.name}
+        for key in (*required, *optional):
+            d[key] = getattr(self, key)
+        return d
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,15 @@ class Net:
     def param_count(self) -> int:
         return sum(s.weights + s.biases for s in infer_shapes(self))
 
+    @property
+    def classes(self) -> int:
+        """Width of the logits (the input of the loss)."""
+        return infer_shapes(self)[-1].in_shape[0]
+
+    def to_dict(self) -> dict[str, object]:
+        """The network as the content of a network file (:func:`net_from_dict` reads it back)."""
+        return {"name": self.name, "input": list(self.input_shape), "layers": [la.to_dict() for la in self.layers]}
+
 
 def _conv_out(n: int, kernel: int, stride: int, pad: int) -> int:
     return (n + 2 * pad - kernel) // stride + 1
@@ -184,7 +216,7 @@ def infer_shapes(net: Net, source: str | None = None) -> tuple[LayerShape, ...]:
         if i == len(net.layers) - 1 and k is not LayerKind.SOFTMAX_CE:
             raise bad(i, layer, f"the last layer must be softmax_ce, got {k.value!r}")
         weights = biases = 0
-        if k in (LayerKind.CONV, LayerKind.MAXPOOL, LayerKind.LRN):
+        if k in (LayerKind.CONV, LayerKind.MAXPOOL, LayerKind.AVGPOOL, LayerKind.LRN):
             if len(shape) != 3:
                 raise bad(i, layer, f"needs a [C, H, W] input, got {list(shape)}")
         if k is LayerKind.CONV:
@@ -202,7 +234,7 @@ def infer_shapes(net: Net, source: str | None = None) -> tuple[LayerShape, ...]:
             weights = layer.out_channels * (c // g) * layer.kernel * layer.kernel
             biases = layer.out_channels
             new = (layer.out_channels, oh, ow)
-        elif k is LayerKind.MAXPOOL:
+        elif k in (LayerKind.MAXPOOL, LayerKind.AVGPOOL):
             c, h, w = shape
             if layer.pad >= layer.kernel:
                 raise bad(i, layer, f"field 'pad' = {layer.pad}: must be < kernel={layer.kernel}")
@@ -294,6 +326,10 @@ def net_from_dict(d: Mapping[str, object], source: str = "<dict>", default_name:
                 if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
                     raise NetFileError(f"{source}: {where}: field 'p' = {v!r}: must be a number in [0, 1)")
                 kw[key] = float(v)
+            elif key in _FLOAT_FIELDS:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 < v < 1e6:
+                    raise NetFileError(f"{source}: {where}: field {key!r} = {v!r}: must be a positive number")
+                kw[key] = float(v)
             elif key == "pad":
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise NetFileError(f"{source}: {where}: field 'pad' = {v!r}: must be an integer >= 0")
@@ -357,6 +393,10 @@ def _fc(name: str, out: int) -> Layer:
     return Layer(name, LayerKind.LINEAR, out_features=out)
 
 
+def _lrn(name: str) -> Layer:
+    return Layer(name, LayerKind.LRN, size=5, alpha=1e-4, beta=0.75, bias=1.0)
+
+
 def _loss() -> Layer:
     return Layer("loss", LayerKind.SOFTMAX_CE)
 
@@ -364,9 +404,9 @@ def _loss() -> Layer:
 def alexnet() -> Net:
     """Caffe ``bvlc_alexnet``: 3x227x227, grouped conv2/4/5, LRN, dropout, 1000 classes (61.0 M params)."""
     ls = [
-        _conv("conv1", 96, 11, stride=4), _relu("relu1"), Layer("norm1", LayerKind.LRN, size=5),
+        _conv("conv1", 96, 11, stride=4), _relu("relu1"), _lrn("norm1"),
         _pool("pool1", 3, 2),
-        _conv("conv2", 256, 5, pad=2, groups=2), _relu("relu2"), Layer("norm2", LayerKind.LRN, size=5),
+        _conv("conv2", 256, 5, pad=2, groups=2), _relu("relu2"), _lrn("norm2"),
         _pool("pool2", 3, 2),
         _conv("conv3", 384, 3, pad=1), _relu("relu3"),
         _conv("conv4", 384, 3, pad=1, groups=2), _relu("relu4"),
@@ -393,39 +433,62 @@ def vgg16() -> Net:
     return Net("vgg16", (3, 224, 224), tuple(ls))
 
 
-def lenet5() -> Net:
-    """LeNet-5 shapes (1x32x32, conv 6/16 5x5, FC 120/84/10) with max pooling and ReLU."""
+def lenet5(input_shape: tuple[int, ...] = (1, 32, 32), classes: int = 10) -> Net:
+    """LeNet-5 shapes (1x32x32, conv 6/16 5x5, FC 120/84/10) with max pooling and ReLU.
+
+    On a 28x28 input (MNIST) the first convolution pads by 2: the 32x32 input LeCun made
+    by padding MNIST's 28x28 images. Other input sizes are taken as they are.
+    """
+    pad = 2 if tuple(input_shape[1:]) == (28, 28) else 0
     ls = [
-        _conv("conv1", 6, 5), _relu("relu1"), _pool("pool1", 2, 2),
+        _conv("conv1", 6, 5, pad=pad), _relu("relu1"), _pool("pool1", 2, 2),
         _conv("conv2", 16, 5), _relu("relu2"), _pool("pool2", 2, 2),
         Layer("flatten", LayerKind.FLATTEN),
-        _fc("fc3", 120), _relu("relu3"), _fc("fc4", 84), _relu("relu4"), _fc("fc5", 10), _loss(),
+        _fc("fc3", 120), _relu("relu3"), _fc("fc4", 84), _relu("relu4"), _fc("fc5", classes), _loss(),
     ]
-    return Net("lenet5", (1, 32, 32), tuple(ls))
+    return Net("lenet5", tuple(input_shape), tuple(ls))
 
 
-def digits_cnn() -> Net:
-    """The project's CNN for 1x8x8 digits, as ``reference.models.build_model("cnn")`` builds it.
+def cnn(input_shape: tuple[int, ...] = (1, 8, 8), classes: int = 10) -> Net:
+    """The trainer's CNN (``dlu train --net cnn``), for ``C x H x W`` images (H, W multiples of 4).
 
     conv3x3 8 pad 1, ReLU, maxpool 2, conv3x3 16 pad 1, ReLU, maxpool 2, flatten,
-    linear 64->32, ReLU, linear 32->10. The brief that specified this file described a single
-    linear 64->10; ``reference/models.py`` has the extra hidden layer, and this description
-    follows the code. ``tests/reference/test_nets.py`` compares the two, so a change to
-    either fails there.
+    linear -> 32, ReLU, linear -> classes.
     """
     ls = [
         _conv("conv1", 8, 3, pad=1), _relu("relu1"), _pool("pool1", 2, 2),
         _conv("conv2", 16, 3, pad=1), _relu("relu2"), _pool("pool2", 2, 2),
-        Layer("flatten", LayerKind.FLATTEN), _fc("fc1", 32), _relu("relu3"), _fc("fc2", 10), _loss(),
+        Layer("flatten", LayerKind.FLATTEN), _fc("fc1", 32), _relu("relu3"), _fc("fc2", classes), _loss(),
     ]
-    return Net("digits_cnn", (1, 8, 8), tuple(ls))
+    return Net("cnn", tuple(input_shape), tuple(ls))
 
+
+def mlp(input_shape: tuple[int, ...] = (64,), classes: int = 10) -> Net:
+    """The trainer's MLP (``dlu train --net mlp``): linear -> 64, ReLU, linear -> classes, on flat input."""
+    ls = [_fc("fc1", 64), _relu("relu1"), _fc("fc2", classes), _loss()]
+    return Net("mlp", (prod(input_shape),), tuple(ls))
+
+
+def digits_cnn() -> Net:
+    """:func:`cnn` on 1x8x8 digits, under the name the memory planner's figures use."""
+    n = cnn((1, 8, 8), 10)
+    return Net("digits_cnn", n.input_shape, n.layers)
+
+
+#: Built-ins that take the data's per-sample shape and number of classes: ``f(input_shape, classes)``.
+ADAPTIVE_NETS: dict[str, Callable[[tuple[int, ...], int], Net]] = {
+    "cnn": cnn,
+    "mlp": mlp,
+    "lenet5": lenet5,
+}
 
 BUILTIN_NETS: dict[str, Callable[[], Net]] = {
     "alexnet": alexnet,
     "vgg16": vgg16,
     "lenet5": lenet5,
     "digits_cnn": digits_cnn,
+    "cnn": cnn,
+    "mlp": mlp,
 }
 
 
@@ -445,3 +508,55 @@ def resolve_net(spec: str) -> Net:
     if not p.exists():
         raise FileNotFoundError(f"net {spec!r}: not a built-in ({', '.join(BUILTIN_NETS)}) and no such file")
     return load_net(p)
+
+
+def net_for_data(spec: str | Net | Mapping[str, object], input_shape: tuple[int, ...], classes: int) -> Net:
+    """The network ``spec`` (built-in name, file, parsed file content or :class:`Net`) for data of
+    per-sample shape ``input_shape`` (``(C, H, W)``) and ``classes`` classes.
+
+    Built-ins of :data:`ADAPTIVE_NETS` are built for the data; any other network must match it.
+
+    Raises
+    ------
+    NetFileError
+        The network's input or number of classes does not match the data (one line naming both).
+    FileNotFoundError
+        ``spec`` is neither a built-in nor a file.
+    """
+    if isinstance(spec, str) and spec in ADAPTIVE_NETS:
+        return ADAPTIVE_NETS[spec](tuple(input_shape), classes)
+    if isinstance(spec, Net):
+        net = spec
+    elif isinstance(spec, Mapping):
+        net = net_from_dict(spec, "<net>", str(spec.get("name", "net")))
+    else:
+        net = resolve_net(spec)
+    inp = tuple(net.input_shape)
+    want = tuple(input_shape)
+    if inp != want and not (len(inp) == 1 and inp[0] == prod(want)):
+        raise NetFileError(f"net {net.name!r}: input {list(inp)} does not match the data's samples "
+                           f"{list(want)} (C, H, W)")
+    if net.classes != classes:
+        raise NetFileError(f"net {net.name!r}: {net.classes} outputs but the data has {classes} classes")
+    return net
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"toml: cannot write {v!r}")
+
+
+def net_to_toml(net: Net) -> str:
+    """The network as a TOML network file (:func:`load_net` reads it back to an equal :class:`Net`)."""
+    d = net.to_dict()
+    lines = [f"name = {_toml_value(d['name'])}", f"input = {_toml_value(d['input'])}"]
+    for la in d["layers"]:  # type: ignore[union-attr]
+        lines += ["", "[[layers]]"] + [f"{k} = {_toml_value(v)}" for k, v in la.items()]
+    return "\n".join(lines) + "\n"

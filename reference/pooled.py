@@ -66,7 +66,7 @@ from .memplan import (
     fused_tile_rows,
     plan,
 )
-from .models import Model, ModelKind, build_model
+from .models import Model, build_model
 from .nets import Layer as NetLayer
 from .nets import LayerKind, Net, digits_cnn
 
@@ -99,14 +99,14 @@ def net_of_model(model: Model, name: str | None = None) -> Net:
         elif isinstance(la, ReLU):
             layers.append(NetLayer(la.name, LayerKind.RELU))
         elif isinstance(la, MaxPool2d):
-            layers.append(NetLayer(la.name, LayerKind.MAXPOOL, kernel=2, stride=2))
+            layers.append(NetLayer(la.name, LayerKind.MAXPOOL, kernel=la.k, stride=la.s, pad=la.pad))
         elif isinstance(la, Flatten):
             layers.append(NetLayer(la.name, LayerKind.FLATTEN))
         else:
             raise TypeError(f"net_of_model: layer {la.name!r} of type {type(la).__name__} has no planner description")
     layers.append(NetLayer("loss", LayerKind.SOFTMAX_CE))
-    shape = (c, h, w) if model.kind is ModelKind.CNN else (h * w * c,)
-    return Net(name or f"{model.kind.value}_{h}x{w}x{c}", shape, tuple(layers))
+    shape = (c, h, w) if model.spatial_input else (h * w * c,)
+    return Net(name or f"{model.net.name}_{h}x{w}x{c}", shape, tuple(layers))
 
 
 def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = True,
@@ -129,7 +129,7 @@ def _layouts(model: Model, batch: int, fused_rows: int) -> dict[str, tuple[tuple
     n = batch
     h, w, c = model.image_hwc
     u8, i32 = np.dtype(np.uint8), np.dtype(np.int32)
-    shape = (n * h * w, c) if model.kind is ModelKind.CNN else (n, h * w * c)
+    shape = (n * h * w, c) if model.spatial_input else (n, h * w * c)
     out: dict[str, tuple[tuple[int, ...], np.dtype]] = {"input": (shape, _F32), "labels": ((n,), i32)}
     for la in model.layers:
         if isinstance(la, Flatten):

@@ -60,6 +60,7 @@ from .layers import (
     softmax_cross_entropy,
 )
 from .models import GradOrder, Model, ModelKind, build_model
+from .nets import BUILTIN_NETS
 from .rng import MASK32
 from .stats import DEFAULT_THRESHOLD, Database, float_stats, next_frac
 from .trace import Trace, TraceRecorder
@@ -277,7 +278,9 @@ class LrSchedule(enum.Enum):
 class TrainConfig:
     """Everything that determines a training run (with the data set)."""
 
-    model: ModelKind = ModelKind.CNN
+    #: The network: a built-in name (``cnn``, ``mlp``, ``lenet5``, ...; a :class:`ModelKind` is taken as its
+    #: name) or a network file (:mod:`reference.nets`).
+    model: str = "cnn"
     precision: Precision = Precision.DFP16
     spec: PrecisionSpec | None = None
     epochs: int = 15
@@ -292,6 +295,13 @@ class TrainConfig:
     core: str = "default"
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, ModelKind):
+            object.__setattr__(self, "model", self.model.value)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"train: model={self.model!r}: must be a network name or file")
+        if self.model not in BUILTIN_NETS and not Path(self.model).is_file():
+            raise ValueError(f"train: net {self.model!r}: not a built-in ({', '.join(sorted(BUILTIN_NETS))}) "
+                             "and no such file")
         for name in ("epochs", "batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -334,7 +344,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         spec = self.precision_spec()
         return {
-            "model": self.model.value, "precision": self.precision.value,
+            "model": self.model, "precision": self.precision.value,
             "precision_spec": None if spec is None else spec.to_dict(),
             "epochs": self.epochs, "batch": self.batch, "lr": self.lr, "lr_schedule": self.lr_schedule.value,
             "momentum": self.momentum,
@@ -399,12 +409,16 @@ def _evaluate(model: Model, be: Backend, engine: Engine | None, x: np.ndarray, y
     h, w, _ = model.image_hwc
     batch = max(1, min(batch, MAX_DIM // (h * w)))  # a CNN's rows are N*H*W: keep commands legal
     correct = 0
-    for i in range(0, len(x), batch):
-        xm = model.input_matrix(x[i:i + batch])
-        if engine is not None:
-            _host_setting(engine, model.input_tid, xm, threshold)
-        logits = model.forward(be, be.load(model.input_tid, xm))
-        correct += int(np.count_nonzero(np.argmax(be.to_float(logits), axis=1) == y[i:i + batch]))
+    model.training = False
+    try:
+        for i in range(0, len(x), batch):
+            xm = model.input_matrix(x[i:i + batch])
+            if engine is not None:
+                _host_setting(engine, model.input_tid, xm, threshold)
+            logits = model.forward(be, be.load(model.input_tid, xm))
+            correct += int(np.count_nonzero(np.argmax(be.to_float(logits), axis=1) == y[i:i + batch]))
+    finally:
+        model.training = True
     return correct / len(x)
 
 
@@ -441,6 +455,7 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
         "train_config": cfg.to_dict(),
         "data": {"name": data.name, "train": int(s.n), "test": int(len(data.x_test)),
                  "image_hwc": list(data.image_hwc)},
+        "net": s.model.net.to_dict(),
         "core": core.to_dict(), "core_digest": core.digest(),
         "iterations_per_epoch": s.steps,
         "epochs": [e.to_dict() for e in epochs],
@@ -453,6 +468,7 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
     if s.recorder is not None:
         trace = s.recorder.trace(s.engine, {"train_config": cfg.to_dict(), "data": data.name,
                                             "image_hwc": list(data.image_hwc), "classes": int(data.classes),
+                                            "net": s.model.net.to_dict(),
                                             "tensor_names": {str(i.tid): i.name for i in s.model.ids.infos}})
     return TrainResult(metrics, trace, s.model, s.engine, epoch_times, epoch_cpu)
 
@@ -504,7 +520,7 @@ def open_session(cfg: TrainConfig, data: Dataset,
     """
     core = load_config(cfg.core)
     spec = cfg.precision_spec()
-    model = build_model(cfg.model, data.image_hwc, data.classes, core.tensor_ids)
+    model = build_session_model(cfg, data, core.tensor_ids)
     init_rng = np.random.default_rng([cfg.seed, 1])
     shuffle_rng = np.random.default_rng([cfg.seed, 2])
     values = model.init_params(init_rng)
@@ -522,6 +538,11 @@ def open_session(cfg: TrainConfig, data: Dataset,
         be = FloatBackend(np.float32) if engine is None else DfpBackend(engine, model.ids)
     model.bind(be, values)
     return Session(cfg, data, model, be, engine, spec.threshold if spec else DEFAULT_THRESHOLD, n // cfg.batch)
+
+
+def build_session_model(cfg: TrainConfig, data: Dataset, tensor_ids: int) -> Model:
+    """The model of ``cfg.model`` for ``data`` (dropout masks seeded by ``cfg.seed``)."""
+    return build_model(cfg.model, data.image_hwc, data.classes, tensor_ids, seed=cfg.seed)
 
 
 class Hooks:
@@ -810,7 +831,7 @@ class BenchRow:
         return float(np.std(self.accs))
 
 
-def benchmark(data: Dataset, model: ModelKind = ModelKind.CNN, precisions: tuple[Precision, ...] = tuple(Precision),
+def benchmark(data: Dataset, model: ModelKind | str = "cnn", precisions: tuple[Precision, ...] = tuple(Precision),
               seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.05,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Final test accuracy (one value per seed) and median epoch times of each precision mode."""

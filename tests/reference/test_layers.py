@@ -261,9 +261,11 @@ def test_layer_argument_errors():
     ids = TensorIds(64)
     with pytest.raises(ValueError, match="kernel=3, pad=3"):
         Conv2d(ids, "c", (4, 4, 1), 2, 3, 3, None)
-    with pytest.raises(ValueError, match="even height and width"):
-        MaxPool2d("p", (3, 4, 1), 0, None)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        build_model("cnn", (6, 8, 1))
+    with pytest.raises(ValueError, match="window does not fit a 1x4 input"):
+        MaxPool2d("p", (1, 4, 1), 0, None)
+    with pytest.raises(ValueError, match=r"input \[3, 227, 227\] does not match the data's samples \[1, 8, 8\]"):
+        build_model("alexnet", (8, 8, 1))
+    with pytest.raises(ValueError, match="1000 outputs but the data has 3 classes"):
+        build_model("vgg16", (224, 224, 3), 3)
     with pytest.raises(ValueError, match="non-finite"):
         softmax_cross_entropy(np.array([[np.nan, 0.0]]), np.array([0]))
