@@ -1,14 +1,33 @@
-"""Training data: scikit-learn's bundled 8x8 digits (default) and local MNIST IDX files.
+"""Training data: scikit-learn's bundled digits (8x8, and a 28x28 set made from them) and local files.
 
-Nothing is downloaded. Images are returned as float64 ``[N, H*W*C]`` in [0, 1], labels as
-int64 ``[N]``.
+Nothing is downloaded. Images are returned as float64 ``[N, H*W*C]`` (rows in H, W, C order)
+in [0, 1], labels as int64 ``[N]``.
 
 ``digits``: the 1797 images of :func:`sklearn.datasets.load_digits` split once, stratified,
 into 1347 training and :data:`DIGITS_TEST_SIZE` = 450 test images with the fixed
 :data:`DIGITS_SPLIT_SEED`; the split never depends on a training seed.
 
+``digits28``: a 28x28 benchmark set made from ``digits`` (MNIST's image size; no MNIST ships
+offline). Each 8x8 image (0..16) is upsampled 3x by bilinear interpolation
+(``scipy.ndimage.zoom(order=1)``) to 24x24, clipped to [0, 16], divided by 16 and placed in a
+zero 28x28 canvas at a row and column offset drawn uniformly from 0..4 (a random shift of up
+to +-2 pixels around the centre). The digits split is kept: each of the 1347 training images
+gives :data:`DIGITS28_COPIES` copies with independent shifts (4041 images), each of the 450
+test images one. Offsets come from ``numpy.random.default_rng(DIGITS28_SEED)``, drawn for the
+training copies first (image-major), then for the test images.
+
 ``mnist:DIR``: ``DIR`` holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``).
+``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``), images
+of any HxW.
+
+``cifar10:DIR``: CIFAR-10's python batches: ``DIR/data_batch_1`` ... ``data_batch_5`` (those
+present, at least one) and ``DIR/test_batch``, each a pickled dict with ``data`` (uint8
+``[N, 3072]``, channel planes R, G, B of 32x32) and ``labels``. They are read with an unpickler
+that admits only NumPy arrays and plain containers.
+
+``npz:FILE``: a NumPy ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``; images
+``[N, H, W]`` or ``[N, H, W, C]`` (channels last), uint8 (divided by 255) or float (finite,
+taken as they are); labels integers from 0; the number of classes is the largest label + 1.
 """
 
 from __future__ import annotations
@@ -22,6 +41,8 @@ import numpy as np
 
 DIGITS_TEST_SIZE = 450
 DIGITS_SPLIT_SEED = 20170401
+DIGITS28_SEED = 19980101
+DIGITS28_COPIES = 3
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -51,6 +72,29 @@ def load_digits_split() -> Dataset:
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED,
                                           stratify=y)
     return Dataset("digits", xtr, ytr, xte, yte, (8, 8, 1))
+
+
+def load_digits28() -> Dataset:
+    """The 28x28 set made from digits (see the module docstring for exactly how)."""
+    from scipy.ndimage import zoom
+
+    d = load_digits_split()
+    rng = np.random.default_rng(DIGITS28_SEED)
+
+    def place(x8: np.ndarray, copies: int) -> np.ndarray:
+        n = len(x8)
+        big = zoom(x8.reshape(n, 8, 8), (1, 3, 3), order=1)  # [n, 24, 24], x8 in [0, 1]
+        big = np.clip(big, 0.0, 1.0)
+        out = np.zeros((n * copies, 28, 28))
+        offs = rng.integers(0, 5, (n * copies, 2))
+        for i in range(n * copies):
+            dy, dx = offs[i]
+            out[i, dy:dy + 24, dx:dx + 24] = big[i // copies]
+        return out.reshape(n * copies, 28 * 28)
+
+    xtr = place(d.x_train, DIGITS28_COPIES)
+    xte = place(d.x_test, 1)
+    return Dataset("digits28", xtr, np.repeat(d.y_train, DIGITS28_COPIES), xte, d.y_test.copy(), (28, 28, 1))
 
 
 def _open(path: Path) -> bytes:
@@ -113,16 +157,120 @@ def load_mnist_dir(directory: str | Path) -> Dataset:
     return Dataset(f"mnist:{d}", xtr, ytr, xte, yte, hwc)
 
 
+class _ArrayUnpickler:
+    """Unpickles NumPy arrays and plain containers only (a CIFAR-10 batch); anything else is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    @classmethod
+    def load(cls, blob: bytes, name: str) -> object:
+        import importlib
+        import io
+        import pickle
+
+        class U(pickle.Unpickler):
+            def find_class(self, module: str, attr: str) -> object:
+                if (module, attr) not in cls.ALLOWED:
+                    raise ValueError(f"cifar10: {name}: refuses to unpickle {module}.{attr} (not a CIFAR-10 batch)")
+                return getattr(importlib.import_module(module), attr)
+
+        try:
+            return U(io.BytesIO(blob), encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as exc:
+            raise ValueError(f"cifar10: {name}: not a CIFAR-10 python batch: {exc}") from None
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _ArrayUnpickler.load(path.read_bytes(), str(path))
+    if not isinstance(d, dict):
+        raise ValueError(f"cifar10: {path}: not a CIFAR-10 python batch (a dict with data and labels)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise ValueError(f"cifar10: {path}: missing 'data' or 'labels'")
+    x = np.asarray(d["data"])
+    y = np.asarray(d["labels"])
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"cifar10: {path}: data is {x.dtype} {x.shape}, expected uint8 [N, 3072]")
+    if y.shape != (x.shape[0],) or y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise ValueError(f"cifar10: {path}: labels must be {x.shape[0]} integers 0-9")
+    hwc = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(x), -1)
+    return hwc.astype(np.float64) / 255.0, y.astype(np.int64)
+
+
+def load_cifar10_dir(directory: str | Path) -> Dataset:
+    """CIFAR-10 from its python batches in a local directory (see the module docstring)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"data: cifar10 directory {d} does not exist")
+    train_files = [d / f"data_batch_{i}" for i in range(1, 6) if (d / f"data_batch_{i}").is_file()]
+    if not train_files:
+        raise FileNotFoundError(f"cifar10: {d} has no data_batch_1 ... data_batch_5")
+    if not (d / "test_batch").is_file():
+        raise FileNotFoundError(f"cifar10: {d / 'test_batch'} does not exist")
+    parts = [_cifar_batch(f) for f in train_files]
+    xte, yte = _cifar_batch(d / "test_batch")
+    return Dataset(f"cifar10:{d}", np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                   xte, yte, (32, 32, 3))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A data set from an ``.npz`` file (see the module docstring)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data: npz file {p} does not exist")
+    try:
+        z = np.load(p, allow_pickle=False)
+        arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"npz: {p}: not a readable .npz file: {exc}") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise ValueError(f"npz: {p}: missing array(s) {missing}; needs x_train, y_train, x_test, y_test")
+    out: dict[str, np.ndarray] = {}
+    hwc: tuple[int, int, int] | None = None
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or 0 in x.shape:
+            raise ValueError(f"npz: {p}: x_{part} has shape {x.shape}; expected [N, H, W] or [N, H, W, C]")
+        if hwc is None:
+            hwc = x.shape[1:]
+        elif x.shape[1:] != hwc:
+            raise ValueError(f"npz: {p}: x_test samples are {list(x.shape[1:])} but x_train's are {list(hwc)}")
+        if x.dtype == np.uint8:
+            xf = x.astype(np.float64) / 255.0
+        elif x.dtype.kind == "f":
+            xf = x.astype(np.float64)
+            if not np.all(np.isfinite(xf)):
+                raise ValueError(f"npz: {p}: x_{part} holds NaN or infinite values")
+        else:
+            raise ValueError(f"npz: {p}: x_{part} is {x.dtype}; expected uint8 or float")
+        if y.shape != (x.shape[0],) or y.dtype.kind not in "iu":
+            raise ValueError(f"npz: {p}: y_{part} is {y.dtype} {y.shape}; expected {x.shape[0]} integer labels")
+        if y.size and y.min() < 0:
+            raise ValueError(f"npz: {p}: y_{part} has a negative label {int(y.min())}")
+        out[f"x_{part}"], out[f"y_{part}"] = xf.reshape(len(xf), -1), y.astype(np.int64)
+    classes = int(max(out["y_train"].max(), out["y_test"].max())) + 1
+    return Dataset(f"npz:{p}", out["x_train"], out["y_train"], out["x_test"], out["y_test"],
+                   tuple(int(v) for v in hwc), classes)  # type: ignore[arg-type]
+
+
 def load_dataset(spec: str) -> Dataset:
-    """``digits`` or ``mnist:DIR``."""
+    """``digits``, ``digits28``, ``mnist:DIR``, ``cifar10:DIR`` or ``npz:FILE``."""
     if spec == "digits":
         return load_digits_split()
-    if spec.startswith("mnist:"):
-        path = spec.split(":", 1)[1]
+    if spec == "digits28":
+        return load_digits28()
+    loaders = {"mnist": load_mnist_dir, "cifar10": load_cifar10_dir, "npz": load_npz}
+    kind, _, path = spec.partition(":")
+    if kind in loaders and _:
         if not path:
-            raise ValueError("data: 'mnist:' needs a directory, e.g. mnist:/data/mnist")
-        return load_mnist_dir(path)
-    raise ValueError(f"data: {spec!r} is not 'digits' or 'mnist:DIR'")
+            raise ValueError(f"data: '{kind}:' needs a path, e.g. {kind}:/data/{kind}")
+        return loaders[kind](path)
+    raise ValueError(f"data: {spec!r} is not 'digits', 'digits28', 'mnist:DIR', 'cifar10:DIR' or 'npz:FILE'")
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

@@ -98,5 +98,106 @@ def test_missing_files_and_bad_specs(tmp_path):
         load_mnist_dir(tmp_path)
     with pytest.raises(ValueError, match="'cifar' is not"):
         load_dataset("cifar")
-    with pytest.raises(ValueError, match="needs a directory"):
+    with pytest.raises(ValueError, match="needs a path"):
         load_dataset("mnist:")
+
+
+def _write_cifar(d, n_per_batch=(4, 3), n_test=5, seed=0):
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    names = [f"data_batch_{i + 1}" for i in range(len(n_per_batch))] + ["test_batch"]
+    for name, n in zip(names, [*n_per_batch, n_test], strict=True):
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, n).tolist()
+        (d / name).write_bytes(pickle.dumps({b"batch_label": b"x", b"data": x, b"labels": y}, protocol=2))
+        out[name] = (x, y)
+    return out
+
+
+def test_cifar10_python_batches_load_in_hwc_order(tmp_path):
+    arrays = _write_cifar(tmp_path, seed=11)
+    ds = load_dataset(f"cifar10:{tmp_path}")
+    assert ds.image_hwc == (32, 32, 3) and ds.x_train.shape == (7, 3072) and ds.x_test.shape == (5, 3072)
+    x1, y1 = arrays["data_batch_2"]
+    # image 0 of batch 2 is training image 4; pixel (row 5, column 7) channel G is plane 1 at 5*32+7
+    assert ds.x_train[4, (5 * 32 + 7) * 3 + 1] == x1[0, 1024 + 5 * 32 + 7] / 255.0
+    assert ds.y_train.tolist()[4:] == y1 and ds.y_test.tolist() == arrays["test_batch"][1]
+
+
+def test_cifar10_refuses_other_pickles_and_bad_batches(tmp_path):
+    import pickle
+
+    _write_cifar(tmp_path, seed=12)
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps(ValueError("x")))
+    with pytest.raises(ValueError, match="refuses to unpickle builtins.ValueError"):
+        load_dataset(f"cifar10:{tmp_path}")
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(ValueError, match=r"expected uint8 \[N, 3072\]"):
+        load_dataset(f"cifar10:{tmp_path}")
+    (tmp_path / "data_batch_1").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
+        load_dataset(f"cifar10:{tmp_path}")
+    (tmp_path / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match="test_batch"):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+def test_npz_loads_gray_and_channels_last_and_checks_its_arrays(tmp_path):
+    rng = np.random.default_rng(13)
+    f = tmp_path / "d.npz"
+    xtr = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    np.savez(f, x_train=xtr, y_train=np.array([0, 1, 2, 0, 1, 2]), x_test=xtr[:2], y_test=np.array([2, 1]))
+    ds = load_dataset(f"npz:{f}")
+    assert ds.image_hwc == (5, 4, 1) and ds.classes == 3
+    assert np.array_equal(ds.x_train, xtr.reshape(6, 20) / 255.0)
+    xc = rng.standard_normal((3, 2, 2, 3)).astype(np.float32)
+    np.savez(f, x_train=xc, y_train=np.array([0, 1, 4]), x_test=xc, y_test=np.array([0, 1, 1]))
+    ds = load_dataset(f"npz:{f}")
+    assert ds.image_hwc == (2, 2, 3) and ds.classes == 5 and np.array_equal(ds.x_test, xc.reshape(3, 12))
+    bad = [({"y_test": None}, "missing array"), ({"x_test": xtr[:2, :4]}, "x_test samples are"),
+           ({"y_train": np.array([0, 1])}, "expected 6 integer labels"),
+           ({"x_train": np.full((6, 5, 4), np.nan)}, "NaN"), ({"y_test": np.array([-1, 0])}, "negative label")]
+    for change, msg in bad:
+        arrays = {"x_train": xtr, "y_train": np.arange(6) % 3, "x_test": xtr[:2], "y_test": np.array([2, 1])}
+        arrays.update(change)
+        np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
+        with pytest.raises(ValueError, match=msg):
+            load_dataset(f"npz:{f}")
+    f.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_dataset(f"npz:{f}")
+
+
+def test_digits28_is_digits_upsampled_and_shifted_reproducibly():
+    from scipy.ndimage import zoom
+
+    from reference.data import DIGITS28_COPIES, load_digits28
+
+    a, b, d = load_digits28(), load_digits28(), load_digits_split()
+    assert a.image_hwc == (28, 28, 1) and len(a.x_train) == DIGITS28_COPIES * len(d.x_train)
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, d.y_test)
+    big = np.clip(zoom(d.x_test[0].reshape(8, 8), 3, order=1), 0, 1)
+    img = a.x_test[0].reshape(28, 28)
+    hits = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(img[dy:dy + 24, dx:dx + 24], big)]
+    assert hits and img.sum() == pytest.approx(big.sum())  # the upsampled digit, shifted, nothing else
+    offsets = {tuple(np.argwhere(a.x_train[i].reshape(28, 28) > 0).min(axis=0)) for i in range(30)}
+    assert len(offsets) > 5  # the shifts differ between images
+
+
+def test_data_shape_is_checked_against_the_network(tmp_path):
+    from reference.data import Dataset
+    from reference.train import Precision, TrainConfig, train
+
+    rng = np.random.default_rng(14)
+    d = Dataset("tiny", rng.random((8, 3 * 6 * 6)), rng.integers(0, 10, 8), rng.random((2, 108)),
+                rng.integers(0, 10, 2), (6, 6, 3))
+    with pytest.raises(ValueError, match=r"net 'lenet5': input \[1, 32, 32\] does not match.*\[3, 6, 6\]|"
+                                         r"larger than the padded input"):
+        train(TrainConfig(model="lenet5", precision=Precision.FP32, epochs=1, batch=4), d)
+    f = tmp_path / "n.toml"
+    f.write_text('input = [1, 28, 28]\n[[layers]]\ntype = "linear"\nout_features = 10\n'
+                 '[[layers]]\ntype = "softmax_ce"\n')
+    with pytest.raises(ValueError, match=r"net 'n': input \[1, 28, 28\] does not match the data's samples \[3, 6, 6\]"):
+        train(TrainConfig(model=str(f), precision=Precision.FP32, epochs=1, batch=4), d)
