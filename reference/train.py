@@ -293,6 +293,8 @@ class TrainConfig:
     trace_iters: IterSpec = IterSpec()
     grad_order: GradOrder = GradOrder.INPUT_FIRST
     core: str = "default"
+    #: An ONNX file whose initializers seed the weights (instead of He-normal), see reference.onnx_import.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, ModelKind):
@@ -351,6 +353,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay, "seed": self.seed, "grad_order": self.grad_order.value,
             "core": self.core,
             "trace_iters": self.trace_iters.to_json(),
+            **({"init_from": self.init_from} if self.init_from else {}),
         }
 
 
@@ -523,7 +526,7 @@ def open_session(cfg: TrainConfig, data: Dataset,
     model = build_session_model(cfg, data, core.tensor_ids)
     init_rng = np.random.default_rng([cfg.seed, 1])
     shuffle_rng = np.random.default_rng([cfg.seed, 2])
-    values = model.init_params(init_rng)
+    values = initial_values(cfg, model, init_rng)
     n = len(data.x_train)
     if n < cfg.batch:
         raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
@@ -543,6 +546,16 @@ def open_session(cfg: TrainConfig, data: Dataset,
 def build_session_model(cfg: TrainConfig, data: Dataset, tensor_ids: int) -> Model:
     """The model of ``cfg.model`` for ``data`` (dropout masks seeded by ``cfg.seed``)."""
     return build_model(cfg.model, data.image_hwc, data.classes, tensor_ids, seed=cfg.seed)
+
+
+def initial_values(cfg: TrainConfig, model: Model, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Float parameter values to start from: He-normal (``rng``), or ``cfg.init_from``'s initializers."""
+    values = model.init_params(rng)
+    if cfg.init_from:
+        from .onnx_import import initial_weights
+
+        values = initial_weights(cfg.init_from, {p.name: p.shape for p in model.params()})
+    return values
 
 
 class Hooks:
