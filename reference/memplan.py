@@ -318,6 +318,8 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
             reads = (y, dy)
         elif k is LayerKind.LRN:
             reads = (x, y, f"{L}.scale", dy)
+        elif k is LayerKind.AVGPOOL:
+            reads = (dy,)
         else:  # maxpool, dropout
             reads = (f"{L}.mask", dy)
         bwd.append(Op(f"bwd:{L}", L, Phase.BACKWARD, reads, (dx,)))

@@ -67,8 +67,7 @@ from .memplan import (
     plan,
 )
 from .models import Model, build_model
-from .nets import Layer as NetLayer
-from .nets import LayerKind, Net, digits_cnn
+from .nets import Net, digits_cnn
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -82,31 +81,9 @@ _F32 = np.dtype(np.float32)
 
 
 def net_of_model(model: Model, name: str | None = None) -> Net:
-    """The :class:`~reference.nets.Net` of ``model`` (layer names kept, a ``loss`` layer appended).
-
-    Raises
-    ------
-    TypeError
-        If the model has a layer type the planner cannot describe.
-    """
+    """The :class:`~reference.nets.Net` of ``model`` (its description, named for its input shape)."""
     h, w, c = model.image_hwc
-    layers: list[NetLayer] = []
-    for la in model.layers:
-        if isinstance(la, Conv2d):
-            layers.append(NetLayer(la.name, LayerKind.CONV, out_channels=la.out_features, kernel=la.k, pad=la.pad))
-        elif isinstance(la, Linear):
-            layers.append(NetLayer(la.name, LayerKind.LINEAR, out_features=la.out_features))
-        elif isinstance(la, ReLU):
-            layers.append(NetLayer(la.name, LayerKind.RELU))
-        elif isinstance(la, MaxPool2d):
-            layers.append(NetLayer(la.name, LayerKind.MAXPOOL, kernel=la.k, stride=la.s, pad=la.pad))
-        elif isinstance(la, Flatten):
-            layers.append(NetLayer(la.name, LayerKind.FLATTEN))
-        else:
-            raise TypeError(f"net_of_model: layer {la.name!r} of type {type(la).__name__} has no planner description")
-    layers.append(NetLayer("loss", LayerKind.SOFTMAX_CE))
-    shape = (c, h, w) if model.spatial_input else (h * w * c,)
-    return Net(name or f"{model.net.name}_{h}x{w}x{c}", shape, tuple(layers))
+    return Net(name or f"{model.net.name}_{h}x{w}x{c}", model.net.input_shape, model.net.layers)
 
 
 def plan_for_model(model: Model, batch: int, strategy: Strategy, momentum: bool, fused: bool = True,

@@ -288,3 +288,9 @@ def test_network_of_every_layer_kind_trains_and_its_trace_replays_bit_for_bit(tm
     path = write_trace(r.trace, tmp_path / "trace")
     rep = replay_reference(read_trace(path))
     assert rep.iterations == 2 and rep.ops > 50, rep
+    if precision == "dfp8":  # the cycle simulator replays it too (data checked bit for bit by the golden model)
+        from sim.replay import replay
+
+        res, _ = replay(path, tmp_path / "sim.json", grow_spad=True)
+        assert res["executed"] and res["totals"]["commands"] >= rep.ops + rep.policy_updates, \
+            (res["totals"], rep)
