@@ -871,13 +871,16 @@ def bench_markdown(rows: list[BenchRow], header: str) -> str:
     """
     ref = next((r for r in rows if r.precision == "fp32"), None)
     lines = [header, "",
-             "| precision | test accuracy % (mean +- std) | vs fp32 (points) | per seed | s/epoch wall "
-             "| s/epoch CPU | CPU time vs fp32 |",
-             "|---|---|---|---|---|---|---|"]
+             "| precision | test accuracy % (mean +- std) | vs fp32 (points) | worst seed vs fp32 (paired) "
+             "| per seed | s/epoch wall | s/epoch CPU | CPU time vs fp32 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "" if ref is None else f"{100 * (r.mean - ref.mean):+.2f}"
+        paired = ""
+        if ref is not None and len(ref.accs) == len(r.accs):
+            paired = f"{100 * min(a - b for a, b in zip(r.accs, ref.accs, strict=True)):+.2f}"
         ratio = "" if ref is None else f"{r.epoch_cpu_s / ref.epoch_cpu_s:.1f}x"
         per = ", ".join(f"{100 * a:.2f}" for a in r.accs)
-        lines.append(f"| {r.precision} | {100 * r.mean:.2f} +- {100 * r.std:.2f} | {diff} | {per} | "
+        lines.append(f"| {r.precision} | {100 * r.mean:.2f} +- {100 * r.std:.2f} | {diff} | {paired} | {per} | "
                      f"{r.epoch_time_s:.3f} | {r.epoch_cpu_s:.3f} | {ratio} |")
     return "\n".join(lines) + "\n"

@@ -251,8 +251,9 @@ def test_benchmark_rows_and_markdown(small):
     assert [r.precision for r in rows] == ["fp32", "dfp8"] and all(len(r.accs) == 2 for r in rows)
     assert all(r.epoch_time_s > 0 and r.epoch_cpu_s > 0 for r in rows)
     md = bench_markdown([BenchRow("fp32", (0.9, 0.8), 1.0, 0.5), BenchRow("dfp8", (0.8, 0.8), 3.0, 1.5)], "# t")
-    assert "| fp32 | 85.00 +- 5.00 | +0.00 | 90.00, 80.00 | 1.000 | 0.500 | 1.0x |" in md
-    assert "| dfp8 | 80.00 +- 0.00 | -5.00 | 80.00, 80.00 | 3.000 | 1.500 | 3.0x |" in md
+    assert "| fp32 | 85.00 +- 5.00 | +0.00 | +0.00 | 90.00, 80.00 | 1.000 | 0.500 | 1.0x |" in md
+    # paired: seed 0 is 10 points below fp32's seed 0, seed 1 equal
+    assert "| dfp8 | 80.00 +- 0.00 | -5.00 | -10.00 | 80.00, 80.00 | 3.000 | 1.500 | 3.0x |" in md
 
 
 @pytest.mark.slow
