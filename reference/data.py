@@ -25,6 +25,10 @@ present, at least one) and ``DIR/test_batch``, each a pickled dict with ``data``
 ``[N, 3072]``, channel planes R, G, B of 32x32) and ``labels``. They are read with an unpickler
 that admits only NumPy arrays and plain containers.
 
+``synthetic:CxHxW:CLASSES:N``: ``N`` training and ``N // 4`` (at least 1) test images of uniform
+random pixels with uniform random labels (``numpy.random.default_rng(SYNTHETIC_SEED)``): for timing
+and traces of large networks, never for accuracy.
+
 ``npz:FILE``: a NumPy ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``; images
 ``[N, H, W]`` or ``[N, H, W, C]`` (channels last), uint8 (divided by 255) or float (finite,
 taken as they are); labels integers from 0; the number of classes is the largest label + 1.
@@ -43,6 +47,7 @@ DIGITS_TEST_SIZE = 450
 DIGITS_SPLIT_SEED = 20170401
 DIGITS28_SEED = 19980101
 DIGITS28_COPIES = 3
+SYNTHETIC_SEED = 20260101
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -258,19 +263,38 @@ def load_npz(path: str | Path) -> Dataset:
                    tuple(int(v) for v in hwc), classes)  # type: ignore[arg-type]
 
 
+def load_synthetic(spec: str) -> Dataset:
+    """``CxHxW:CLASSES:N`` random images and labels (see the module docstring)."""
+    parts = spec.split(":")
+    try:
+        c, h, w = (int(v) for v in parts[0].lower().split("x"))
+        classes, n = int(parts[1]), int(parts[2])
+        if len(parts) != 3 or min(c, h, w, classes, n) < 1:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(f"data: synthetic:{spec!r}: expected synthetic:CxHxW:CLASSES:N with positive integers, "
+                         "e.g. synthetic:3x227x227:1000:16") from None
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    nt = max(1, n // 4)
+    x = rng.random((n + nt, h * w * c))
+    y = rng.integers(0, classes, n + nt)
+    return Dataset(f"synthetic:{spec}", x[:n], y[:n], x[n:], y[n:], (h, w, c), classes)
+
+
 def load_dataset(spec: str) -> Dataset:
-    """``digits``, ``digits28``, ``mnist:DIR``, ``cifar10:DIR`` or ``npz:FILE``."""
+    """``digits``, ``digits28``, ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE`` or ``synthetic:CxHxW:CLASSES:N``."""
     if spec == "digits":
         return load_digits_split()
     if spec == "digits28":
         return load_digits28()
-    loaders = {"mnist": load_mnist_dir, "cifar10": load_cifar10_dir, "npz": load_npz}
+    loaders = {"mnist": load_mnist_dir, "cifar10": load_cifar10_dir, "npz": load_npz, "synthetic": load_synthetic}
     kind, _, path = spec.partition(":")
     if kind in loaders and _:
         if not path:
             raise ValueError(f"data: '{kind}:' needs a path, e.g. {kind}:/data/{kind}")
         return loaders[kind](path)
-    raise ValueError(f"data: {spec!r} is not 'digits', 'digits28', 'mnist:DIR', 'cifar10:DIR' or 'npz:FILE'")
+    raise ValueError(f"data: {spec!r} is not 'digits', 'digits28', 'mnist:DIR', 'cifar10:DIR', 'npz:FILE' "
+                     "or 'synthetic:CxHxW:CLASSES:N'")
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

@@ -201,3 +201,12 @@ def test_data_shape_is_checked_against_the_network(tmp_path):
                  '[[layers]]\ntype = "softmax_ce"\n')
     with pytest.raises(ValueError, match=r"net 'n': input \[1, 28, 28\] does not match the data's samples \[3, 6, 6\]"):
         train(TrainConfig(model=str(f), precision=Precision.FP32, epochs=1, batch=4), d)
+
+
+def test_synthetic_data_is_seeded_and_its_spec_checked():
+    a, b = load_dataset("synthetic:3x5x4:7:8"), load_dataset("synthetic:3x5x4:7:8")
+    assert a.image_hwc == (5, 4, 3) and a.classes == 7 and a.x_train.shape == (8, 60) and a.x_test.shape == (2, 60)
+    assert np.array_equal(a.x_train, b.x_train) and a.y_train.max() < 7
+    for bad in ("synthetic:3x5:7:8", "synthetic:3x5x4:0:8", "synthetic:3x5x4:7", "synthetic:3x5x4:7:8:9"):
+        with pytest.raises(ValueError, match="expected synthetic:CxHxW:CLASSES:N"):
+            load_dataset(bad)
