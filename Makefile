@@ -45,6 +45,12 @@ regress: $(STAMP)
 BENCH_TRACE = build/bench/cnn-dfp8/trace
 bench: $(STAMP)
 	$(VENV)/bin/dlu bench
+	$(VENV)/bin/dlu bench --net lenet5 --data digits28 --precisions fp32,dfp16,dfp8 --seeds 5 --epochs 8 \
+	  --out build/bench/lenet5.md
+	$(VENV)/bin/dlu train --net alexnet --data synthetic:3x227x227:1000:8 --batch 8 --epochs 1 --precision dfp16 \
+	  --core configs/tensor-ids-256.toml --trace-iters 0 --out build/bench --name alexnet-dfp16 --force --quiet --no-plots
+	@$(PY) -c "import torch" 2>/dev/null && echo "PyTorch is installed, but no PyTorch comparison row is implemented yet" \
+	  || echo "PyTorch not installed: PyTorch comparison rows skipped (pip install -e '.[torch]')"
 	$(VENV)/bin/dlu train --model cnn --precision dfp8 --epochs 1 --trace-iters all --out build/bench \
 	  --name cnn-dfp8 --force --quiet --no-plots
 	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet

@@ -294,3 +294,16 @@ def test_network_of_every_layer_kind_trains_and_its_trace_replays_bit_for_bit(tm
         res, _ = replay(path, tmp_path / "sim.json", grow_spad=True)
         assert res["executed"] and res["totals"]["commands"] >= rep.ops + rep.policy_updates, \
             (res["totals"], rep)
+
+
+def test_cli_net_that_does_not_fit_the_data_is_one_line(tmp_path, capsys):
+    from dlu.cli import main
+
+    assert main(["train", "--net", "alexnet", "--precision", "fp32", "--epochs", "1", "--out", str(tmp_path),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dlu train: error: net 'alexnet': input [3, 227, 227] does not match the data's samples "
+                   "[1, 8, 8] (C, H, W)"]
+    assert main(["train", "--net", str(tmp_path / "nope.toml"), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "not a built-in" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
