@@ -307,3 +307,26 @@ def test_cli_net_that_does_not_fit_the_data_is_one_line(tmp_path, capsys):
     assert main(["train", "--net", str(tmp_path / "nope.toml"), "--out", str(tmp_path), "--quiet"]) == 2
     assert "not a built-in" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_lenet5_on_28x28_is_lecuns_32x32_framing_and_plans():
+    from reference.memplan import Strategy, check_plan, plan
+    from reference.nets import infer_shapes, lenet5, net_from_dict
+
+    shapes = {s.layer.name: s.out_shape for s in infer_shapes(lenet5((1, 28, 28)))}
+    assert shapes["conv1"] == (6, 28, 28) and shapes["pool2"] == (16, 5, 5) and shapes["fc5"] == (10,)
+    assert lenet5((1, 28, 28)).param_count == lenet5().param_count == 61706  # LeCun's layer sizes
+    m = build_model("lenet5", (28, 28, 1), 10)
+    assert [la.name for la in m.layers if la.params()] == ["conv1", "conv2", "fc3", "fc4", "fc5"]
+    # the planner handles every layer kind of the trainer's description
+    check_plan(plan(net_from_dict(ALL_KINDS_NET), 4, strategy=Strategy.REORDER))
+
+
+@pytest.mark.slow
+def test_lenet5_trains_on_digits28_in_dfp8():
+    """Accuracy floor (the 5-seed figures are in docs/training.md: 94.2-98.0 % after 8 epochs)."""
+    from reference.data import load_digits28
+    from reference.train import Precision, TrainConfig, train
+
+    r = train(TrainConfig(model="lenet5", precision=Precision.DFP8, epochs=8, seed=0), load_digits28())
+    assert r.metrics["final"]["test_acc"] >= 0.95, r.metrics["final"]
