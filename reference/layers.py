@@ -681,6 +681,30 @@ class Flatten(Layer):
         return be.host(dy, lambda a: a.reshape(-1, self.in_hwc[2]))
 
 
+class Add(Layer):
+    """Residual addition ``y = x + s`` (one ADD command), ``s`` the output of layer ``source``.
+
+    :meth:`reference.models.Model.forward` sets :attr:`skip` before the call. Backward: the error
+    passes to the input unchanged (the layer shares its input's error id) and
+    :meth:`reference.models.Model.backward` adds it to the source's output error (an ADD command)
+    when it reaches that layer.
+    """
+
+    def __init__(self, ids: TensorIds, name: str, source: str, in_err: int | None):
+        self.name, self.source, self.in_err = name, source, in_err
+        self.out_act = ids.new(f"{name}.out", TensorClass.ACTIVATION)
+        self.out_err = in_err if in_err is not None else -1
+        self.skip: Ref | None = None
+
+    def forward(self, be: Backend, x: Ref) -> Ref:
+        if self.skip is None:
+            raise ValueError(f"{self.name}: the output of {self.source!r} was not set (run it through Model.forward)")
+        return be.add(self.out_act, x, self.skip)
+
+    def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
+        return None if self.in_err is None else dy
+
+
 class Dropout(Layer):
     """Inverted dropout: in training each value is kept with probability ``1 - p`` and scaled by
     ``1 / (1 - p)``; in evaluation the layer passes values through.

@@ -669,6 +669,8 @@ def plan(net: Net, batch: int, width: Width = Width.W32, strategy: Strategy = St
     ValueError
         On a bad ``batch``, ``align``, ``fused_rows`` or a forced order the strategy does not allow.
     """
+    if any(la.kind is LayerKind.ADD for la in net.layers):
+        raise ValueError(f"memplan: net {net.name!r} has residual add layers; the planner handles chains only")
     _check_args(batch, width, strategy, align)
     fused_tile_rows(1, fused_rows)  # validates fused_rows
     inplace = strategy >= Strategy.INPLACE if inplace is None else bool(inplace)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .layers import (
     LRN,
+    Add,
     AvgPool2d,
     Backend,
     Conv2d,
@@ -121,8 +122,12 @@ class Model:
         return images
 
     def forward(self, be: Backend, x: Ref) -> Ref:
+        outs: dict[str, Ref] = {}
         for layer in self.layers:
+            if isinstance(layer, Add):
+                layer.skip = outs[layer.source]
             x = layer.forward(be, x, self.training) if isinstance(layer, Dropout) else layer.forward(be, x)
+            outs[layer.name] = x
         return x
 
     def backward(self, be: Backend, dy: Ref, order: GradOrder = GradOrder.INPUT_FIRST,
@@ -132,7 +137,12 @@ class Model:
         ``on_grads_ready(layer)`` is called as soon as a layer with parameters has its gradients
         (the data-parallel trainer starts an allreduce there).
         """
+        pending: dict[str, Ref] = {}  # residual errors waiting for their source layer
         for layer in reversed(self.layers):
+            if layer.name in pending:  # the error of this output also flows back from an add
+                dy = be.add(dy.tid, dy, pending.pop(layer.name))
+            if isinstance(layer, Add) and layer.in_err is not None:
+                pending[layer.source] = dy
             if order == GradOrder.WEIGHTS_FIRST:
                 layer.backward_weights(be, dy)
                 dx = layer.backward_input(be, dy)
@@ -199,6 +209,8 @@ def build_model(net: Net | ModelKind | str | dict, image_hwc: tuple[int, int, in
             spatial = False
         elif k is LayerKind.DROPOUT:
             new = Dropout(ids, la.name, la.p, err, np.random.default_rng([seed, 4, i]))
+        elif k is LayerKind.ADD:
+            new = Add(ids, la.name, la.source, err)
         elif k is LayerKind.LRN:
             new = LRN(ids, la.name, hwc[2], la.size, la.alpha, la.beta, la.bias, err)
         else:  # pragma: no cover - every kind of reference.nets is handled above

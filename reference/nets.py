@@ -21,11 +21,12 @@ JSON (``.json``) or TOML (``.toml``) with the keys::
     input  = [1, 8, 8]              # per-sample shape: [C, H, W] or [F]
     [[layers]]                       # in order; the last one must be softmax_ce
     type = "conv"                    # conv | linear | relu | maxpool | avgpool | lrn | dropout | flatten
-    name = "conv1"                   #   | softmax_ce;  name: optional, defaults to "<type><index>"
+    name = "conv1"                   #   | add | softmax_ce;  name: optional, defaults to "<type><index>"
     out_channels = 8                 # conv: out_channels, kernel; optional stride=1, pad=0, groups=1
     kernel = 3                       # maxpool, avgpool: kernel; optional stride=kernel, pad=0
     pad = 1                          # linear: out_features; dropout: optional p=0.5
                                      # lrn: optional size=5, alpha=1e-4, beta=0.75, bias=1.0
+                                     # add: source = "<earlier layer>" (residual addition)
 
 Average pooling counts padded positions in its divisor (PyTorch's ``count_include_pad``).
 A linear layer on a ``[C, H, W]`` input flattens it first, in (H, W, C) order (the trainer's
@@ -63,6 +64,7 @@ class LayerKind(enum.Enum):
     LRN = "lrn"
     DROPOUT = "dropout"
     FLATTEN = "flatten"
+    ADD = "add"
     SOFTMAX_CE = "softmax_ce"
 
     @property
@@ -82,6 +84,7 @@ _FIELDS: dict[LayerKind, tuple[tuple[str, ...], dict[str, object]]] = {
     LayerKind.LRN: ((), {"size": 5, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
     LayerKind.DROPOUT: ((), {"p": 0.5}),
     LayerKind.FLATTEN: ((), {}),
+    LayerKind.ADD: (("source",), {}),
     LayerKind.SOFTMAX_CE: ((), {}),
 }
 
@@ -105,6 +108,9 @@ class Layer:
         ``y = x / (bias + alpha / size * sum(x**2 over size channels)) ** beta``.
     p
         Dropout probability (inverted dropout: kept values are scaled by ``1 / (1 - p)``).
+    source
+        Residual addition (``add``): the name of an earlier layer whose output (same shape) is
+        added to this layer's input; the error flows back to both.
     """
 
     name: str
@@ -120,6 +126,7 @@ class Layer:
     alpha: float = 0.0
     beta: float = 0.0
     bias: float = 0.0
+    source: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """The layer as a network-file table (only its kind's fields)."""
@@ -250,6 +257,14 @@ def infer_shapes(net: Net, source: str | None = None) -> tuple[LayerShape, ...]:
             new = (layer.out_features,)
         elif k is LayerKind.FLATTEN:
             new = (prod(shape),)
+        elif k is LayerKind.ADD:
+            src_shape = next((t.out_shape for t in out if t.layer.name == layer.source), None)
+            if src_shape is None:
+                raise bad(i, layer, f"field 'source' = {layer.source!r}: not the name of an earlier layer")
+            if src_shape != shape:
+                raise bad(i, layer, f"field 'source' = {layer.source!r}: its output {list(src_shape)} does not "
+                                    f"match this layer's input {list(shape)}")
+            new = shape
         elif k is LayerKind.SOFTMAX_CE:
             if len(shape) != 1:
                 raise bad(i, layer, f"softmax_ce needs a flat [classes] input, got {list(shape)}")
@@ -319,6 +334,11 @@ def net_from_dict(d: Mapping[str, object], source: str = "<dict>", default_name:
         for key in required:
             if key not in raw:
                 raise NetFileError(f"{source}: {where}: missing field {key!r} for type {kind.value!r}")
+            if key == "source":
+                if not isinstance(raw[key], str) or not raw[key]:
+                    raise NetFileError(f"{source}: {where}: field 'source' = {raw[key]!r}: must be a layer name")
+                kw[key] = raw[key]
+                continue
             kw[key] = _positive_int(source, where, key, raw[key])
         for key, default in optional.items():
             v = raw.get(key, default)

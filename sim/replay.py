@@ -150,6 +150,8 @@ def planned_scratchpad(trace: Trace) -> dict[tuple[str, str], int]:
     spec = meta.get("precision_spec") or {}
     bits = [v["width"] for v in spec.values() if isinstance(v, dict) and "width" in v]
     width = Width.from_bits(max(bits)) if bits else Width.W32
+    if any(la.get("type") == "add" for la in (trace.meta.get("net") or {}).get("layers", [])):
+        return {}  # the memory planner handles chains only
     model = build_model(trace.meta.get("net") or meta["model"], tuple(hwc), int(trace.meta.get("classes", 10)),
                         trace.cfg.tensor_ids)
     return scratchpad_by_layer_pass(int(meta["batch"]), width, net=net_of_model(model),

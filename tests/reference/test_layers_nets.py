@@ -330,3 +330,70 @@ def test_lenet5_trains_on_digits28_in_dfp8():
 
     r = train(TrainConfig(model="lenet5", precision=Precision.DFP8, epochs=8, seed=0), load_digits28())
     assert r.metrics["final"]["test_acc"] >= 0.95, r.metrics["final"]
+
+
+RESIDUAL_NET = {"name": "residual", "input": [2, 6, 6], "layers": [
+    {"type": "conv", "name": "c1", "out_channels": 4, "kernel": 3, "pad": 1},
+    {"type": "relu", "name": "r1"},
+    {"type": "conv", "name": "c2", "out_channels": 4, "kernel": 3, "pad": 1},
+    {"type": "relu", "name": "r2"},
+    {"type": "conv", "name": "c3", "out_channels": 4, "kernel": 3, "pad": 1},
+    {"type": "add", "name": "res", "source": "r1"},
+    {"type": "relu", "name": "r3"},
+    {"type": "maxpool", "name": "p", "kernel": 2},
+    {"type": "add", "name": "twice", "source": "p"},
+    {"type": "linear", "name": "fc", "out_features": 3},
+    {"type": "softmax_ce", "name": "loss"},
+]}
+
+
+def test_residual_network_has_numerical_gradients_and_bad_sources_are_named():
+    from reference.nets import NetFileError, net_from_dict
+
+    seed = 720
+    rng = np.random.default_rng(seed)
+    m = build_model(RESIDUAL_NET, (6, 6, 2), 3)
+    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
+    x = m.input_matrix(rng.random((2, 72)))
+    y = rng.integers(0, 3, 2)
+    m.bind(F64, vals)
+
+    def loss():
+        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
+
+    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
+    m.backward(F64, Ref(g, m.logits_err_tid))
+    for p in m.params():
+        np.testing.assert_allclose(p.grad.t, _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{p.name}, seed {seed}")
+    bad = dict(RESIDUAL_NET, layers=[*RESIDUAL_NET["layers"][:5], {"type": "add", "source": "nope"},
+                                     *RESIDUAL_NET["layers"][6:]])
+    with pytest.raises(NetFileError, match="field 'source' = 'nope': not the name of an earlier layer"):
+        net_from_dict(bad)
+    bad = dict(RESIDUAL_NET, layers=[*RESIDUAL_NET["layers"][:8], {"type": "add", "source": "r1"},
+                                     *RESIDUAL_NET["layers"][9:]])
+    with pytest.raises(NetFileError, match=r"its output .* does not match this layer's input"):
+        net_from_dict(bad)
+
+
+def test_residual_network_trains_in_dfp8_and_its_trace_replays(tmp_path):
+    from reference.data import Dataset
+    from reference.trace import read_trace, replay_reference, write_trace
+    from reference.train import IterSpec, Precision, TrainConfig, train
+    from sim.replay import replay
+
+    seed = 730
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((40, 72)), rng.integers(0, 3, 40)
+    data = Dataset("random-6x6x2", x[:32], y[:32], x[32:], y[32:], (6, 6, 2), classes=3)
+    from reference.nets import net_from_dict, net_to_toml
+
+    f = tmp_path / "res.toml"
+    f.write_text(net_to_toml(net_from_dict(RESIDUAL_NET)))
+    r = train(TrainConfig(model=str(f), precision=Precision.DFP8, epochs=1, batch=8, seed=seed,
+                          trace_iters=IterSpec.parse("1")), data)
+    assert np.isfinite(r.metrics["final"]["loss"])
+    path = write_trace(r.trace, tmp_path / "trace")
+    rep = replay_reference(read_trace(path))
+    res, _ = replay(path, tmp_path / "sim.json", grow_spad=True)
+    assert rep.iterations == 1 and res["executed"], (rep, res["totals"])
