@@ -681,6 +681,65 @@ class Flatten(Layer):
         return be.host(dy, lambda a: a.reshape(-1, self.in_hwc[2]))
 
 
+class BatchNorm(Layer):
+    """Batch normalisation per channel (column), on the host in float64 like :class:`LRN`.
+
+    Training mode normalises with the batch's mean and (biased) variance and updates running
+    averages (``r = (1 - momentum) * r + momentum * batch``, unbiased variance); evaluation uses
+    the running averages. ``y = gamma * xhat + beta``; gamma and beta are parameters (ids of class
+    weight, updated by the same AXPY chain as every weight). In the dfp modes the host reads x,
+    gamma and beta, computes in float and loads y, dX, dgamma and dbeta (point positions by the
+    policy, as for the input images): none of it is a DLU command.
+    """
+
+    def __init__(self, ids: TensorIds, name: str, channels: int, in_err: int | None, eps: float = 1e-5,
+                 momentum: float = 0.1):
+        self.name, self.c, self.in_err, self.eps, self.momentum = name, channels, in_err, eps, momentum
+        self.weight = Param.make(ids, f"{name}.weight", (1, channels))
+        self.bias = Param.make(ids, f"{name}.bias", (1, channels))
+        self.out_act = ids.new(f"{name}.out", TensorClass.ACTIVATION)
+        self.out_err = ids.new(f"{name}.out.err", TensorClass.ERROR)
+        self.running_mean = np.zeros(channels)
+        self.running_var = np.ones(channels)
+        self._saved: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def params(self) -> list[Param]:
+        return [self.weight, self.bias]
+
+    def init(self, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        return {self.weight.name: np.ones((1, self.c)), self.bias.name: np.zeros((1, self.c))}
+
+    def forward(self, be: Backend, x: Ref, training: bool = True) -> Ref:
+        xf = be.to_float(x)
+        g, b = be.to_float(self.weight.value)[0], be.to_float(self.bias.value)[0]
+        if training:
+            mu, var = xf.mean(axis=0), xf.var(axis=0)
+            n = xf.shape[0]
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mu
+            self.running_var = (1 - m) * self.running_var + m * var * (n / max(n - 1, 1))
+        else:
+            mu, var = self.running_mean, self.running_var
+        inv = 1.0 / np.sqrt(var + self.eps)
+        xhat = (xf - mu) * inv
+        self._saved = (xhat, inv, g)
+        return be.host_float(self.out_act, g * xhat + b)
+
+    def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
+        if self.in_err is None:
+            return None
+        xhat, inv, g = self._saved
+        d = be.to_float(dy) * g
+        dx = inv * (d - d.mean(axis=0) - xhat * (d * xhat).mean(axis=0))
+        return be.host_float(self.in_err, dx)
+
+    def backward_weights(self, be: Backend, dy: Ref) -> None:
+        xhat = self._saved[0]
+        d = be.to_float(dy)
+        self.weight.grad = be.host_float(self.weight.g_tid, (d * xhat).sum(axis=0, keepdims=True))
+        self.bias.grad = be.host_float(self.bias.g_tid, d.sum(axis=0, keepdims=True))
+
+
 class Add(Layer):
     """Residual addition ``y = x + s`` (one ADD command), ``s`` the output of layer ``source``.
 

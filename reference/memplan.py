@@ -320,6 +320,8 @@ def _build_step(net: Net, batch: int, width: Width, strategy: Strategy,
             reads = (x, y, f"{L}.scale", dy)
         elif k is LayerKind.AVGPOOL:
             reads = (dy,)
+        elif k is LayerKind.BATCHNORM:  # (gamma, beta and their state are not planned)
+            reads = (x, dy)
         else:  # maxpool, dropout
             reads = (f"{L}.mask", dy)
         bwd.append(Op(f"bwd:{L}", L, Phase.BACKWARD, reads, (dx,)))

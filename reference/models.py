@@ -24,6 +24,7 @@ from .layers import (
     Add,
     AvgPool2d,
     Backend,
+    BatchNorm,
     Conv2d,
     Dropout,
     Flatten,
@@ -91,10 +92,10 @@ class Model:
         return [p for layer in self.layers for p in layer.params()]
 
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """He-normal weights, zero biases, in float64."""
+        """He-normal weights, zero biases (batch norm: gamma 1, beta 0), in float64."""
         out: dict[str, np.ndarray] = {}
         for layer in self.layers:
-            if isinstance(layer, Linear):
+            if isinstance(layer, Linear | BatchNorm):
                 out.update(layer.init(rng))
         return out
 
@@ -126,7 +127,10 @@ class Model:
         for layer in self.layers:
             if isinstance(layer, Add):
                 layer.skip = outs[layer.source]
-            x = layer.forward(be, x, self.training) if isinstance(layer, Dropout) else layer.forward(be, x)
+            if isinstance(layer, Dropout | BatchNorm):
+                x = layer.forward(be, x, self.training)
+            else:
+                x = layer.forward(be, x)
             outs[layer.name] = x
         return x
 
@@ -209,6 +213,8 @@ def build_model(net: Net | ModelKind | str | dict, image_hwc: tuple[int, int, in
             spatial = False
         elif k is LayerKind.DROPOUT:
             new = Dropout(ids, la.name, la.p, err, np.random.default_rng([seed, 4, i]))
+        elif k is LayerKind.BATCHNORM:
+            new = BatchNorm(ids, la.name, hwc[2] if spatial else prod(hwc), err, la.eps, la.momentum)
         elif k is LayerKind.ADD:
             new = Add(ids, la.name, la.source, err)
         elif k is LayerKind.LRN:

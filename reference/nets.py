@@ -27,6 +27,7 @@ JSON (``.json``) or TOML (``.toml``) with the keys::
     pad = 1                          # linear: out_features; dropout: optional p=0.5
                                      # lrn: optional size=5, alpha=1e-4, beta=0.75, bias=1.0
                                      # add: source = "<earlier layer>" (residual addition)
+                                     # batchnorm: optional eps=1e-5, momentum=0.1
 
 Average pooling counts padded positions in its divisor (PyTorch's ``count_include_pad``).
 A linear layer on a ``[C, H, W]`` input flattens it first, in (H, W, C) order (the trainer's
@@ -65,6 +66,7 @@ class LayerKind(enum.Enum):
     DROPOUT = "dropout"
     FLATTEN = "flatten"
     ADD = "add"
+    BATCHNORM = "batchnorm"
     SOFTMAX_CE = "softmax_ce"
 
     @property
@@ -74,7 +76,7 @@ class LayerKind(enum.Enum):
 
 # Per kind: required integer fields, optional fields with defaults. `stride=None` for
 # pooling means "equal to kernel". Dropout's `p` and LRN's alpha, beta, bias are floats.
-_FLOAT_FIELDS = ("p", "alpha", "beta", "bias")
+_FLOAT_FIELDS = ("p", "alpha", "beta", "bias", "eps", "momentum")
 _FIELDS: dict[LayerKind, tuple[tuple[str, ...], dict[str, object]]] = {
     LayerKind.CONV: (("out_channels", "kernel"), {"stride": 1, "pad": 0, "groups": 1}),
     LayerKind.LINEAR: (("out_features",), {}),
@@ -85,6 +87,7 @@ _FIELDS: dict[LayerKind, tuple[tuple[str, ...], dict[str, object]]] = {
     LayerKind.DROPOUT: ((), {"p": 0.5}),
     LayerKind.FLATTEN: ((), {}),
     LayerKind.ADD: (("source",), {}),
+    LayerKind.BATCHNORM: ((), {"eps": 1e-5, "momentum": 0.1}),
     LayerKind.SOFTMAX_CE: ((), {}),
 }
 
@@ -108,6 +111,9 @@ class Layer:
         ``y = x / (bias + alpha / size * sum(x**2 over size channels)) ** beta``.
     p
         Dropout probability (inverted dropout: kept values are scaled by ``1 / (1 - p)``).
+    eps, momentum
+        Batch normalisation (``batchnorm``, per channel, training mode uses the batch's statistics;
+        running averages with PyTorch's ``momentum`` convention serve evaluation).
     source
         Residual addition (``add``): the name of an earlier layer whose output (same shape) is
         added to this layer's input; the error flows back to both.
@@ -127,6 +133,8 @@ class Layer:
     beta: float = 0.0
     bias: float = 0.0
     source: str = ""
+    eps: float = 0.0
+    momentum: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """The layer as a network-file table (only its kind's fields)."""
@@ -257,6 +265,9 @@ def infer_shapes(net: Net, source: str | None = None) -> tuple[LayerShape, ...]:
             new = (layer.out_features,)
         elif k is LayerKind.FLATTEN:
             new = (prod(shape),)
+        elif k is LayerKind.BATCHNORM:
+            weights = biases = shape[0]  # gamma and beta per channel (or per feature)
+            new = shape
         elif k is LayerKind.ADD:
             src_shape = next((t.out_shape for t in out if t.layer.name == layer.source), None)
             if src_shape is None:

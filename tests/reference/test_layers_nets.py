@@ -397,3 +397,69 @@ def test_residual_network_trains_in_dfp8_and_its_trace_replays(tmp_path):
     rep = replay_reference(read_trace(path))
     res, _ = replay(path, tmp_path / "sim.json", grow_spad=True)
     assert rep.iterations == 1 and res["executed"], (rep, res["totals"])
+
+
+BN_NET = {"name": "bn", "input": [2, 5, 5], "layers": [
+    {"type": "conv", "name": "c1", "out_channels": 3, "kernel": 3, "pad": 1},
+    {"type": "batchnorm", "name": "bn1"},
+    {"type": "relu", "name": "r1"},
+    {"type": "add", "name": "res", "source": "bn1"},
+    {"type": "flatten", "name": "f"},
+    {"type": "linear", "name": "fc1", "out_features": 6},
+    {"type": "batchnorm", "name": "bn2", "eps": 0.001, "momentum": 0.5},
+    {"type": "linear", "name": "fc2", "out_features": 3},
+    {"type": "softmax_ce", "name": "loss"},
+]}
+
+
+def test_batchnorm_in_training_mode_has_numerical_gradients_and_running_statistics():
+    seed = 740
+    rng = np.random.default_rng(seed)
+    m = build_model(BN_NET, (5, 5, 2), 3)
+    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
+    x = m.input_matrix(rng.random((4, 50)))
+    y = rng.integers(0, 3, 4)
+    m.bind(F64, vals)
+
+    def loss():
+        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
+
+    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
+    m.backward(F64, Ref(g, m.logits_err_tid))
+    grads = {p.name: p.grad.t.copy() for p in m.params()}
+    assert set(grads) >= {"bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"}
+    for p in m.params():
+        np.testing.assert_allclose(grads[p.name], _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{p.name}, seed {seed}")
+    # running statistics: bn2 (momentum 0.5) after one more training pass on the same batch
+    bn2 = next(la for la in m.layers if la.name == "bn2")
+    fc1 = next(la for la in m.layers if la.name == "fc1")
+    bn2.running_mean, bn2.running_var = np.zeros(6), np.ones(6)
+    m.forward(F64, F64.load(m.input_tid, x))
+    h = fc1.forward(F64, fc1._x)
+    np.testing.assert_allclose(bn2.running_mean, 0.5 * h.t.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bn2.running_var, 0.5 + 0.5 * h.t.var(axis=0, ddof=1), rtol=1e-12)
+    m.training = False  # evaluation normalises with the running statistics
+    out = bn2.forward(F64, h, training=False).t
+    want = vals["bn2.weight"] * (h.t - bn2.running_mean) / np.sqrt(bn2.running_var + 0.001) + vals["bn2.bias"]
+    np.testing.assert_allclose(out, want, rtol=1e-12)
+
+
+def test_batchnorm_residual_network_trains_in_dfp16_and_replays(tmp_path):
+    from reference.data import Dataset
+    from reference.trace import read_trace, replay_reference, write_trace
+    from reference.train import IterSpec, Precision, TrainConfig, train
+
+    seed = 750
+    rng = np.random.default_rng(seed)
+    x, y = rng.random((40, 50)), rng.integers(0, 3, 40)
+    data = Dataset("random-5x5x2", x[:32], y[:32], x[32:], y[32:], (5, 5, 2), classes=3)
+    from reference.nets import net_from_dict, net_to_toml
+
+    f = tmp_path / "bn.toml"
+    f.write_text(net_to_toml(net_from_dict(BN_NET)))
+    r = train(TrainConfig(model=str(f), precision=Precision.DFP16, epochs=2, batch=8, seed=seed,
+                          trace_iters=IterSpec.parse("2")), data)
+    assert np.isfinite(r.metrics["final"]["loss"]) and r.metrics["net"]["layers"][1]["type"] == "batchnorm"
+    rep = replay_reference(read_trace(write_trace(r.trace, tmp_path / "trace")))
+    assert rep.iterations == 1 and rep.loads > 4, rep  # the host's batch-norm results are LOADs
