@@ -108,7 +108,7 @@ def _check_args(args: argparse.Namespace):
 def _final(args: argparse.Namespace) -> Path:
     from .cli import run_dir
 
-    return run_dir(args, f"{args.model}-{args.precision}-w{args.workers}-{args.exchange}-s{args.seed}")
+    return run_dir(args, f"{Path(args.model).stem}-{args.precision}-w{args.workers}-{args.exchange}-s{args.seed}")
 
 
 def run(args: argparse.Namespace) -> int:
