@@ -7,7 +7,10 @@ must be a chain: every node reads the previous node's output (and initializers).
 operators (:data:`SUPPORTED_OPS`): Conv (square kernels, equal strides and pads, groups, no
 dilation), Relu, MaxPool and AveragePool (square, floor mode; AveragePool with padding only if
 ``count_include_pad=1``), LRN, Dropout, Flatten (axis 1) or Reshape to ``[N, -1]``, Gemm
-(alpha = beta = 1), MatMul (optionally followed by an Add of a bias), and Identity. A trailing
+(alpha = beta = 1), MatMul (optionally followed by an Add of a bias), BatchNormalization (its scale
+and B become the parameters; the trainer normalises with batch statistics in training and keeps
+its own running averages, the model's are not imported), an Add of the chain's tensor and an
+earlier layer's output (an identity residual connection: a layer of type ``add``), and Identity. A trailing
 Softmax or LogSoftmax is dropped (the trainer's loss includes it). Anything else raises
 :class:`OnnxImportError` naming the node and operator, and nothing is written.
 
@@ -38,7 +41,7 @@ class OnnxImportError(ValueError):
 
 
 SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "LRN", "Dropout", "Flatten", "Reshape", "Gemm", "MatMul",
-                 "Add", "Identity", "Softmax", "LogSoftmax")
+                 "Add", "BatchNormalization", "Identity", "Softmax", "LogSoftmax")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ def import_onnx(path: str | Path) -> Imported:
     weights: dict[str, np.ndarray] = {}
     raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # linear layers: ONNX-layout [in, out] weights, bias
     names: set[str] = set()
+    producer: dict[str, str] = {}  # tensor name -> the layer whose output it is (residual sources)
     cur = inputs[0].name
     nodes = list(g.node)
     for i, node in enumerate(nodes):
@@ -121,7 +125,13 @@ def import_onnx(path: str | Path) -> Imported:
         data_in = [x for x in node.input if x and x not in inits]
         if op not in SUPPORTED_OPS:
             raise OnnxImportError(f"{where}: unsupported operator; supported: {', '.join(SUPPORTED_OPS)}")
-        if data_in != [cur]:
+        residual = op == "Add" and len(data_in) == 2 and cur in data_in
+        if residual:
+            other = data_in[1] if data_in[0] == cur else data_in[0]
+            if other not in producer:
+                raise OnnxImportError(f"{where}: adds {other!r}, which is not the output of an earlier layer: "
+                                      "only identity skip connections are supported")
+        elif data_in != [cur]:
             raise OnnxImportError(f"{where}: reads {data_in}, not the previous output {cur!r}: only a chain of "
                                   "layers is supported")
         a = _attrs(node)
@@ -135,6 +145,11 @@ def import_onnx(path: str | Path) -> Imported:
             if i != len(nodes) - 1:
                 raise OnnxImportError(f"{where}: {op} is supported only as the last node (the loss includes it)")
             continue
+        if residual:
+            names.add(lname)
+            layers.append(Layer(lname, LayerKind.ADD, source=producer[other]))
+            producer[cur] = lname
+            continue
         if op == "Add":
             bias_name = [x for x in node.input if x in inits]
             if not layers or layers[-1].kind is not LayerKind.LINEAR or not bias_name or \
@@ -146,6 +161,18 @@ def import_onnx(path: str | Path) -> Imported:
             raw[layers[-1].name] = (raw[layers[-1].name][0], b)
             continue
         names.add(lname)
+        producer[cur] = lname
+        if op == "BatchNormalization":
+            if int(a.get("training_mode", 0)):
+                raise OnnxImportError(f"{where}: training_mode=1 outputs are not supported")
+            scale, bias = inits.get(node.input[1]), inits.get(node.input[2])
+            if scale is None or bias is None:
+                raise OnnxImportError(f"{where}: scale and B must be initializers")
+            layers.append(Layer(lname, LayerKind.BATCHNORM, eps=float(a.get("epsilon", 1e-5)),
+                                momentum=1.0 - float(a.get("momentum", 0.9))))
+            weights[f"{lname}.weight"] = np.asarray(scale, dtype=np.float64).reshape(1, -1)
+            weights[f"{lname}.bias"] = np.asarray(bias, dtype=np.float64).reshape(1, -1)
+            continue
         if op == "Conv":
             if _square(where, "dilations", a.get("dilations"), 1) != 1:
                 raise OnnxImportError(f"{where}: dilations={a['dilations']}: only 1 is supported")
