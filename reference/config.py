@@ -60,6 +60,10 @@ class CoreConfig:
         three. A core without a width has no hardware for it (multipliers, accumulator bits,
         conversion and statistics slots), and a settings write or a command that would use it
         is illegal (:func:`reference.isa.check_setting`). Normalized to an ascending tuple.
+    acc_beats
+        Depth of the accumulator memory, in output beats: the full-width partial sums a MATMUL
+        that starts or continues a sum across commands keeps on chip (:class:`reference.isa.Accumulate`).
+        An accumulating MATMUL may produce at most this many output beats (``M * ceil(N / V)``).
     """
 
     lanes: int = 8
@@ -70,6 +74,7 @@ class CoreConfig:
     spad_banks: int = 4
     counter_bits: int = 32
     widths: tuple[int, ...] = tuple(w.bits for w in Width)
+    acc_beats: int = 64
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, why: str) -> None:
@@ -97,6 +102,7 @@ class CoreConfig:
         bits = self.spad_banks * self.spad_words * self.word_bits
         need(bits <= MAX_SPAD_BITS, "spad_words", f"with spad_banks={self.spad_banks} and lanes={self.lanes} "
              f"makes a {bits}-bit scratchpad; at most {MAX_SPAD_BITS} bits (2 MiB) can be generated")
+        need(1 <= self.acc_beats <= 1 << 16, "acc_beats", "must be in [1, 65536]")
 
     # Derived quantities: computed here once, never retyped elsewhere.
     @property
@@ -146,14 +152,20 @@ class CoreConfig:
     def digest(self) -> str:
         """Hash of the parameters, written into the manifest and traces.
 
-        A core of every width hashes without ``widths``, as before that field existed, so traces
-        and manifests written then still match their config.
+        A core of every width hashes without ``widths``, and one of the default ``acc_beats``
+        without ``acc_beats``, as before those fields existed, so traces and manifests written
+        then still match their config.
         """
         fields = self.to_dict()
         if self.widths == tuple(w.bits for w in Width):
             del fields["widths"]
+        if self.acc_beats == _DEFAULT_ACC_BEATS:
+            del fields["acc_beats"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_DEFAULT_ACC_BEATS = 64
 
 
 def _check_widths(value: object) -> tuple[int, ...]:

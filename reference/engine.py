@@ -16,6 +16,13 @@ scratchpad (the conversion is done on the host, rounding to nearest even, and do
 the database). An optional *recorder* (see :mod:`reference.trace`) is told about every command,
 so a training run can be replayed later, command by command, on the cycle simulator or the RTL.
 
+Accumulation across commands (:class:`reference.isa.Accumulate`): :meth:`Engine.run` with
+``accumulate=START`` or ``CONTINUE`` adds a MATMUL's exact product to the accumulator memory
+(:attr:`Engine.acc`) and returns None; ``FINISH`` adds the last product and converts the sum,
+with statistics, database update and generator draws exactly as one unsplit MATMUL. Training
+records whole products; the simulator's scheduler decides where a product is split, so a
+recorder is never told about partial commands (:meth:`Engine.run` refuses them while one is set).
+
 Legality: as in :mod:`reference.isa`, every operand of a compute command other than CONVERT
 must have the destination's width (a width change is an explicit CONVERT).
 
@@ -32,7 +39,7 @@ import numpy as np
 from . import kernels, ops
 from .config import CoreConfig
 from .formats import DfpTensor, RoundingMode, TensorSetting, quantize_float, setting_of
-from .isa import MAX_DIM
+from .isa import MAX_DIM, Accumulate
 from .ops import Op
 from .rng import MASK32, seed_states
 from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_fracs
@@ -87,6 +94,8 @@ class Engine:
         Generator states (uint32 array of ``cfg.rng_slots``).
     recorder
         ``None`` or an object receiving every command (see :class:`Recorder`).
+    acc
+        The accumulator memory: the exact partial sums of an unfinished MATMUL, or None.
 
     Raises
     ------
@@ -107,6 +116,7 @@ class Engine:
         self.db = Database(cfg)
         self.rng: np.ndarray = seed_states(self.seed, cfg.rng_slots)
         self.recorder: Recorder | None = None
+        self.acc: np.ndarray | None = None
 
     # -- settings register ---------------------------------------------------------------
     def _check_tid(self, tid: int, name: str = "tid") -> int:
@@ -155,8 +165,9 @@ class Engine:
 
     # -- compute commands ----------------------------------------------------------------
     def run(self, op: Op, dst: int, srcs: list[DfpTensor], src_tids: list[int],
-            alpha: tuple[int, int] | None = None) -> DfpTensor:
-        """Execute one compute command; returns the destination tensor.
+            alpha: tuple[int, int] | None = None,
+            accumulate: Accumulate = Accumulate.SINGLE) -> DfpTensor | None:
+        """Execute one compute command; returns the destination tensor (None for an unfinished sum).
 
         Parameters
         ----------
@@ -170,6 +181,9 @@ class Engine:
             Operand tensors and the tensor ids they belong to (recorded in traces).
         alpha
             ``(raw, frac)`` scalar for AXPY (see :func:`reference.ops.scalar_to_dfp`), else None.
+        accumulate
+            MATMUL only: start, continue or finish a sum across commands in :attr:`acc`
+            (:class:`reference.isa.Accumulate`).
 
         Raises
         ------
@@ -205,7 +219,21 @@ class Engine:
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng
-        if op == Op.MATMUL:
+        if accumulate:
+            accumulate = Accumulate(accumulate)
+            if op != Op.MATMUL:
+                raise ValueError(f"engine: accumulate={accumulate.name} is for MATMUL only, not {op.name}")
+            if self.recorder is not None:
+                raise ValueError("engine: partial MATMULs are not traced; the simulator splits products")
+            if accumulate.acc_in and self.acc is None:
+                raise ValueError(f"engine: accumulate={accumulate.name} but no sum is open")
+            acc_in = self.acc if accumulate.acc_in else None
+            if accumulate.acc_out:
+                self.acc = ops.matmul_sum(srcs[0], srcs[1], fmt, acc_in)
+                return None
+            res = ops.matmul(srcs[0], srcs[1], fmt, rnd, cfg, rng, acc=acc_in)
+            self.acc = None
+        elif op == Op.MATMUL:
             res = ops.matmul(srcs[0], srcs[1], fmt, rnd, cfg, rng)
         elif op == Op.AXPY:
             raw, frac = alpha  # type: ignore[misc]

@@ -20,6 +20,7 @@ Command (8 x 32-bit words, written to the command FIFO)
 word  fields
 ====  =========================================================================
 0     [3:0] opcode, [4] b is one row broadcast over rows, [5] interrupt when done,
+      [7:6] accumulate mode of MATMUL (:class:`Accumulate`; 0 for every other opcode),
       [15:8] alpha's point position (8-bit two's complement), [31:16] zero
 1     [9:0] destination tensor id, [19:10] tensor id of a, [29:20] tensor id of b
 2     word address of a
@@ -37,6 +38,30 @@ LOAD writes the next K words of the data stream into the scratchpad from ``addr_
 STORE sends K words from ``addr_a``. POLICY_UPDATE applies the point-position policy to
 every auto-update tensor id with statistics and clears those entries; CLEAR_STATS clears
 tensor id ``tid_d`` (or all, when the broadcast flag is set).
+
+Accumulation across commands
+----------------------------
+A MATMUL can start, continue or finish a sum whose partial values stay on chip at full
+accumulator width (``acc_width(W_op)``: 32/48/80 bits), in the accumulator memory of
+``cfg.acc_beats`` output beats (:class:`Accumulate`, word 0 bits [7:6]):
+
+- bit 6 (``IN``): each output beat starts from the accumulator memory's entry of its beat index
+  (``m * ceil(N / V) + n // V``, counted from 0 in each command) instead of from 0;
+- bit 7 (``OUT``): the sum is not finished: each beat's full-width values are written to its entry
+  of the accumulator memory, and nothing else happens: no result is written to the scratchpad, no
+  statistics are formed, the database is not updated, the stochastic-rounding generators do not
+  step. Rounding, statistics and the database update happen once, at the finishing command
+  (``FINISH``: ``IN`` without ``OUT``), exactly as for the unsplit product.
+
+Integer sums are associative, so ``START, CONTINUE..., FINISH`` over K chunks ``a[:, Kj] x b[Kj, :]``
+gives the unsplit product's result, statistics and generator states bit for bit
+(:func:`reference.ops.matmul` with ``acc``). The sum wraps modulo ``2**acc_width(W_op)``, as the
+hardware's adders do; that never happens while the total K of the sum is at most
+:data:`ACC_MAX_K` (each K chunk <= ``MAX_K`` as for every MATMUL). The memory keeps raw bits: the
+continuing commands must have the starting command's M, N and W_op and the same ``F_a + F_b``
+(the program's duty; the core does not check it), and a sum is read by beat index only.
+An accumulate mode other than 0 on another opcode is ``BAD_OPCODE``; an accumulating MATMUL
+with more than ``cfg.acc_beats`` output beats is ``BAD_SHAPE``. Timing is that of every MATMUL.
 
 All compute operands and the result must have the same width: a width change is a
 CONVERT, whose ``W_op`` is the wider of its two formats.
@@ -72,11 +97,32 @@ import enum
 from dataclasses import dataclass
 
 from .config import CoreConfig
-from .formats import FRAC_MAX, FRAC_MIN, MAX_K, DfpFormat, TensorSetting, Width
+from .formats import ACC_GUARD_BITS, FRAC_MAX, FRAC_MIN, MAX_K, DfpFormat, TensorSetting, Width
 from .ops import Op
 
 COMMAND_WORDS = 8
 MAX_DIM = (1 << 16) - 1
+#: Largest total K of a sum across commands that cannot wrap the accumulator: every product of
+#: two W-bit values has magnitude at most 2**(2W - 2), and 2**(ACC_GUARD_BITS + 1) - 1 of them
+#: stay below 2**(acc_width(W) - 1).
+ACC_MAX_K = (1 << (ACC_GUARD_BITS + 1)) - 1
+
+
+class Accumulate(enum.IntEnum):
+    """Accumulate mode of a MATMUL (command word 0, bits [7:6]): bit 0 ``IN``, bit 1 ``OUT``."""
+
+    SINGLE = 0  #: a whole product: sum from 0, convert
+    FINISH = 1  #: sum from the accumulator memory, convert (statistics, database, rounding)
+    START = 2  #: sum from 0, keep the partial values in the accumulator memory
+    CONTINUE = 3  #: sum from the accumulator memory, keep the partial values there
+
+    @property
+    def acc_in(self) -> bool:
+        return bool(self & 1)
+
+    @property
+    def acc_out(self) -> bool:
+        return bool(self & 2)
 
 
 class Ctl(enum.IntEnum):
@@ -139,16 +185,19 @@ class Command:
     alpha_frac: int = 0
     broadcast_b: bool = False
     irq: bool = False
+    accumulate: Accumulate = Accumulate.SINGLE
 
     def encode(self) -> list[int]:
         for name, v, bits in (("tid_d", self.tid_d, 10), ("tid_a", self.tid_a, 10), ("tid_b", self.tid_b, 10),
-                              ("m", self.m, 16), ("n", self.n, 16), ("opcode", self.opcode, 4)):
+                              ("m", self.m, 16), ("n", self.n, 16), ("opcode", self.opcode, 4),
+                              ("accumulate", self.accumulate, 2)):
             if not 0 <= v < (1 << bits):
                 raise ValueError(f"command: {name}={v} does not fit {bits} bits")
         if not -128 <= self.alpha_frac <= 127:
             raise ValueError(f"command: alpha_frac={self.alpha_frac} does not fit 8 bits")
         return [
-            self.opcode | (int(self.broadcast_b) << 4) | (int(self.irq) << 5) | ((self.alpha_frac & 0xFF) << 8),
+            self.opcode | (int(self.broadcast_b) << 4) | (int(self.irq) << 5) | (int(self.accumulate) << 6)
+            | ((self.alpha_frac & 0xFF) << 8),
             self.tid_d | (self.tid_a << 10) | (self.tid_b << 20),
             self.addr_a & 0xFFFFFFFF,
             self.addr_b & 0xFFFFFFFF,
@@ -166,6 +215,7 @@ class Command:
         af = (w0 >> 8) & 0xFF
         return cls(
             opcode=w0 & 0xF, broadcast_b=bool(w0 >> 4 & 1), irq=bool(w0 >> 5 & 1),
+            accumulate=Accumulate(w0 >> 6 & 3),
             alpha_frac=af - 256 if af & 0x80 else af,
             tid_d=w1 & 0x3FF, tid_a=(w1 >> 10) & 0x3FF, tid_b=(w1 >> 20) & 0x3FF,
             addr_a=words[2], addr_b=words[3], addr_d=words[4],
@@ -221,6 +271,8 @@ def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreCon
     op = cmd.opcode
     if op not in _OPCODES:
         raise IllegalCommand(ErrorCode.BAD_OPCODE, f"opcode {op} is not defined")
+    if cmd.accumulate and op != Op.MATMUL:
+        raise IllegalCommand(ErrorCode.BAD_OPCODE, f"accumulate mode {int(cmd.accumulate)} on opcode {op}")
     if op == Ctl.POLICY_UPDATE:
         return
     if op == Ctl.CLEAR_STATS:
@@ -246,6 +298,10 @@ def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreCon
     if cmd.m < 1 or cmd.n < 1 or (op == Op.MATMUL and not 1 <= cmd.k <= MAX_K):
         raise IllegalCommand(ErrorCode.BAD_SHAPE, f"M={cmd.m} N={cmd.n} K={cmd.k}")
     fmts = {role: settings[tid].fmt for role, tid in used.items()}
+    if cmd.accumulate and cmd.m * -(-cmd.n // cfg.values_per_beat(max(f.width for f in fmts.values()))) \
+            > cfg.acc_beats:
+        raise IllegalCommand(ErrorCode.BAD_SHAPE, f"accumulating M={cmd.m} N={cmd.n}: more output beats than "
+                             f"the accumulator memory's {cfg.acc_beats}")
     if op != Op.CONVERT and len({f.width for f in fmts.values()}) != 1:
         widths = {r: f.bits for r, f in fmts.items()}
         raise IllegalCommand(ErrorCode.WIDTH_MISMATCH, f"operand widths differ: {widths}")

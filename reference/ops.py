@@ -669,14 +669,58 @@ def _matmul_parts(a: np.ndarray, b: np.ndarray, amax: int, bmax: int):
 _F32_MAX_K = 1 << 10
 
 
-def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMode,
-           cfg: CoreConfig, rng: np.ndarray) -> OpResult:
+def wrap_acc(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x`` wrapped into ``bits``-bit two's complement, as the accumulator's adders wrap.
+
+    int64 arrays stay int64 (``bits`` <= 62 there); Python-int object arrays stay object arrays.
+    """
+    half, mod = 1 << (bits - 1), 1 << bits
+    if x.dtype != object and bits <= 62:
+        return ((np.asarray(x, dtype=np.int64) + half) & (mod - 1)) - half
+    x = np.asarray(x, dtype=object)
+    return (x + half) % mod - half
+
+
+def matmul_sum(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, acc: np.ndarray | None = None) -> np.ndarray:
+    """The accumulator after a MATMUL that does not finish its sum (:class:`reference.isa.Accumulate`).
+
+    ``acc`` (the partial sums of earlier commands, or None to start from 0) plus the exact product
+    ``a @ b``, wrapped to ``acc_width(W_op)`` bits: int64, or Python ints beyond int64. Nothing is
+    rounded, analysed or drawn.
+    """
+    _check_matmul(a, b)
+    w = _op_width(a.fmt, b.fmt, out_fmt)
+    p = _int_matmul(a.data, b.data, max(a.fmt.bits, b.fmt.bits))
+    if acc is not None:
+        if acc.shape != p.shape:
+            raise ValueError(f"matmul: partial sums are {acc.shape}, the product is {p.shape}")
+        p = (p.astype(object) if acc.dtype == object else p) + acc
+    return wrap_acc(p, acc_width(w))
+
+
+def _check_matmul(a: DfpTensor, b: DfpTensor) -> int:
     k, k2 = a.shape[1], b.shape[0]
     if k != k2:
         raise ValueError(f"matmul: inner dimensions differ: a is {a.shape}, b is {b.shape}")
     if k > MAX_K:
         raise ValueError(f"matmul: K={k} exceeds {MAX_K}: the accumulator could overflow")
+    return k
+
+
+def matmul(a: DfpTensor, b: DfpTensor, out_fmt: DfpFormat, rounding: RoundingMode,
+           cfg: CoreConfig, rng: np.ndarray, acc: np.ndarray | None = None) -> OpResult:
+    """``a @ b`` converted to ``out_fmt``; with ``acc``, the sum finished across commands.
+
+    ``acc`` holds the partial sums of earlier commands (:func:`matmul_sum`); the finishing command
+    adds its product, wraps to the accumulator width and converts with ``F_acc = F_a + F_b`` of
+    its own operands (:func:`convert_acc`): a K split therefore converts, analyses and draws
+    exactly as the unsplit product.
+    """
+    k = _check_matmul(a, b)
     w = _op_width(a.fmt, b.fmt, out_fmt)
+    if acc is not None:
+        total = matmul_sum(a, b, out_fmt, acc)
+        return convert_acc(total, a.fmt.frac + b.fmt.frac, acc_width(w), out_fmt, rounding, cfg, rng, w)
     in_bits = max(a.fmt.bits, b.fmt.bits)
     # the conversion's arguments: every path forms the exact product and converts it compiled
     args = (a.fmt.frac + b.fmt.frac, out_fmt, rounding, cfg, rng, w)

@@ -9,6 +9,7 @@ from reference import ops
 from reference.config import PRESETS
 from reference.engine import Engine
 from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+from reference.isa import ACC_MAX_K, Accumulate
 from reference.ops import Op
 from reference.rng import draw_beats, seed_states
 from reference.stats import next_frac
@@ -183,3 +184,68 @@ def test_dimensions_above_the_command_field_are_rejected():
     big = DfpTensor(np.zeros((70000, 1), dtype=np.int64), DfpFormat(Width.W8, 0))
     with pytest.raises(ValueError, match=r"shape \(70000, 1\); the command's M, N fields hold at most 65535"):
         e.run(Op.RELU, 1, [big], [0])
+
+
+# -- accumulation across commands (reference.isa.Accumulate) -------------------------------------
+
+def _split_points(rng: np.random.Generator, k: int, max_chunks: int) -> list[int]:
+    n = int(rng.integers(1, min(k, max_chunks) + 1))
+    cuts = sorted(rng.choice(np.arange(1, k), size=n - 1, replace=False).tolist()) if n > 1 else []
+    return [0, *cuts, k]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_k_split_product_is_bit_identical_to_the_unsplit_one(seed):
+    """START, CONTINUE..., FINISH over random K chunks: same result, statistics, database and
+    generator states as one MATMUL, in every width and rounding (stochastic included)."""
+    rng = np.random.default_rng(seed)
+    width = [Width.W8, Width.W16, Width.W32][seed % 3]
+    rounding = [RoundingMode.STOCHASTIC, RoundingMode.NEAREST_EVEN, RoundingMode.FLOOR,
+                RoundingMode.STOCHASTIC][(seed // 3) % 4]
+    m, k, n = int(rng.integers(1, 9)), int(rng.integers(2, 300)), int(rng.integers(1, 70))
+    lim = 1 << (width.bits - 1)
+    a = DfpTensor(rng.integers(-lim, lim, size=(m, k)), DfpFormat(width, int(rng.integers(8, 20))))
+    b = DfpTensor(rng.integers(-lim, lim, size=(k, n)), DfpFormat(width, int(rng.integers(8, 20))))
+    # an output point position that drops bits, so that rounding (and stochastic draws) matter
+    out = _s(width, frac=a.fmt.frac + b.fmt.frac - width.bits - 3, rounding=rounding)
+    whole, split = _engine(t3=out), _engine(t3=out)
+    want = whole.run(Op.MATMUL, 3, [a, b], [1, 2])
+    cuts = _split_points(rng, k, 6)
+    for i, (k0, k1) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        first, last = i == 0, k1 == k
+        mode = (Accumulate.SINGLE if last else Accumulate.START) if first else \
+            (Accumulate.FINISH if last else Accumulate.CONTINUE)
+        got = split.run(Op.MATMUL, 3, [DfpTensor(a.data[:, k0:k1], a.fmt), DfpTensor(b.data[k0:k1], b.fmt)],
+                        [1, 2], accumulate=mode)
+        assert (got is None) == (not last), f"seed {seed}: chunk {i} ({mode.name}) returned {got!r}"
+    assert got.fmt == want.fmt and np.array_equal(got.data, want.data), f"seed {seed}, cuts {cuts}"
+    assert np.array_equal(split.rng, whole.rng), f"seed {seed}: generator states differ"
+    assert split.db.entries[3].as_dict() == whole.db.entries[3].as_dict(), f"seed {seed}: statistics differ"
+    assert split.acc is None
+
+
+def test_partial_matmul_leaves_statistics_generators_and_database_alone():
+    e = _engine(t3=_s(frac=-3, rounding=RoundingMode.STOCHASTIC))
+    rng0 = e.rng.copy()
+    assert e.run(Op.MATMUL, 3, [_t([[100, -7]]), _t([[90], [3]])], [1, 2], accumulate=Accumulate.START) is None
+    assert e.run(Op.MATMUL, 3, [_t([[100]]), _t([[90]])], [1, 2], accumulate=Accumulate.CONTINUE) is None
+    assert np.array_equal(e.rng, rng0) and not e.db.entries
+    # 9000 - 21 + 9000 = 17979 exceeds 8 bits at F=0 but is held exactly at accumulator width
+    assert e.acc.tolist() == [[17979]]
+
+
+def test_accumulator_wraps_at_its_width_like_the_hardware():
+    a = DfpTensor(np.full((1, 1), -128), DfpFormat(Width.W8, 0))
+    acc = np.array([[(1 << 31) - 1]], dtype=np.int64)
+    got = ops.matmul_sum(a, a, DfpFormat(Width.W8, 0), acc)
+    assert got.tolist() == [[(1 << 31) - 1 + 16384 - (1 << 32)]]
+    # the bound of reference.isa: ACC_MAX_K products of the largest magnitude still fit
+    assert ACC_MAX_K * (1 << 14) < 1 << 31 and (ACC_MAX_K + 1) * (1 << 14) >= 1 << 31
+
+
+def test_accumulate_misuse_is_refused_with_a_message():
+    e = _engine(t3=_s())
+    with pytest.raises(ValueError, match="no sum is open"):
+        e.run(Op.MATMUL, 3, [_t([[1]]), _t([[1]])], [1, 2], accumulate=Accumulate.FINISH)
+    with pytest.raises(ValueError, match="MATMUL only"):
+        e.run(Op.ADD, 3, [_t([[1]]), _t([[1]])], [1, 2], accumulate=Accumulate.START)
