@@ -10,7 +10,7 @@ for the output stage.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -139,6 +139,16 @@ class ComputeUnit(wiring.Component):
        beat from the cycle after its result beat is first valid (at the latest). All S generators step in this cycle if
        ``rounding`` is STOCHASTIC and ``out_shift > 0`` (:mod:`reference.rng`).
 
+    Accumulation across commands (:class:`reference.isa.Accumulate`; golden twin
+    :func:`reference.ops.matmul_sum` and :func:`reference.ops.matmul` with ``acc``): an
+    accumulator memory of ``cfg.acc_beats`` entries, one per output beat index (counted from 0
+    after ``stats_clear``), each holding a lane's accumulators packed at ``W_op``
+    (``32 / W`` fields of ``acc_width(W)`` bits). With ``acc_in`` a MATMUL sum's first beat loads
+    ``entry + a * b`` instead of ``a * b``: the entry of the next beat to start is read every
+    cycle, one cycle ahead (a registered read). With ``acc_out`` a finished sum is written to its
+    entry when it leaves the accumulators; its result beat still appears (same timing; the
+    sequencer does not write it), but the statistics do not count it and the generators do not step.
+
     Back-pressure on ``results`` stalls stage 2 and then ``operands``; statistics never stall.
     The command constants (``op`` ... ``alpha``) must be held until ``busy`` falls.
 
@@ -162,6 +172,9 @@ class ComputeUnit(wiring.Component):
         Accumulator point position (statistics exponent).
     alpha : In(signed(32))
         AXPY scalar, a ``W_op``-bit integer.
+    acc_in, acc_out : In(1)
+        MATMUL accumulate mode (bits 0 and 1 of :class:`reference.isa.Accumulate`); held for
+        the whole command; 0 for other ops.
     seed, seed_load : In
         Load the stochastic-rounding generators (:func:`reference.rng.seed_states`).
     rng : In(RngHostSignature(cfg.rng_slots))
@@ -198,6 +211,7 @@ class ComputeUnit(wiring.Component):
             "op": In(4), "width": In(2), "out_width": In(2), "rounding": In(2),
             "a_shift": In(signed(9)), "b_shift": In(signed(9)), "out_shift": In(signed(10)),
             "f_acc": In(signed(10)), "alpha": In(signed(32)),
+            "acc_in": In(1), "acc_out": In(1),
             "seed": In(32), "seed_load": In(1),
             "rng": In(RngHostSignature(cfg.rng_slots)),
             "operands": In(stream.Signature(operand_layout(cfg))),
@@ -258,6 +272,40 @@ class ComputeUnit(wiring.Component):
         m.d.sync += v1.eq((accept & ops.payload.last) | (v1 & ~take2))
         m.d.sync += v2.eq(take2 | (v2 & ~self.results.ready))
 
+        # ---- accumulator memory (sums across commands) -----------------------------------------
+        is_matmul = self.op == Op.MATMUL
+        lane_store = mac[0].store_bits
+        m.submodules.acc_mem = acc_mem = memory.Memory(shape=unsigned(lanes * lane_store), depth=cfg.acc_beats,
+                                                       init=[])
+        acc_rd = acc_mem.read_port()
+        acc_wr = acc_mem.write_port()
+        idx_bits = ceil_log2(cfg.acc_beats + 1)
+        rd_idx = Signal(idx_bits)  # beat index of the next sum to start
+        wr_idx = Signal(idx_bits)  # beat index of the finished sum in the accumulators
+        with m.If(self.stats_clear):
+            m.d.sync += [rd_idx.eq(0), wr_idx.eq(0)]
+        with m.Else():
+            with m.If(accept & ops.payload.last):
+                m.d.sync += rd_idx.eq(rd_idx + 1)
+            with m.If(take2):
+                m.d.sync += wr_idx.eq(wr_idx + 1)
+        m.d.comb += acc_rd.addr.eq(Mux(self.stats_clear, 0, Mux(accept & ops.payload.last, rd_idx + 1, rd_idx)))
+        m.d.comb += [acc_wr.addr.eq(wr_idx), acc_wr.en.eq(take2 & self.acc_out & is_matmul)]
+        acc_start = is_matmul & self.acc_in & fresh
+        entry = {}  # (lane, sub-lane) -> the stored value, sign-extended
+        for i, lane in enumerate(mac):
+            packed, stored = {}, {}
+            word = acc_rd.data[i * lane_store:(i + 1) * lane_store]
+            for w in widths:
+                aw = acc_width(w)
+                packed[w] = Cat(*[lane.acc[s][:aw] for s in range(w.lanes_per_word)])
+                stored[w] = [word[s * aw:(s + 1) * aw].as_signed() for s in range(w.lanes_per_word)]
+            m.d.comb += acc_wr.data[i * lane_store:(i + 1) * lane_store].eq(by_width(packed))
+            for sub in range(lane.sub_lanes):
+                v = Signal(signed(lane.acc_bits), name=f"acc_entry{i}_{sub}")
+                m.d.comb += v.eq(by_width({w: stored[w][sub] if sub < len(stored[w]) else 0 for w in widths}))
+                entry[i, sub] = v
+
         # ---- stage 1: lane words, products, exact values --------------------------------------
         is_axpy = self.op == Op.AXPY
         for i, lane in enumerate(mac):
@@ -269,7 +317,7 @@ class ComputeUnit(wiring.Component):
                 words_b[w] = Mux(is_axpy, Cat(*[self.alpha[:w.bits]] * n), words_b[w])
             m.d.comb += [
                 lane.width.eq(self.width), lane.a.eq(by_width(words_a)), lane.b.eq(by_width(words_b)),
-                lane.en.eq(accept), lane.clear.eq(fresh), lane.load.eq(self.op != Op.MATMUL),
+                lane.en.eq(accept), lane.clear.eq(fresh), lane.load.eq(~is_matmul | acc_start),
             ]
 
         # The exact elementwise values, computed at the lane's accumulator positions (like the
@@ -312,13 +360,17 @@ class ComputeUnit(wiring.Component):
                 for w in widths:
                     n = w.lanes_per_word
                     opts[w] = values[sub * (SUB_LANES // n)] if sub < n else 0
-                m.d.comb += lane.load_value[sub].eq(by_width(opts))
+                # a sum continued from the accumulator memory loads entry + product (wrapping
+                # to the accumulator, as the lane's own adder does)
+                m.d.comb += lane.load_value[sub].eq(
+                    Mux(is_matmul, entry[i, sub] + lane.product[sub], by_width(opts)))
 
         # ---- stage 2: conversion, generators, statistics ------------------------------------
         stochastic = (self.rounding == RoundingMode.STOCHASTIC) & (self.out_shift > 0)
-        m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(take2 & stochastic)]
+        converts = take2 & ~(is_matmul & self.acc_out)  # an unfinished sum is kept, not converted
+        m.d.comb += [gen.seed.eq(self.seed), gen.seed_load.eq(self.seed_load), gen.step.eq(converts & stochastic)]
         wiring.connect(m, wiring.flipped(self.rng), gen.host)
-        m.d.comb += [stats.valid.eq(take2), stats.f_acc.eq(self.f_acc),
+        m.d.comb += [stats.valid.eq(converts), stats.f_acc.eq(self.f_acc),
                      stats.clear.eq(self.stats_clear)]
         for name in ("hist", "zeros", "overflow", "underflow", "total"):
             m.d.comb += getattr(self, f"stats_{name}").eq(getattr(stats, name))

@@ -55,6 +55,7 @@ class ComputeControlSignature(wiring.Signature):
             "op": Out(4), "width": Out(2), "out_width": Out(2), "rounding": Out(2),
             "a_shift": Out(signed(9)), "b_shift": Out(signed(9)), "out_shift": Out(signed(10)),
             "f_acc": Out(signed(10)), "alpha": Out(signed(32)),
+            "acc_in": Out(1), "acc_out": Out(1),
             "operands": Out(stream.Signature(operand_layout(cfg))),
             "results": In(stream.Signature(result_layout(cfg))),
             "stats_hist": In(data.ArrayLayout(unsigned(cb), cfg.hist_bins)),
@@ -154,6 +155,7 @@ class Sequencer(wiring.Component):
         opcode = w0[0:4]
         bcast = w0[4]
         irq = w0[5]
+        acc_mode = w0[6:8]  # reference.isa.Accumulate
         alpha_frac = w0[8:16].as_signed()
         tid_d, tid_a, tid_b = w1[0:10], w1[10:20], w1[20:30]
         addr_a, addr_b, addr_d = cmd[2], cmd[3], cmd[4]
@@ -197,8 +199,21 @@ class Sequencer(wiring.Component):
             w: (alpha >= -(1 << (w.bits - 1))) & (alpha < (1 << (w.bits - 1))) if w.bits < 32 else 1
             for w in widths}))
 
+        # W_op, F_acc and the alignment shifts of reference.ops.
+        wop = Signal(2)
+        m.d.comb += wop.eq(_max(_max(sa.width, sd.width), Mux(has_b, sb.width, 0)))
+        # Values per beat at W_op, beats per row, and the per-operand ratios to W_op.
+        log2vop = Signal(range(lb + 3))
+        m.d.comb += log2vop.eq(lb + 2 - wop)
+        cpr_op = Signal(17)
+        m.d.comb += cpr_op.eq((dim_n + (Const(1, 17) << log2vop) - 1) >> log2vop)
+
+        # Output beats of an accumulating MATMUL, against the accumulator memory's depth.
+        acc_beats = Signal(34)
+        m.d.comb += acc_beats.eq(dim_m * cpr_op)
+
         err = Signal(4)
-        with m.If(opcode > max(Ctl)):
+        with m.If((opcode > max(Ctl)) | ((acc_mode != 0) & ~is_matmul)):
             m.d.comb += err.eq(ErrorCode.BAD_OPCODE)
         with m.Elif(opcode == Ctl.POLICY_UPDATE):
             pass
@@ -220,7 +235,8 @@ class Sequencer(wiring.Component):
             m.d.comb += err.eq(ErrorCode.BAD_TENSOR_ID)
         with m.Elif(has_b & ~vb):
             m.d.comb += err.eq(ErrorCode.BAD_SETTING)
-        with m.Elif((dim_m < 1) | (dim_n < 1) | (is_matmul & ((dim_k < 1) | (dim_k > MAX_K)))):
+        with m.Elif((dim_m < 1) | (dim_n < 1) | (is_matmul & ((dim_k < 1) | (dim_k > MAX_K)))
+                    | ((acc_mode != 0) & (acc_beats > cfg.acc_beats))):
             m.d.comb += err.eq(ErrorCode.BAD_SHAPE)
         with m.Elif((opcode != Op.CONVERT) & ((sa.width != sd.width) | (has_b & (sb.width != sd.width)))):
             m.d.comb += err.eq(ErrorCode.WIDTH_MISMATCH)
@@ -231,9 +247,6 @@ class Sequencer(wiring.Component):
         with m.Elif((opcode == Op.AXPY) & (~lim_ok | (alpha_frac < FRAC_MIN) | (alpha_frac > FRAC_MAX))):
             m.d.comb += err.eq(ErrorCode.BAD_ALPHA)
 
-        # W_op, F_acc and the alignment shifts of reference.ops.
-        wop = Signal(2)
-        m.d.comb += wop.eq(_max(_max(sa.width, sd.width), Mux(has_b, sb.width, 0)))
         acc_bits = Signal(8)
         m.d.comb += acc_bits.eq(width_mux(wop, {w: acc_width(w) for w in widths}))
         fa, fb, fd = sa.frac, sb.frac, sd.frac
@@ -256,11 +269,6 @@ class Sequencer(wiring.Component):
             with m.Default():
                 m.d.comb += f_acc.eq(fa)
 
-        # Values per beat at W_op, beats per row, and the per-operand ratios to W_op.
-        log2vop = Signal(range(lb + 3))
-        m.d.comb += log2vop.eq(lb + 2 - wop)
-        cpr_op = Signal(17)
-        m.d.comb += cpr_op.eq((dim_n + (Const(1, 17) << log2vop) - 1) >> log2vop)
 
         # ---- registered command parameters ----------------------------------------------
         p_op = Signal(4)
@@ -283,10 +291,12 @@ class Sequencer(wiring.Component):
         p_values = Signal(32)
         p_irq = Signal()
         p_tid_d = Signal(10)
+        p_acc = Signal(2)
         p_addr_b = Signal(ab)
 
         in_setup = Signal()
-        m.d.comb += [self.cu.op.eq(p_op), self.cu.width.eq(p_wop), self.cu.out_width.eq(p_wd)]
+        m.d.comb += [self.cu.op.eq(p_op), self.cu.width.eq(p_wop), self.cu.out_width.eq(p_wd),
+                     self.cu.acc_in.eq(p_acc[0]), self.cu.acc_out.eq(p_acc[1])]
         for sig, val in ((self.cu.rounding, sd.rounding), (self.cu.a_shift, a_shift), (self.cu.b_shift, b_shift),
                          (self.cu.f_acc, f_acc), (self.cu.alpha, alpha)):
             held = Signal.like(sig, name=f"p_{sig.name}")
@@ -361,8 +371,9 @@ class Sequencer(wiring.Component):
                     p_log2vop.eq(log2vop), p_log2va.eq(lb + 2 - sa.width), p_cpr_op.eq(cpr_op),
                     p_stride_a.eq(cpr_a), p_stride_b.eq(Mux(~is_matmul & bcast, 0, cpr_b)), p_stride_d.eq(cpr_d),
                     p_m.eq(dim_m), p_n.eq(dim_n), p_k.eq(dim_k), p_matmul.eq(is_matmul), p_irq.eq(irq),
-                    p_tid_d.eq(tid_d), p_addr_b.eq(addr_b),
-                    p_values.eq(Mux(opcode <= max(Op), dim_m * dim_n, 0)),
+                    p_tid_d.eq(tid_d), p_addr_b.eq(addr_b), p_acc.eq(Mux(is_matmul, acc_mode, 0)),
+                    # an unfinished sum (accumulate OUT) is not analysed
+                    p_values.eq(Mux((opcode <= max(Op)) & ~(is_matmul & acc_mode[1]), dim_m * dim_n, 0)),
                     p_macs.eq(Mux(is_matmul, dim_m * dim_n * dim_k,
                                   Mux((opcode == Op.MUL) | (opcode == Op.AXPY), dim_m * dim_n, 0))),
                     r.eq(0), c.eq(0), k.eq(0), wc.eq(0), n_words.eq(0),
@@ -448,7 +459,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += stall.eq(1)
                 with m.Else():
                     m.d.comb += finish.eq(1)
-                    with m.If(p_op <= max(Op)):
+                    with m.If((p_op <= max(Op)) & ~p_acc[1]):
                         m.d.comb += self.db_commit.en.eq(1)
                     m.next = "IDLE"
 
@@ -530,8 +541,9 @@ class Sequencer(wiring.Component):
             with m.Switch(part):
                 for i in range(4):
                     with m.Case(i):
+                        # the result beats of an unfinished sum are not written (accumulate OUT)
                         m.d.comb += [self.spad_wr.data.eq(packed << (i * wb // 4)),
-                                     self.spad_wr.en.eq(base_en << (i * nbytes // 4))]
+                                     self.spad_wr.en.eq(Mux(p_acc[1], 0, base_en << (i * nbytes // 4)))]
             m.d.comb += self.spad_wr.addr.eq(d_row + (wc >> p_rd))
             m.d.sync += wc.eq(wc + 1)
             with m.If(wc == p_cpr_op - 1):

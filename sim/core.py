@@ -99,9 +99,10 @@ class SimCommand:
         and values analysed by the statistics block.
     spad_read_words, spad_write_words, bus_words
         Scratchpad words read and written, and words moved over the host bus.
-    vid, row0, rows
+    vid, row0, rows, col0, cols
         LOAD/STORE: the value moved (an index into :attr:`SimScheduleIteration.tensors`) and
-        the rows of it (``row0 .. row0+rows``); ``vid`` is -1 for other commands.
+        the rows of it (``row0 .. row0+rows``) and columns (``col0 .. col0+cols``; ``cols`` -1:
+        all of them); ``vid`` is -1 for other commands.
     """
 
     cmd: Command
@@ -122,6 +123,8 @@ class SimCommand:
     vid: int = -1
     row0: int = 0
     rows: int = 0
+    col0: int = 0
+    cols: int = -1
 
     @property
     def kind(self) -> str:
@@ -306,7 +309,7 @@ class _Scheduler:
 
     # -- emission ------------------------------------------------------------------------
     def emit(self, cmd: Command, width: Width | None, attr: tuple[str, Pass] | None = None,
-             record: int | None = None, moved: tuple[int, int, int] = (-1, 0, 0)) -> None:
+             record: int | None = None, moved: tuple[int, ...] = (-1, 0, 0)) -> None:
         try:
             isa.check_command(cmd, self.settings, self.cfg)
         except isa.IllegalCommand as exc:  # a scheduler bug, never the trace's fault
@@ -321,7 +324,8 @@ class _Scheduler:
         elif op in _COMPUTE:
             extra = self._activity(cmd, cyc)
         self.out.append(SimCommand(cmd, cyc, self.iteration, self.k if record is None else record, layer, pass_,
-                                   width, **extra, vid=moved[0], row0=moved[1], rows=moved[2]))
+                                   width, **extra, vid=moved[0], row0=moved[1], rows=moved[2],
+                                   col0=moved[3] if len(moved) > 3 else 0, cols=moved[4] if len(moved) > 3 else -1))
         self.steps.append(self.k)
 
     def _activity(self, cmd: Command, cyc: int) -> dict[str, int]:
@@ -441,14 +445,16 @@ class _Scheduler:
         bcast = op != Op.MATMUL and "b" in vals and vals["b"].shape[0] == 1 and vals["a"].shape[0] > 1
         tiled = {"a", "d"} | ({"b"} if "b" in vals and op != Op.MATMUL and not bcast else set())
         where = f"iteration {self.iteration} record {k} ({op.name} -> {self._name(rec.dst)})"
+        if op == Op.MATMUL and self.big(vals["b"]):
+            self._matmul_ksplit(k, rec, vals, where)
+            return
         for r, v in vals.items():
             w = self.words(v)
             if w > cfg.spad_words and r not in tiled:
                 raise DoesNotFit(
                     f"sim: {where}: operand {r} {list(v.shape)} at {self._w(v).bits} bits needs {w} words in one "
-                    f"bank, which has {cfg.spad_words}; MATMUL's b and a broadcast row are never split (a K split "
-                    f"would round partial sums). Use a core config with spad_words >= {1 << (w - 1).bit_length()} "
-                    f"(dlu replay --core FILE.toml, or --grow-spad).")
+                    f"bank, which has {cfg.spad_words}; a broadcast row is never split. Use a core config with "
+                    f"spad_words >= {1 << (w - 1).bit_length()} (dlu replay --core FILE.toml, or --grow-spad).")
             if self.wpr(v) > cfg.spad_words:
                 raise DoesNotFit(f"sim: {where}: one row of {r} needs {self.wpr(v)} words, a bank has "
                                  f"{cfg.spad_words}")
@@ -529,6 +535,84 @@ class _Scheduler:
         for o in temps:
             self.alloc.free(o)
         # 5. Free what nobody needs any more.
+        for v in {*vals.values()}:
+            if v.resident and not self.needed_after(v, k):
+                self.drop(v)
+
+    def _matmul_ksplit(self, k: int, rec: OpRecord, vals: dict[str, _Value], where: str) -> None:
+        """A MATMUL whose ``b`` exceeds one bank: K chunks summed in the accumulator memory.
+
+        Rows of the result are cut into tiles of at most ``acc_beats // ceil(N / V)`` rows (one
+        tile when the whole result fits the accumulator memory, so each chunk of ``b`` crosses the
+        bus once); for each tile, K is cut into chunks of as many rows of ``b`` as one bank holds,
+        each chunk's ``a[rows, k0:k1]`` and ``b[k0:k1, :]`` LOADed into staging buffers from host
+        memory and multiplied with START, CONTINUE..., FINISH (:class:`reference.isa.Accumulate`).
+        Bit-exact with the unsplit product (the golden model's property).
+        """
+        cfg = self.cfg
+        a, b, d = vals["a"], vals["b"], vals["d"]
+        m, n = d.shape
+        kk = a.shape[1]
+        wa, wd = self._w(a), self._w(d)
+        w_op = max(wa, self._w(b), wd)
+        cpr = -(-n // cfg.values_per_beat(w_op))
+        wpr_b, va = self.wpr(b), cfg.values_per_beat(wa)
+        if cpr > cfg.acc_beats or wpr_b > cfg.spad_words:
+            raise DoesNotFit(f"sim: {where}: one row of the result ({cpr} beats) or of b ({wpr_b} words) exceeds "
+                             f"the accumulator memory ({cfg.acc_beats} beats) or a bank ({cfg.spad_words} words)")
+        setting = self.settings.get(rec.dst)
+        if setting is None:
+            raise NotExecutable(f"sim: {where}: destination tid {rec.dst} has no setting")
+        kc = min(cfg.spad_words // wpr_b, isa.MAX_K)
+        mt = min(m, cfg.acc_beats // cpr, cfg.spad_words // -(-kc // va))
+        if mt < 1:  # a row of a's chunk would not fit: narrower chunks
+            mt, kc = 1, min(kc, cfg.spad_words * va)
+        for v in (a, b):  # the chunks are LOADed from host memory
+            self.store(v)
+        pinned = {v.vid for v in vals.values()}
+        banks: set[int] = set()
+        temps = []
+        owner, addr_a = self.temp(mt * -(-kc // va), banks, pinned)
+        temps.append(owner)
+        banks.add(addr_a // cfg.spad_words)
+        owner, addr_b = self.temp(kc * wpr_b, banks, pinned)
+        temps.append(owner)
+        banks.add(addr_b // cfg.spad_words)
+        stream_d = self.big(d) or mt < m
+        if stream_d:
+            owner, addr_d = self.temp(mt * self.wpr(d), banks, pinned)
+            temps.append(owner)
+        else:
+            if d.resident:
+                self.drop(d)
+            addr_d = self.place(d.vid, self.words(d), banks, pinned)
+            d.resident, d.dirty = True, True
+        keep_d = self.needed_after(d, k)
+        chunks = [(k0, min(kk, k0 + kc)) for k0 in range(0, kk, kc)]
+        wa_bits = DfpFormat(wa, 0)
+        for r0 in range(0, m, mt):
+            rows = min(mt, m - r0)
+            for j, (k0, k1) in enumerate(chunks):
+                words_a = isa.tensor_words(rows, k1 - k0, wa_bits, cfg)
+                self.emit(Command(Ctl.LOAD, tid_d=a.tid, addr_d=addr_a, k=words_a), wa,
+                          moved=(a.vid, r0, rows, k0, k1 - k0))
+                self.emit(Command(Ctl.LOAD, tid_d=b.tid, addr_d=addr_b, k=(k1 - k0) * wpr_b), self._w(b),
+                          moved=(b.vid, k0, k1 - k0))
+                last = k1 == kk
+                if len(chunks) == 1:
+                    mode = isa.Accumulate.SINGLE
+                elif j == 0:
+                    mode = isa.Accumulate.START
+                else:
+                    mode = isa.Accumulate.FINISH if last else isa.Accumulate.CONTINUE
+                self.emit(Command(Op.MATMUL, tid_d=rec.dst, tid_a=rec.src_tids[0], tid_b=rec.src_tids[1],
+                                  addr_a=addr_a, addr_b=addr_b,
+                                  addr_d=addr_d if stream_d else addr_d + r0 * self.wpr(d),
+                                  m=rows, n=n, k=k1 - k0, accumulate=mode), w_op)
+            if stream_d and keep_d:
+                self.transfer(Ctl.STORE, d, addr_d, rows * self.wpr(d), row0=r0)
+        for o in temps:
+            self.alloc.free(o)
         for v in {*vals.values()}:
             if v.resident and not self.needed_after(v, k):
                 self.drop(v)
@@ -712,7 +796,7 @@ def check_compatible(trace_cfg: CoreConfig, cfg: CoreConfig | None) -> CoreConfi
     for f in NUMERIC_FIELDS:
         if getattr(cfg, f) != getattr(trace_cfg, f):
             raise ValueError(f"sim: core config {f}={getattr(cfg, f)} differs from the trace's "
-                             f"{getattr(trace_cfg, f)}; only spad_words and spad_banks may differ")
+                             f"{getattr(trace_cfg, f)}; only spad_words, spad_banks and acc_beats may differ")
     return cfg
 
 

@@ -259,7 +259,8 @@ def compare_iteration(sched: SimScheduleIteration, it: IterationTrace, rtl: list
         return
     records: dict[int, list[int]] = {}
     for i, c in enumerate(sched.commands):
-        if c.cmd.opcode not in tuple(Ctl):
+        # an unfinished sum (accumulate OUT) writes nothing: its record's result is the finishing command's
+        if c.cmd.opcode not in tuple(Ctl) and not c.cmd.accumulate & 2:
             records.setdefault(c.record, []).append(i)
     for k, idx in sorted(records.items()):
         if not all(i in by_index for i in idx):
@@ -420,13 +421,16 @@ def build_program(trace: Trace, scheds: list[SimScheduleIteration], cfg: CoreCon
                 if op == Ctl.LOAD:
                     t = sch.tensors[c.vid]
                     step["load"] = f"p{key}"
-                    prog.payloads[f"p{key}"] = pack_rows(t.data[c.row0:c.row0 + c.rows], t.fmt.width, cfg)
+                    part = t.data[c.row0:c.row0 + c.rows]
+                    if c.cols >= 0:  # a K chunk of a MATMUL's a: some columns
+                        part = part[:, c.col0:c.col0 + c.cols]
+                    prog.payloads[f"p{key}"] = pack_rows(part, t.fmt.width, cfg)
                 elif op == Ctl.STORE:
                     step["store"] = c.cmd.k
                 elif check and op in tuple(Op):
                     step["db"] = c.cmd.tid_d
                 prog.steps.append(step)
-                if check and op in tuple(Op):  # read the result back
+                if check and op in tuple(Op) and not c.cmd.accumulate & 2:  # read the result back
                     fmt_d: DfpFormat = settings[c.cmd.tid_d].fmt
                     words = tensor_words(c.cmd.m, c.cmd.n, fmt_d, cfg)
                     st = Command(Ctl.STORE, tid_a=c.cmd.tid_d, addr_a=c.cmd.addr_d, k=words)

@@ -21,6 +21,11 @@ from reference.rng import seed_states, xorshift32
 from reference.stats import OpStats, analyse
 
 
+def _wrap(x: int, bits: int) -> int:
+    half = 1 << (bits - 1)
+    return ((x + half) & ((1 << bits) - 1)) - half
+
+
 def _align(x: int, s: int) -> int:
     return x << s if s >= 0 else x >> -s
 
@@ -32,6 +37,8 @@ class ComputeUnitModel:
         self.stats = OpStats.empty(cfg)
         self.acc: list[int] | None = None
         self.beats_seen = 0
+        self.acc_mem: dict[int, list[int]] = {}  # beat index -> S full-width values
+        self.beat_index = 0
 
     def _add_stats(self, s: OpStats) -> None:
         cmax = self.cfg.counter_max
@@ -57,6 +64,7 @@ class ComputeUnitModel:
             ctx.set(p.operands.ready, 1)
             if ctx.get(p.stats_clear):
                 self.stats = OpStats.empty(cfg)
+                self.beat_index = 0
             if ctx.get(p.operands.valid):
                 self.beats_seen += 1
                 pl = ctx.get(p.operands.payload)
@@ -66,10 +74,14 @@ class ComputeUnitModel:
                 op = Op(ctx.get(p.op))
                 ash, bsh = ctx.get(p.a_shift), ctx.get(p.b_shift)
                 if op == Op.MATMUL:
+                    # all S slots, as the hardware keeps them (slots past count multiply zeros)
+                    a_s, b_s = a + [0] * (S - count), b + [0] * (S - count)
                     if self.acc is None:
-                        self.acc = [0] * count
-                    self.acc = [x + y * z for x, y, z in zip(self.acc, a, b, strict=True)]
-                    acc = self.acc
+                        start = self.acc_mem.get(self.beat_index, [0] * S) if ctx.get(p.acc_in) else [0] * S
+                        self.acc = list(start)
+                    bits = acc_width(Width(ctx.get(p.width)))
+                    self.acc = [_wrap(x + y * z, bits) for x, y, z in zip(self.acc, a_s, b_s, strict=True)]
+                    acc = self.acc[:count]
                 elif op in (Op.ADD, Op.SUB):
                     sg = 1 if op == Op.ADD else -1
                     acc = [_align(x, ash) + sg * _align(y, bsh) for x, y in zip(a, b, strict=True)]
@@ -85,8 +97,13 @@ class ComputeUnitModel:
                 else:
                     acc = a
                 if pl.last:
+                    if op == Op.MATMUL and ctx.get(p.acc_out):  # kept unfinished: no conversion, no statistics
+                        self.acc_mem[self.beat_index] = self.acc
+                        q, st = [0] * count, OpStats.empty(cfg)
+                    else:
+                        q, st = self._convert(ctx, acc)
                     self.acc = None
-                    q, st = self._convert(ctx, acc)
+                    self.beat_index += 1
                     pending.append((cycle + self.latency, q + [0] * (S - count), count, st))
             h = self.stats
             await ctx.tick()

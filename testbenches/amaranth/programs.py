@@ -12,7 +12,7 @@ import numpy as np
 
 from reference.config import CoreConfig
 from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
-from reference.isa import Command, Ctl, tensor_words
+from reference.isa import Accumulate, Command, Ctl, tensor_words
 from reference.ops import Op
 from testbenches.cocotb.core_model import CoreModel
 
@@ -111,4 +111,46 @@ def illegal_commands(cfg: CoreConfig, tids: tuple[int, int, int]) -> list[Comman
         Command(int(Op.AXPY), **(ok | {"alpha": 128})),
         Command(Ctl.LOAD, addr_d=cfg.spad_banks * sw - 1, k=2),
         Command(Ctl.CLEAR_STATS, tid_d=cfg.tensor_ids),
+        Command(int(Op.ADD), **(ok | {"accumulate": Accumulate.START})),  # BAD_OPCODE: MATMUL only
+        # BAD_SHAPE: one more output beat than the accumulator memory holds
+        Command(int(Op.MATMUL), **(ok | {"n": cfg.lanes * 4, "m": cfg.acc_beats + 1,
+                                         "accumulate": Accumulate.FINISH})),
     ]
+
+
+def split_matmul(rng: np.random.Generator, cfg: CoreConfig, prog: Program, base_tid: int, width: Width,
+                 chunks: int, rounding: RoundingMode = RoundingMode.STOCHASTIC,
+                 shape: tuple[int, int, int] | None = None) -> tuple[DfpTensor, DfpTensor, int]:
+    """Append a MATMUL whose K is cut into ``chunks`` random pieces (START, CONTINUE..., FINISH),
+    each piece's operands LOADed over the previous ones, and a STORE of the result.
+
+    Returns the whole operands and the result's address, for comparing with the unsplit product.
+    """
+    ta, tb, td = base_tid, base_tid + 1, base_tid + 2
+    v = cfg.values_per_beat(width)
+    if shape is None:
+        n = int(rng.choice([1, v - 1 if v > 1 else 1, v + 1, int(rng.integers(1, 3 * v + 1))]))
+        m = int(rng.integers(1, max(2, min(4, cfg.acc_beats // -(-n // v)) + 1)))
+        k = int(rng.integers(chunks, 4 * chunks + 1))
+    else:
+        m, k, n = shape
+    fa, fb = DfpFormat(width, int(rng.integers(0, 8))), DfpFormat(width, int(rng.integers(0, 8)))
+    fd = DfpFormat(width, fa.frac + fb.frac - width.bits // 2 - int(rng.integers(0, 6)))
+    prog.settings[ta] = TensorSetting(fa, RoundingMode.NEAREST_EVEN, False).encode()
+    prog.settings[tb] = TensorSetting(fb, RoundingMode.NEAREST_EVEN, False).encode()
+    prog.settings[td] = TensorSetting(fd, rounding, True).encode()
+    a, b = _tensor(rng, m, k, fa), _tensor(rng, k, n, fb)
+    cuts = [0, *sorted(rng.choice(np.arange(1, k), size=chunks - 1, replace=False).tolist()), k]
+    sw = cfg.spad_words
+    addr_d = 2 * sw
+    for j, (k0, k1) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        for addr, t in ((0, DfpTensor(a.data[:, k0:k1], fa)), (sw, DfpTensor(b.data[k0:k1], fb))):
+            words = CoreModel.pack_rows(t, cfg)
+            assert len(words) <= sw, "split_matmul: a chunk does not fit one bank"
+            prog.commands.append(Command(Ctl.LOAD, addr_d=addr, k=len(words)))
+            prog.loads.append(words)
+        mode = Accumulate.START if j == 0 else Accumulate.FINISH if k1 == k else Accumulate.CONTINUE
+        prog.commands.append(Command(int(Op.MATMUL), tid_d=td, tid_a=ta, tid_b=tb, addr_a=0, addr_b=sw,
+                                     addr_d=addr_d, m=m, n=n, k=k1 - k0, accumulate=mode))
+    prog.commands.append(Command(Ctl.STORE, addr_a=addr_d, k=tensor_words(m, n, fd, cfg)))
+    return a, b, addr_d

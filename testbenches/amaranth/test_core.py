@@ -18,6 +18,7 @@ from amaranth.sim import Simulator
 
 from hw import regmap
 from hw.core import DLUCore
+from reference import ops as ops_mod
 from reference.config import PRESETS
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import Command, Ctl, ErrorCode
@@ -26,7 +27,7 @@ from testbenches.cocotb.core_model import CoreModel
 
 from .axil import AxiLiteMaster
 from .cu_model import ComputeUnitModel
-from .programs import Program, random_compute
+from .programs import Program, random_compute, split_matmul
 
 CFG = PRESETS["tiny"]
 REGS = regmap.by_name(CFG)
@@ -149,6 +150,37 @@ def test_program_through_registers_matches_model(with_cu, seed, ops):
     random_compute(rng, CFG, prog, 0, None if ops is None else ops[0])
     random_compute(rng, CFG, prog, 3, Op(int(rng.integers(0, 8))) if ops is None else ops[1])
     prog.commands.append(Command(Ctl.POLICY_UPDATE, irq=True))
+    run_and_check(prog, with_cu, f"seed {seed}")
+
+
+@pytest.mark.parametrize("with_cu", VARIANTS)
+@pytest.mark.parametrize("w", list(Width), ids=lambda w: f"w{w.bits}")
+def test_k_split_matmul_through_registers_matches_model(with_cu, w):
+    """A MATMUL cut into four K chunks (START, CONTINUE, CONTINUE, FINISH) on the real ComputeUnit's
+    accumulator memory: the stored result, database, counters and cycles of the model, whose
+    result is checked against the unsplit product."""
+    rng = np.random.default_rng(900 + int(w))
+    prog = Program({})
+    random_compute(rng, CFG, prog, 3, Op.MATMUL)  # an ordinary MATMUL before the sum
+    before = (len(prog.commands), len(prog.loads))
+    a, b, addr_d = split_matmul(rng, CFG, prog, 0, w, chunks=4, shape=(3, 13, CFG.values_per_beat(w) + 3))
+    prog.commands.append(Command(Ctl.POLICY_UPDATE, irq=True))
+    model = run_and_check(prog, with_cu, f"split w{w.bits}")
+    whole = CoreModel(CFG)  # the program up to the split, then the unsplit product
+    for tid, word in prog.settings.items():
+        whole.write_setting(tid, word)
+    loads = deque(prog.loads[:before[1]])
+    for c in prog.commands[:before[0]]:
+        whole.execute(c, list(loads.popleft()) if c.opcode == Ctl.LOAD else None)
+    s = whole.settings[2]
+    want = ops_mod.matmul(a, b, s.fmt, s.rounding, CFG, whole.rng)
+    got = model.read_tensor(addr_d, a.shape[0], b.shape[1], s.fmt)
+    assert np.array_equal(got.data, want.out.data), f"split w{w.bits}"
+
+
+def run_and_check(prog: Program, with_cu: bool, tag: str) -> CoreModel:
+    """Run ``prog`` through the registers and compare everything with the model's; returns the model."""
+    seed = tag
     model = CoreModel(CFG)
     for tid, w in prog.settings.items():
         model.write_setting(tid, w)
@@ -200,6 +232,7 @@ def test_program_through_registers_matches_model(with_cu, seed, ops):
     assert obs["perf"]["PERF_VALUES"] == model.perf_values
     assert obs["perf"]["PERF_STALL"] == 0
     assert obs["irq_cycles"] > 0
+    return model
 
 
 @pytest.mark.parametrize("with_cu", VARIANTS)

@@ -21,6 +21,7 @@ from hw.database import DistributionDatabase
 from hw.scratchpad import Scratchpad
 from hw.sequencer import Sequencer
 from hw.settings import PolicyController, SettingsRegister
+from reference import ops
 from reference.config import PRESETS, CoreConfig
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import Command, Ctl, ErrorCode
@@ -28,7 +29,7 @@ from reference.ops import Op
 from testbenches.cocotb.core_model import CoreModel
 
 from .cu_model import ComputeUnitModel
-from .programs import Program, illegal_commands, random_compute
+from .programs import Program, illegal_commands, random_compute, split_matmul
 
 CFG = PRESETS["tiny"]
 LATENCY = 2  # of the ComputeUnit model
@@ -263,6 +264,27 @@ def test_illegal_commands_set_first_error_skip_and_recover():
         obs, model, outcomes, _ = run_program(prog)
         assert outcomes[0].error != ErrorCode.NONE
         check(prog, obs, model, outcomes, f"illegal {bad}")
+
+
+@pytest.mark.parametrize("w", list(Width), ids=lambda w: f"w{w.bits}")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_k_split_matmul_matches_model_and_unsplit_product(w, seed):
+    """START, CONTINUE..., FINISH: the partial sums stay in the compute unit's accumulator memory,
+    only the finishing command writes, analyses and commits; result equals the unsplit product."""
+    rng = np.random.default_rng(700 + 10 * int(w) + seed)
+    prog = Program({})
+    a, b, addr_d = split_matmul(rng, CFG, prog, 0, w, chunks=3)
+    td = 2
+    obs, model, outcomes, _ = run_program(prog)
+    check(prog, obs, model, outcomes, f"split w{w.bits} seed {seed}")
+    whole = CoreModel(CFG)
+    for tid, word in prog.settings.items():
+        whole.write_setting(tid, word)
+    sd = whole.settings[td]
+    want = ops.matmul(a, b, sd.fmt, sd.rounding, CFG, whole.rng)
+    got = model.read_tensor(addr_d, a.shape[0], b.shape[1], sd.fmt)
+    assert np.array_equal(got.data, want.out.data), f"split w{w.bits} seed {seed}"
+    assert model.db.read(td).as_dict() == want.stats.as_dict()
 
 
 ODD = CoreConfig(lanes=1, hist_bins=8, hist_min_exp=-4, tensor_ids=6, spad_words=32, spad_banks=3, counter_bits=16)

@@ -8,6 +8,10 @@ performance counters and ``STATUS.error``. Each command is checked with
 changes nothing else), executed with :mod:`reference.ops` exactly as
 :meth:`reference.engine.Engine.run` does, and timed with :func:`reference.isa.cycles`.
 
+Accumulator memory (:class:`reference.isa.Accumulate`): one entry per output beat index, holding
+the beat's ``V`` full-width values (slots past ``N`` included, as the hardware keeps them: a
+start stores 0 there, a continuation keeps them), wrapped to ``acc_width(W_op)`` bits.
+
 Scratchpad layout (:mod:`reference.isa`): value ``j`` of a word at bits ``[j*W, (j+1)*W)``,
 each row of a tensor starting on a new word. The slots of a result's last word beyond its
 ``cols`` are not specified: the model marks them unknown, and comparisons mask them out.
@@ -25,6 +29,7 @@ from reference.formats import DfpFormat, DfpTensor, TensorSetting, acc_width
 from reference.isa import (
     LOAD_TIMEOUT_DEFAULT,
     SETUP_CYCLES,
+    Accumulate,
     Command,
     Ctl,
     ErrorCode,
@@ -73,6 +78,8 @@ class CoreModel:
         self.perf_macs = 0
         self.perf_values = 0
         self.load_timeout = LOAD_TIMEOUT_DEFAULT  # the LOAD_TIMEOUT register
+        #: accumulator memory: beat index -> (accumulator bits, V full-width values)
+        self.acc_mem: dict[int, tuple[int, list[int]]] = {}
 
     # -- registers --------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -182,7 +189,12 @@ class CoreModel:
         a = self.read_tensor(cmd.addr_a, *shapes["a"], self.settings[cmd.tid_a].fmt)
         b = self.read_tensor(cmd.addr_b, *shapes["b"], self.settings[cmd.tid_b].fmt) if "b" in shapes else None
         op = Op(cmd.opcode)
-        if op == Op.MATMUL:
+        if op == Op.MATMUL and cmd.accumulate:
+            f_acc = a.fmt.frac + b.fmt.frac
+            res = self._accumulate(cmd, a, b, fmt, f_acc)
+            if res is None:
+                return
+        elif op == Op.MATMUL:
             res = ops.matmul(a, b, fmt, rnd, cfg, self.rng)
             f_acc = a.fmt.frac + b.fmt.frac
         elif op in (Op.ADD, Op.SUB):
@@ -213,3 +225,28 @@ class CoreModel:
                    [cmd.tid_a, cmd.tid_d] + ([cmd.tid_b] if "b" in shapes else []))
         out.stats, out.out_fmt, out.rounding = res.stats, fmt, int(rnd)
         out.shift, out.acc_bits = f_acc - fmt.frac, acc_width(w_op)
+
+    def _accumulate(self, cmd: Command, a: DfpTensor, b: DfpTensor, fmt: DfpFormat, f_acc: int):
+        """An accumulating MATMUL on the beat-indexed accumulator memory; the OpResult if it finishes."""
+        mode = Accumulate(cmd.accumulate)
+        w = max(a.fmt.width, b.fmt.width, fmt.width)
+        bits, v = acc_width(w), self.cfg.values_per_beat(w)
+        cpr = -(-cmd.n // v)
+        p = ops.matmul_sum(a, b, fmt)  # the exact product, wrapped (it cannot wrap for one command)
+        total = np.zeros((cmd.m, cpr * v), dtype=object)
+        total[:, :cmd.n] = p
+        for r in range(cmd.m):
+            for c in range(cpr):
+                beat = r * cpr + c
+                vals = total[r, c * v:(c + 1) * v]
+                if mode.acc_in:
+                    old_bits, old = self.acc_mem[beat]
+                    assert old_bits == bits, "the model reads a sum at the width it was stored"
+                    vals = vals + np.array(old, dtype=object)
+                total[r, c * v:(c + 1) * v] = ops.wrap_acc(vals, bits)
+                if mode.acc_out:
+                    self.acc_mem[beat] = (bits, [int(x) for x in total[r, c * v:(c + 1) * v]])
+        if mode.acc_out:
+            return None
+        sd = self.settings[cmd.tid_d]
+        return ops.convert_acc(total[:, :cmd.n], f_acc, bits, fmt, sd.rounding, self.cfg, self.rng, w)

@@ -9,12 +9,12 @@ import pytest
 
 from reference import isa
 from reference.formats import DfpFormat, DfpTensor, RoundingMode, Width
-from reference.isa import Ctl
+from reference.isa import Accumulate, Ctl
 from reference.ops import Op, add, axpy, matmul, relu_backward
 from reference.rng import seed_states
 from reference.stats import Database
 from reference.trace import OpRecord, PolicyRecord, SettingRecord, TraceError, read_trace, replay_reference, write_trace
-from sim.core import CycleSim, DoesNotFit, Pass, attribute, check_compatible, fitting_config, schedule
+from sim.core import CycleSim, Pass, attribute, check_compatible, fitting_config, schedule
 from tests.sim.tracegen import TINY, matmul_trace, oversize_trace, pressure_trace, small_trace
 
 SEEDS = [0, 1, 7]
@@ -149,16 +149,31 @@ def test_pressure_trace_evicts_and_reloads():
     assert any(c.cmd.tid_d in (6, 7) for c in loads)
 
 
-def test_oversize_matmul_operand_does_not_fit_with_a_clear_message():
+def test_oversize_matmul_b_is_split_over_k_into_accumulating_commands():
+    """b [100, 4] at 8 bits (100 words) exceeds a tiny bank (64): two K chunks, START then FINISH,
+    their operands LOADed chunk by chunk (a's columns, b's rows), one result."""
     trace = oversize_trace()
-    with pytest.raises(DoesNotFit, match=r"record 2 \(MATMUL -> fc.matmul\): operand b \[100, 4\] at 8 bits needs "
-                                         r"100 words.*spad_words >= 128"):
-        CycleSim().run(trace)
-    res = CycleSim(dataclasses.replace(TINY, spad_words=128)).run(trace)
-    assert [c.kind for c in res.commands].count("MATMUL") == 1
-    assert fitting_config(trace).spad_words == 128
-    with pytest.raises(DoesNotFit):
-        fitting_config(trace, max_spad_words=64)
+    res = CycleSim().run(trace)
+    mm = [c for c in res.commands if c.kind == "MATMUL"]
+    assert [c.cmd.accumulate for c in mm] == [Accumulate.START, Accumulate.FINISH]
+    assert [c.cmd.k for c in mm] == [64, 36] and all((c.cmd.m, c.cmd.n) == (2, 4) for c in mm)
+    loads = [c for c in res.commands if c.kind == "LOAD"]
+    a_loads = [(c.row0, c.rows, c.col0, c.cols) for c in loads if c.cmd.tid_d == 0]
+    b_loads = [(c.row0, c.rows, c.cols) for c in loads if c.cmd.tid_d == 1]
+    assert a_loads == [(0, 2, 0, 64), (0, 2, 64, 36)]
+    assert b_loads == [(0, 64, -1), (64, 36, -1)]
+    # the grown scratchpad runs it unsplit, in fewer cycles
+    grown = CycleSim(dataclasses.replace(TINY, spad_words=128)).run(trace)
+    assert [c.cmd.accumulate for c in grown.commands if c.kind == "MATMUL"] == [Accumulate.SINGLE]
+    assert fitting_config(trace).spad_words == 64
+
+
+def test_k_split_with_a_small_accumulator_memory_tiles_the_rows():
+    """acc_beats = 1: each row of the result is its own tile with its own K chunks; rows are STOREd."""
+    res = CycleSim(dataclasses.replace(TINY, acc_beats=1)).run(oversize_trace())
+    mm = [c.cmd for c in res.commands if c.kind == "MATMUL"]
+    assert [(c.m, c.k, c.accumulate) for c in mm] == [(1, 64, Accumulate.START), (1, 36, Accumulate.FINISH)] * 2
+    assert [(c.row0, c.rows) for c in res.commands if c.kind == "STORE" and c.cmd.tid_a == 2] == [(0, 1), (1, 1)]
 
 
 def test_replay_core_may_differ_only_in_the_scratchpad():
