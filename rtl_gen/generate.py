@@ -37,7 +37,7 @@ TOP = "dlu_core"
 
 #: Command fields and a value with every bit of the field set (probing Command.encode).
 _COMMAND_PROBES = {
-    "opcode": 0xF, "broadcast_b": True, "irq": True, "alpha_frac": -1,
+    "opcode": 0xF, "broadcast_b": True, "irq": True, "accumulate": 3, "alpha_frac": -1,
     "tid_d": 1023, "tid_a": 1023, "tid_b": 1023, "addr_a": 0xFFFFFFFF, "addr_b": 0xFFFFFFFF,
     "addr_d": 0xFFFFFFFF, "m": 0xFFFF, "n": 0xFFFF, "k": 0xFFFFFFFF, "alpha": -1,
 }

@@ -753,6 +753,61 @@ async def control_and_data_movement(dut):
     fcov.export(dut._log)
 
 
+@cocotb.test(timeout_time=10_000_000_000, timeout_unit="ns")
+async def k_split_matmul(dut):
+    """A MATMUL of K = DLU_K (default 96,800: AlexNet conv1's weight gradient at batch 32) on the core:
+    K cut into chunks of one bank of b, summed START, CONTINUE..., FINISH in the accumulator memory.
+    Every command is checked against the model (cycles, STOREs, status); the finished result and
+    statistics are compared with the golden conversion of the exact integer product (numpy int64,
+    no split), stochastic rounding included. Sampled: two output rows of one beat each."""
+    import numpy as np
+
+    from reference import ops
+    from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+    from reference.isa import Accumulate, Command, Ctl, tensor_words
+    from testbenches.cocotb.core_model import CoreModel
+
+    rng, tb, model, chk = await start(dut, "k_split_matmul")
+    cfg = tb.cfg
+    k_total = int(os.environ.get("DLU_K", "96800"))
+    w = Width.W8
+    v = cfg.values_per_beat(w)
+    m, n = 2, v
+    nrng = np.random.default_rng(rng.getrandbits(32))
+    a = nrng.integers(-128, 128, size=(m, k_total))
+    b = nrng.integers(-128, 128, size=(k_total, n))
+    a[0, : k_total // 2] = -128  # half of row 0 at the largest product, 2**14: the sum nears 2**31
+    b[: k_total // 2, :] = -128
+    fa, fb = DfpFormat(w, 4), DfpFormat(w, 3)
+    fd = DfpFormat(w, -25)
+    await chk.write_setting(0, TensorSetting(fa, RoundingMode.NEAREST_EVEN, False).encode())
+    await chk.write_setting(1, TensorSetting(fb, RoundingMode.NEAREST_EVEN, False).encode())
+    await chk.write_setting(2, TensorSetting(fd, RoundingMode.STOCHASTIC, True).encode())
+    await chk.run(Command(int(Ctl.CLEAR_STATS), broadcast_b=True), what="CLEAR_STATS all")
+    rng_start = model.rng.copy()
+    sw = cfg.spad_words
+    kc = sw  # rows of b per chunk: one bank
+    cuts = list(range(0, k_total, kc)) + [k_total]
+    for j, (k0, k1) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        for addr, t in ((0, DfpTensor(a[:, k0:k1], fa)), (sw, DfpTensor(b[k0:k1], fb))):
+            words = CoreModel.pack_rows(t, cfg)
+            await chk.run(Command(int(Ctl.LOAD), addr_d=addr, k=len(words)), words, what=f"LOAD chunk {j}")
+        mode = Accumulate.START if j == 0 else Accumulate.FINISH if k1 == k_total else Accumulate.CONTINUE
+        await chk.run(Command(0, tid_d=2, tid_a=0, tid_b=1, addr_a=0, addr_b=sw, addr_d=2 * sw, m=m, n=n,
+                              k=k1 - k0, accumulate=mode), what=f"MATMUL {mode.name} K {k0}..{k1}")
+    await chk.run(Command(int(Ctl.STORE), addr_a=2 * sw, k=tensor_words(m, n, fd, cfg)), what="STORE result")
+    # the golden conversion of the exact product, unsplit
+    exact = a.astype(np.int64) @ b.astype(np.int64)
+    assert int(np.abs(exact).max()) < 1 << 31, "the test's sum fits the 32-bit accumulator"
+    want = ops.convert_acc(exact, fa.frac + fb.frac, 32, fd, RoundingMode.STOCHASTIC, cfg, rng_start, w)
+    got = model.read_tensor(2 * sw, m, n, fd)  # the model's scratchpad: the STORE above matched it
+    assert np.array_equal(got.data, want.out.data), "K-split result differs from the unsplit golden product"
+    entry = await tb.read_db_entry(2)
+    assert entry == {"hist": want.stats.hist.tolist(), "zeros": want.stats.zeros, "overflow": want.stats.overflow,
+                     "underflow": want.stats.underflow, "total": want.stats.total}, f"database entry {entry}"
+    dut._log.info("K = %d in %d chunks: %d commands checked, bit-exact", k_total, len(cuts) - 1, chk.n)
+
+
 # ------------------------------------------------------------------------------------------
 # pytest side
 # ------------------------------------------------------------------------------------------
@@ -790,6 +845,29 @@ def _run(config, record_property, iters, testcase=None, sim=None):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_core(config, record_property):
     _run(config, record_property, iters=200, testcase="random_command_stream")
+
+
+def _run_k(config, record_property, k):
+    from reference.config import load_config
+    from testbenches.cocotb import harness
+
+    harness.require("hw.core", "DLUCore")
+    bdir = harness.build_dir(config, "core")
+    v, man = generate(config, bdir / "gen")
+    harness.run(module="testbenches.cocotb.test_core", top="dlu_core", config=config, block="core", sources=[v],
+                record_property=record_property, cfg=load_config(config), testcase="k_split_matmul",
+                extra_env={"DLU_K": str(k), "DLU_MANIFEST": str(man)})
+
+
+def test_core_k_split_tiny(record_property):
+    """K = 4,000 on the tiny core (63 chunks of one 64-word bank)."""
+    _run_k("tiny", record_property, 4000)
+
+
+@pytest.mark.slow
+def test_core_k_96800_default(record_property):
+    """The issue's target: K = 96,800 (AlexNet conv1's weight gradient, batch 32) on the default core."""
+    _run_k("default", record_property, 96800)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
