@@ -255,6 +255,31 @@ def _analyse(it: IterationTrace) -> tuple[list[_Value], dict[int, _OpPlan]]:
 # ---------------------------------------------------------------------------------------
 
 
+def activity(cmd: Command, cyc: int, settings: dict[int, TensorSetting], cfg: CoreConfig) -> dict[str, int]:
+    """The :class:`SimCommand` counters of a legal compute command taking ``cyc`` cycles."""
+    op = Op(cmd.opcode)
+    shapes = isa.operand_shapes(cmd)
+    tids = {"a": cmd.tid_a, "b": cmd.tid_b, "d": cmd.tid_d}
+    fmts = {r: settings[tids[r]].fmt for r in shapes}
+    beats = isa.beats(cmd, settings, cfg)
+    mn = cmd.m * cmd.n
+    words = {r: isa.tensor_words(*shapes[r], fmts[r], cfg) for r in shapes}
+    body = cyc - isa.SETUP_CYCLES - isa.DRAIN_CYCLES
+    if op == Op.MATMUL:
+        v = cfg.values_per_beat(isa.op_width(cmd, settings))
+        reads = beats * cmd.k + beats * -(-cmd.k // v)
+        adds = muls = isa.macs(cmd)
+    else:
+        reads = words["a"] + (0 if "b" not in shapes else (beats if cmd.broadcast_b else words["b"]))
+        adds = 0 if op == Op.MUL else mn
+        muls = mn if op in (Op.MUL, Op.AXPY) else 0
+    # an unfinished sum (accumulate OUT) writes no result and analyses no value
+    unfinished = op == Op.MATMUL and cmd.accumulate & 2
+    return {"compute_cycles": body, "macs": isa.macs(cmd), "adds": adds, "muls": muls,
+            "values": 0 if unfinished else mn, "spad_read_words": reads,
+            "spad_write_words": 0 if unfinished else words["d"]}
+
+
 class _Scheduler:
     """Turns one iteration's records into timed commands (no data is computed here)."""
 
@@ -329,24 +354,7 @@ class _Scheduler:
         self.steps.append(self.k)
 
     def _activity(self, cmd: Command, cyc: int) -> dict[str, int]:
-        op = Op(cmd.opcode)
-        shapes = isa.operand_shapes(cmd)
-        tids = {"a": cmd.tid_a, "b": cmd.tid_b, "d": cmd.tid_d}
-        fmts = {r: self.settings[tids[r]].fmt for r in shapes}
-        beats = isa.beats(cmd, self.settings, self.cfg)
-        mn = cmd.m * cmd.n
-        words = {r: isa.tensor_words(*shapes[r], fmts[r], self.cfg) for r in shapes}
-        body = cyc - isa.SETUP_CYCLES - isa.DRAIN_CYCLES
-        if op == Op.MATMUL:
-            v = self.cfg.values_per_beat(isa.op_width(cmd, self.settings))
-            reads = beats * cmd.k + beats * -(-cmd.k // v)
-            adds = muls = isa.macs(cmd)
-        else:
-            reads = words["a"] + (0 if "b" not in shapes else (beats if cmd.broadcast_b else words["b"]))
-            adds = 0 if op == Op.MUL else mn
-            muls = mn if op in (Op.MUL, Op.AXPY) else 0
-        return {"compute_cycles": body, "macs": isa.macs(cmd), "adds": adds, "muls": muls, "values": mn,
-                "spad_read_words": reads, "spad_write_words": words["d"]}
+        return activity(cmd, cyc, self.settings, self.cfg)
 
     def transfer(self, opcode: Ctl, v: _Value, addr: int, words: int, attr: tuple[str, Pass] | None = None,
                  record: int | None = None, row0: int = 0) -> None:

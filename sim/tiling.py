@@ -1,0 +1,329 @@
+"""Tiling of matrix products and elementwise commands onto the scratchpad, and network timing.
+
+:func:`matmul_commands` maps one product ``a[M, K] @ b[K, N]`` whose operands are in host memory
+onto the core: tiles ``a[mt, kt]``, ``b[kt, nt]`` and ``d[mt, nt]`` in three banks (each at most
+``spad_words`` words), K chunks summed in the accumulator memory (:class:`reference.isa.Accumulate`,
+so an output tile of an accumulating product has at most ``acc_beats`` beats), results STOREd.
+Loop order: with one K chunk, the operand of one tile row (``a``: order ``"a"``) or one tile
+column (``b``: order ``"b"``) stays in its bank while the other operand's tiles stream past; with
+several K chunks every output tile streams its chunks of both. Every command is legal by
+:func:`reference.isa.check_command` and timed by :func:`reference.isa.cycles`.
+
+Tile policy (:func:`choose`), for today's in-order core whose transfers do not overlap compute:
+
+1. one K chunk when a ``[K, V]`` column of ``b`` fits a bank (``K <= spad_words`` for one beat
+   of columns), else chunks of as many rows of ``b`` as a bank holds;
+2. with one chunk: ``b``'s tile as wide as its bank allows, ``a``'s tile as tall as its bank and
+   the result's bank allow; with several chunks: the output tile as large as the accumulator
+   memory allows (``mt * ceil(nt / V) <= acc_beats``), tallest first, then K chunks as long as
+   both operand tiles allow;
+3. the loop order that moves fewer words.
+
+:func:`exhaustive` searches every power-of-two tile size (and the whole dimension) with both
+orders and returns the fastest, to measure how far the policy is from it (docs/simulator.md).
+
+:func:`time_network` times one training iteration of a network of :mod:`reference.nets` from its
+description alone: per layer and pass the products of :func:`sim.scale.layer_costs` (convolutions
+through host im2col, as :mod:`reference.layers` forms them), bias adds, ReLUs and the three AXPYs of
+the update, each tiled here with its operands from host memory and its result back to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from reference import isa
+from reference.config import CoreConfig
+from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
+from reference.isa import Accumulate, Command, Ctl
+from reference.ops import Op
+
+from .core import Pass, SimCommand, activity
+
+#: Tensor ids of the tiled commands (a, b, d); their settings are :func:`settings_for`'s.
+TID_A, TID_B, TID_D = 0, 1, 2
+
+
+def settings_for(width: Width) -> dict[int, TensorSetting]:
+    """The settings the tiled commands run with (all three tensors at ``width``)."""
+    s = TensorSetting(DfpFormat(width, 0), RoundingMode.NEAREST_EVEN, True)
+    return {TID_A: s, TID_B: s, TID_D: s}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Tile sizes of one product and its loop order (``"a"`` or ``"b"``: which operand stays)."""
+
+    mt: int
+    nt: int
+    kt: int
+    order: str = "a"
+
+    def legal(self, m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> bool:
+        v = cfg.values_per_beat(width)
+        sw = cfg.spad_words
+        mt, nt, kt = min(self.mt, m), min(self.nt, n), min(self.kt, k)
+        if min(mt, nt, kt) < 1 or max(mt, nt) > isa.MAX_DIM or kt > isa.MAX_K:
+            return False
+        if mt * _cdiv(kt, v) > sw or kt * _cdiv(nt, v) > sw or mt * _cdiv(nt, v) > sw:
+            return False
+        return kt >= k or mt * _cdiv(nt, v) <= cfg.acc_beats
+
+
+def _sizes(total: int, tile: int) -> list[tuple[int, int]]:
+    """(size, count) of the tiles that cut ``total`` into pieces of ``tile`` (the last one shorter)."""
+    full, rest = divmod(total, tile)
+    return [(tile, full)] + ([(rest, 1)] if rest else []) if full else [(rest, 1)]
+
+
+def cost(m: int, k: int, n: int, width: Width, cfg: CoreConfig, t: Tiling) -> tuple[int, int]:
+    """(cycles, bus words) of :func:`matmul_commands` with tiling ``t``, in closed form."""
+    v = cfg.values_per_beat(width)
+    fixed = isa.SETUP_CYCLES + isa.DRAIN_CYCLES
+    ms, ns, ks = _sizes(m, min(t.mt, m)), _sizes(n, min(t.nt, n)), _sizes(k, min(t.kt, k))
+    n_m, n_n, n_k = sum(c for _, c in ms), sum(c for _, c in ns), sum(c for _, c in ks)
+    # per-dimension sums over the tiles
+    rows = m
+    beats_n = sum(_cdiv(s, v) * c for s, c in ns)
+    a_words = sum(s * c for s, c in ms) * sum(_cdiv(s, v) * c for s, c in ks)  # = M * sum ceil(kc/V)
+    b_words = k * beats_n
+    d_words = rows * beats_n
+    mm_cycles = n_m * n_n * n_k * fixed + rows * beats_n * k
+    if n_k == 1:
+        # order "a": each a tile once, b tiles once per tile row (once in all if one tile column)
+        a_loads, b_loads = (n_m, n_m * n_n if n_n > 1 else 1) if t.order == "a" else \
+            (n_m * n_n if n_m > 1 else 1, n_n)
+        a_moved = a_words * (1 if t.order == "a" or n_m == 1 else n_n)
+        b_moved = b_words * (1 if t.order == "b" or n_n == 1 else n_m)
+    else:
+        a_loads, b_loads = n_m * n_n * n_k, n_m * n_n * n_k
+        a_moved, b_moved = a_words * n_n, b_words * n_m
+    words = a_moved + b_moved + d_words
+    cycles = mm_cycles + (a_loads + b_loads + n_m * n_n) * fixed + words
+    return cycles, words
+
+
+def choose(m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> Tiling:
+    """The tile policy of the module docstring."""
+    v = cfg.values_per_beat(width)
+    sw = cfg.spad_words
+    if k <= min(sw, isa.MAX_K):
+        nt = min(n, v * (sw // k), isa.MAX_DIM)
+        mt = min(m, sw // _cdiv(k, v), sw // _cdiv(nt, v), isa.MAX_DIM)
+        best = None
+        for order in ("a", "b"):
+            t = Tiling(mt, nt, k, order)
+            c = cost(m, k, n, width, cfg, t)
+            if best is None or c < best[0]:
+                best = (c, t)
+        return best[1]
+    acc = min(cfg.acc_beats, sw)
+    mt = min(m, acc, isa.MAX_DIM)
+    nt = min(n, v * max(1, acc // mt), v * (sw // 1), isa.MAX_DIM)
+    while mt * _cdiv(nt, v) > acc:
+        nt -= v
+    kt = min(k, isa.MAX_K, sw // _cdiv(nt, v), (sw // mt) * v)
+    return Tiling(mt, nt, kt, "a")
+
+
+def _candidates(total: int, step: int = 1) -> list[int]:
+    out, x = {total}, step
+    while x < total:
+        out.add(x)
+        x *= 2
+    return sorted(out)
+
+
+def exhaustive(m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> tuple[Tiling, tuple[int, int]]:
+    """The fastest legal tiling over power-of-two tiles (and whole dimensions), both loop orders."""
+    v = cfg.values_per_beat(width)
+    best = None
+    for mt, nt, kt, order in itertools.product(_candidates(m), _candidates(n, v), _candidates(k), ("a", "b")):
+        t = Tiling(mt, nt, kt, order)
+        if not t.legal(m, k, n, width, cfg):
+            continue
+        c = cost(m, k, n, width, cfg, t)
+        if best is None or c < best[1]:
+            best = (t, c)
+    if best is None:
+        raise ValueError(f"tiling: no legal tiling of [{m}, {k}] x [{k}, {n}] at {width.bits} bits")
+    return best
+
+
+class Emitter:
+    """Builds timed :class:`sim.core.SimCommand` s for one width (legality checked once per shape)."""
+
+    def __init__(self, cfg: CoreConfig, width: Width) -> None:
+        self.cfg, self.width = cfg, width
+        self.settings = settings_for(width)
+        self.out: list[SimCommand] = []
+        self._seen: dict[tuple, tuple[int, dict[str, int]]] = {}
+        self.layer, self.pass_ = "-", Pass.CONTROL
+
+    def emit(self, cmd: Command) -> None:
+        op = cmd.opcode
+        key = (op, cmd.m, cmd.n, cmd.k, cmd.accumulate, cmd.broadcast_b, cmd.addr_a, cmd.addr_b, cmd.addr_d)
+        got = self._seen.get(key)
+        if got is None:
+            isa.check_command(cmd, self.settings, self.cfg)
+            cyc = isa.cycles(cmd, self.settings, self.cfg)
+            if op in (Ctl.LOAD, Ctl.STORE):
+                extra = {"bus_words": cmd.k, ("spad_write_words" if op == Ctl.LOAD else "spad_read_words"): cmd.k}
+            else:
+                extra = activity(cmd, cyc, self.settings, self.cfg)
+            got = self._seen[key] = (cyc, extra)
+        cyc, extra = got
+        self.out.append(SimCommand(cmd, cyc, 0, len(self.out), self.layer, self.pass_, self.width, **extra))
+
+    def load(self, addr: int, words: int) -> None:
+        self.emit(Command(Ctl.LOAD, addr_d=addr, k=words))
+
+    def store(self, addr: int, words: int) -> None:
+        self.emit(Command(Ctl.STORE, addr_a=addr, k=words))
+
+
+def matmul_commands(em: Emitter, m: int, k: int, n: int, t: Tiling | None = None) -> Tiling:
+    """Emit the commands of ``a[m, k] @ b[k, n]`` (operands in host memory, result STOREd) with
+    tiling ``t`` (default :func:`choose`); returns the tiling used."""
+    cfg, w = em.cfg, em.width
+    t = choose(m, k, n, w, cfg) if t is None else t
+    if not t.legal(m, k, n, w, cfg):
+        raise ValueError(f"tiling: {t} is not legal for [{m}, {k}] x [{k}, {n}] at {w.bits} bits")
+    v, sw = cfg.values_per_beat(w), cfg.spad_words
+    mt, nt, kt = min(t.mt, m), min(t.nt, n), min(t.kt, k)
+    addr_a, addr_b, addr_d = 0, sw, 2 * sw
+    chunks = [(k0, min(k, k0 + kt)) for k0 in range(0, k, kt)]
+    m_tiles = [(m0, min(mt, m - m0)) for m0 in range(0, m, mt)]
+    n_tiles = [(n0, min(nt, n - n0)) for n0 in range(0, n, nt)]
+    outer, inner = (m_tiles, n_tiles) if t.order == "a" else (n_tiles, m_tiles)
+    loaded_a = loaded_b = None
+    for o in outer:
+        for i in inner:
+            (m0, rows), (n0, cols) = (o, i) if t.order == "a" else (i, o)
+            for j, (k0, k1) in enumerate(chunks):
+                kc = k1 - k0
+                if loaded_a != (m0, k0):
+                    em.load(addr_a, rows * _cdiv(kc, v))
+                    loaded_a = (m0, k0)
+                if loaded_b != (n0, k0):
+                    em.load(addr_b, kc * _cdiv(cols, v))
+                    loaded_b = (n0, k0)
+                if len(chunks) == 1:
+                    mode = Accumulate.SINGLE
+                else:
+                    mode = Accumulate.START if j == 0 else \
+                        Accumulate.FINISH if k1 == k else Accumulate.CONTINUE
+                em.emit(Command(Op.MATMUL, tid_d=TID_D, tid_a=TID_A, tid_b=TID_B, addr_a=addr_a, addr_b=addr_b,
+                                addr_d=addr_d, m=rows, n=cols, k=kc, accumulate=mode))
+            em.store(addr_d, rows * _cdiv(cols, v))
+    return t
+
+
+def elementwise_commands(em: Emitter, op: Op, m: int, n: int, bcast_b: bool = False) -> None:
+    """Emit an elementwise command over ``[m, n]`` in row tiles that fit a bank: operands LOADed
+    from host memory (a broadcast row once), the result STOREd."""
+    v, sw = em.cfg.values_per_beat(em.width), em.cfg.spad_words
+    wpr = _cdiv(n, v)
+    if wpr > sw:
+        raise ValueError(f"tiling: a row of {n} values needs {wpr} words, a bank has {sw}")
+    rows = min(m, sw // wpr, isa.MAX_DIM)
+    two = op not in (Op.RELU, Op.CONVERT)
+    if two and bcast_b:
+        em.load(sw, wpr)
+    for r0 in range(0, m, rows):
+        mt = min(rows, m - r0)
+        em.load(0, mt * wpr)
+        if two and not bcast_b:
+            em.load(sw, mt * wpr)
+        em.emit(Command(op, tid_d=TID_D, tid_a=TID_A, tid_b=TID_B if two else 0, addr_a=0,
+                        addr_b=sw if two else 0, addr_d=2 * sw, m=mt, n=n, alpha=1 if op == Op.AXPY else 0,
+                        broadcast_b=bcast_b and mt > 1))
+        em.store(2 * sw, mt * wpr)
+
+
+def network_commands(net, batch: int, cfg: CoreConfig, width: Width) -> list[SimCommand]:
+    """The tiled commands of one training iteration of ``net`` (a :class:`reference.nets.Net`) at
+    ``batch``, all tensors at ``width``, attributed to (layer, pass).
+
+    Per parameter layer, as :func:`sim.scale.layer_costs` forms the work: forward product and bias
+    ADD (a broadcast row); backward weight-gradient product, bias-gradient product (a ones row
+    times the error) and, except for the first layer, the input-error product; update three AXPYs
+    (weight decay, momentum, step) over the weights and over the biases. A ReLU after a layer adds
+    a RELU (forward) and a RELU_BACKWARD (backward) to it. Pooling, LRN, dropout and flatten are
+    host data movement (not timed), as in :mod:`reference.layers`.
+    """
+    from reference.nets import LayerKind, infer_shapes
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"timing: batch={batch!r}: must be an integer >= 1")
+    em = Emitter(cfg, width)
+    first = True
+    last = None
+    for s in infer_shapes(net):
+        lay = s.layer
+        if lay.kind in (LayerKind.CONV, LayerKind.LINEAR):
+            if lay.kind is LayerKind.CONV:
+                c, h, wd = s.in_shape
+                o, ho, wo = s.out_shape
+                g = lay.groups
+                m, kk, nn = batch * ho * wo, lay.kernel * lay.kernel * c // g, o // g
+                err = (batch * h * wd, lay.kernel * lay.kernel * nn, c // g)
+            else:
+                g, m, kk, nn = 1, batch, s.in_count, lay.out_features
+                o = nn
+                err = (batch, nn, kk)
+            em.layer = last = lay.name
+            em.pass_ = Pass.FORWARD
+            for _ in range(g):
+                matmul_commands(em, m, kk, nn)
+            elementwise_commands(em, Op.ADD, m, o, bcast_b=True)
+            em.pass_ = Pass.BACKWARD
+            for _ in range(g):
+                matmul_commands(em, kk, m, nn)
+            matmul_commands(em, 1, m, o)
+            if not first:
+                for _ in range(g):
+                    matmul_commands(em, *err)
+            em.pass_ = Pass.UPDATE
+            for _ in range(3):
+                elementwise_commands(em, Op.AXPY, kk * g, nn)
+                elementwise_commands(em, Op.AXPY, 1, o)
+            first = False
+        elif lay.kind is LayerKind.RELU and last is not None:
+            rows = batch * (s.out_shape[1] * s.out_shape[2] if len(s.out_shape) == 3 else 1)
+            em.layer, em.pass_ = last, Pass.FORWARD
+            elementwise_commands(em, Op.RELU, rows, s.out_shape[0])
+            em.pass_ = Pass.BACKWARD
+            elementwise_commands(em, Op.RELU_BACKWARD, rows, s.out_shape[0])
+    return em.out
+
+
+def time_network(net, batch: int, cfg: CoreConfig, width: Width, table=None) -> dict:
+    """Results of one training iteration of ``net`` timed from its description alone (no data):
+    the counters, utilization, bus bytes and energy in total and per (layer, pass), and the fp32
+    counterpart (the same schedule at 32 bits, fp32 energies), as ``dlu replay`` reports them."""
+    import time
+
+    from .energy import EnergyTable
+    from .replay import _group, _summary
+
+    table = table or EnergyTable()
+    t0 = time.perf_counter()
+    cmds = network_commands(net, batch, cfg, width)
+    fp32 = network_commands(net, batch, cfg, Width.W32)
+    wall = time.perf_counter() - t0
+    peak = cfg.peak_macs_per_cycle(width)
+    by32 = _group(fp32)
+    groups = [{"layer": layer, "pass": pass_, **_summary(cs, by32.get((layer, pass_), []), cfg, table, peak)}
+              for (layer, pass_), cs in _group(cmds).items()]
+    order = {p.value: i for i, p in enumerate(Pass)}
+    groups.sort(key=lambda g: order[g["pass"]])
+    return {"format": "dlu-timing-results", "version": 1, "net": net.name, "batch": batch, "width": width.bits,
+            "config": cfg.to_dict(), "energy_table": table.to_dict(), "peak_macs_per_cycle": peak,
+            "commands": len(cmds), "totals": _summary(cmds, fp32, cfg, table, peak), "by_layer_pass": groups,
+            "speed": {"wall_s": wall}}
