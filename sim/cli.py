@@ -1,4 +1,5 @@
-"""``dlu replay`` and ``dlu report``: argument parsing only; the work is in :mod:`sim.replay` and :mod:`sim.report`."""
+"""``dlu replay``, ``dlu timing`` and ``dlu report``: argument parsing only; the work is in :mod:`sim.replay`,
+:mod:`sim.tiling` and :mod:`sim.report`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="JSON", help="results file (default: RUN/sim.json beside RUN/trace)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
+
+    t = subparsers.add_parser(
+        "timing", help="time one training iteration of a network from its description alone (no training)",
+        description="Schedule one training iteration of NET (a built-in of reference.nets or a network file) on "
+                    "the core with the tiling scheduler of sim.tiling, without data: cycles, utilization, bus "
+                    "bytes and energy per layer and pass, and the fp32 counterpart. Writes a JSON (atomically).")
+    t.add_argument("--net", required=True, metavar="NAME|FILE", help="alexnet, vgg16, lenet5, digits_cnn or a file")
+    t.add_argument("--batch", type=_positive_int, default=32, help="images per iteration (default 32)")
+    t.add_argument("--width", type=int, choices=(8, 16, 32), default=8, help="data width in bits (default 8)")
+    t.add_argument("--core", metavar="PRESET|TOML", default="default", help="core (default: the default preset)")
+    t.add_argument("--energy", metavar="TOML", help="energy table (default: 45 nm figures, docs/simulator.md)")
+    t.add_argument("--out", metavar="JSON", help="results file (default: print only)")
+    t.set_defaults(func=_timing)
 
     r = subparsers.add_parser(
         "report", help="HTML report (cycles, utilization, energy, bytes, point positions) from sim results",
@@ -95,6 +109,31 @@ def _replay(args: argparse.Namespace) -> int:
           f"{res['speed']['cycles_per_s']:.3g} simulated cycles/s -> {path}")
     if rtl:
         return _replay_rtl(args)
+    return 0
+
+
+def _timing(args: argparse.Namespace) -> int:
+    from reference.formats import Width
+    from reference.nets import resolve_net
+
+    from .replay import write_json_atomic
+    from .tiling import time_network
+
+    cfg = _load_core(args.core)
+    width = Width.from_bits(args.width)
+    if not cfg.supports(width):
+        raise ValueError(f"timing: the core does not support {args.width}-bit data (widths {list(cfg.widths)})")
+    res = time_network(resolve_net(args.net), args.batch, cfg, width, _load_energy(args.energy))
+    print(f"{'layer':<10} {'pass':<9} {'cycles':>15} {'util':>6} {'bus bytes':>15} {'energy uJ':>12}")
+    for g in res["by_layer_pass"]:
+        print(f"{g['layer']:<10} {g['pass']:<9} {g['cycles']:>15,} {g['utilization']:>6.3f} {g['bus_bytes']:>15,} "
+              f"{g['energy_pj']['total'] / 1e6:>12.1f}")
+    t = res["totals"]
+    print(f"{res['net']} batch {res['batch']} at {res['width']} bits: {t['commands']:,} commands, {t['cycles']:,} "
+          f"cycles (utilization {t['utilization']:.3f}), bus {t['bus_bytes']:,} bytes, energy "
+          f"{t['energy_pj']['total'] / 1e6:.1f} uJ (fp32 counterpart x{t['fp32_over_dfp_energy']:.2f}); "
+          f"scheduled in {res['speed']['wall_s']:.1f} s" + (f" -> {write_json_atomic(res, args.out)}" if args.out
+                                                             else ""))
     return 0
 
 

@@ -103,6 +103,9 @@ class SimCommand:
         LOAD/STORE: the value moved (an index into :attr:`SimScheduleIteration.tensors`) and
         the rows of it (``row0 .. row0+rows``) and columns (``col0 .. col0+cols``; ``cols`` -1:
         all of them); ``vid`` is -1 for other commands.
+    repeat
+        How many identical commands this entry stands for (the network timing of
+        :mod:`sim.tiling` merges them; ``cycles`` and every count are then their totals).
     """
 
     cmd: Command
@@ -125,6 +128,7 @@ class SimCommand:
     rows: int = 0
     col0: int = 0
     cols: int = -1
+    repeat: int = 1
 
     @property
     def kind(self) -> str:
@@ -839,7 +843,7 @@ class Counters:
         transfer = sum(c.cycles for c in cmds if c.cmd.opcode in (Ctl.LOAD, Ctl.STORE))
         total = sum(c.cycles for c in cmds)
         compute = sum(c.compute_cycles for c in cmds)
-        return cls(len(cmds), total, compute, total - compute - transfer, transfer,
+        return cls(sum(c.repeat for c in cmds), total, compute, total - compute - transfer, transfer,
                    sum(c.macs for c in cmds), sum(c.values for c in cmds), sum(c.spad_read_words for c in cmds),
                    sum(c.spad_write_words for c in cmds), sum(c.bus_words for c in cmds))
 

@@ -31,7 +31,7 @@ the update, each tiled here with its operands from host memory and its result ba
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reference import isa
 from reference.config import CoreConfig
@@ -131,8 +131,8 @@ def choose(m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> Tiling:
     return Tiling(mt, nt, kt, "a")
 
 
-def _candidates(total: int, step: int = 1) -> list[int]:
-    out, x = {total}, step
+def _candidates(total: int, step: int = 1, also: int | None = None) -> list[int]:
+    out, x = {total} | ({min(also, total)} if also else set()), step
     while x < total:
         out.add(x)
         x *= 2
@@ -140,10 +140,13 @@ def _candidates(total: int, step: int = 1) -> list[int]:
 
 
 def exhaustive(m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> tuple[Tiling, tuple[int, int]]:
-    """The fastest legal tiling over power-of-two tiles (and whole dimensions), both loop orders."""
+    """The fastest legal tiling over power-of-two tiles, whole dimensions and the policy's own sizes
+    (so never slower than :func:`choose`), both loop orders; returns it and its :func:`cost`."""
     v = cfg.values_per_beat(width)
+    p = choose(m, k, n, width, cfg)
     best = None
-    for mt, nt, kt, order in itertools.product(_candidates(m), _candidates(n, v), _candidates(k), ("a", "b")):
+    for mt, nt, kt, order in itertools.product(_candidates(m, 1, p.mt), _candidates(n, v, p.nt),
+                                               _candidates(k, 1, p.kt), ("a", "b")):
         t = Tiling(mt, nt, kt, order)
         if not t.legal(m, k, n, width, cfg):
             continue
@@ -156,35 +159,71 @@ def exhaustive(m: int, k: int, n: int, width: Width, cfg: CoreConfig) -> tuple[T
 
 
 class Emitter:
-    """Builds timed :class:`sim.core.SimCommand` s for one width (legality checked once per shape)."""
+    """Builds timed :class:`sim.core.SimCommand` s for one width (legality checked once per shape).
 
-    def __init__(self, cfg: CoreConfig, width: Width) -> None:
-        self.cfg, self.width = cfg, width
+    With ``aggregate`` the identical commands of one (layer, pass) are merged into one entry
+    whose ``repeat`` says how many it stands for (its counters are the totals): a network's
+    hundreds of thousands of tiles are counted, not stored.
+    """
+
+    def __init__(self, cfg: CoreConfig, width: Width, aggregate: bool = False) -> None:
+        self.cfg, self.width, self.aggregate = cfg, width, aggregate
         self.settings = settings_for(width)
         self.out: list[SimCommand] = []
-        self._seen: dict[tuple, tuple[int, dict[str, int]]] = {}
+        self._seen: dict[tuple, SimCommand] = {}
+        self._counts: dict[tuple, int] = {}
         self.layer, self.pass_ = "-", Pass.CONTROL
 
-    def emit(self, cmd: Command) -> None:
-        op = cmd.opcode
-        key = (op, cmd.m, cmd.n, cmd.k, cmd.accumulate, cmd.broadcast_b, cmd.addr_a, cmd.addr_b, cmd.addr_d)
-        got = self._seen.get(key)
-        if got is None:
-            isa.check_command(cmd, self.settings, self.cfg)
-            cyc = isa.cycles(cmd, self.settings, self.cfg)
-            if op in (Ctl.LOAD, Ctl.STORE):
-                extra = {"bus_words": cmd.k, ("spad_write_words" if op == Ctl.LOAD else "spad_read_words"): cmd.k}
-            else:
-                extra = activity(cmd, cyc, self.settings, self.cfg)
-            got = self._seen[key] = (cyc, extra)
-        cyc, extra = got
-        self.out.append(SimCommand(cmd, cyc, 0, len(self.out), self.layer, self.pass_, self.width, **extra))
+    def _template(self, key: tuple) -> SimCommand:
+        op, m, n, k, mode, bcast = key
+        sw = self.cfg.spad_words
+        if op == Ctl.LOAD:
+            cmd = Command(Ctl.LOAD, addr_d=0, k=k)
+        elif op == Ctl.STORE:
+            cmd = Command(Ctl.STORE, addr_a=2 * sw, k=k)
+        else:
+            two = op not in (Op.RELU, Op.CONVERT)
+            cmd = Command(op, tid_d=TID_D, tid_a=TID_A, tid_b=TID_B if two else 0, addr_a=0, addr_b=sw if two else 0,
+                          addr_d=2 * sw, m=m, n=n, k=k, alpha=1 if op == Op.AXPY else 0, broadcast_b=bcast,
+                          accumulate=mode)
+        isa.check_command(cmd, self.settings, self.cfg)
+        cyc = isa.cycles(cmd, self.settings, self.cfg)
+        if op in (Ctl.LOAD, Ctl.STORE):
+            extra = {"bus_words": k, ("spad_write_words" if op == Ctl.LOAD else "spad_read_words"): k}
+        else:
+            extra = activity(cmd, cyc, self.settings, self.cfg)
+        return SimCommand(cmd, cyc, 0, 0, "-", Pass.CONTROL, self.width, **extra)
 
-    def load(self, addr: int, words: int) -> None:
-        self.emit(Command(Ctl.LOAD, addr_d=addr, k=words))
+    def emit(self, op: int, m: int = 1, n: int = 1, k: int = 1, mode: Accumulate = Accumulate.SINGLE,
+             bcast: bool = False) -> None:
+        key = (op, m, n, k, mode, bcast)
+        if key not in self._seen:
+            self._seen[key] = self._template(key)
+        if self.aggregate:
+            ck = (self.layer, self.pass_, key)
+            self._counts[ck] = self._counts.get(ck, 0) + 1
+        else:
+            t = self._seen[key]
+            self.out.append(replace(t, record=len(self.out), layer=self.layer, pass_=self.pass_))
 
-    def store(self, addr: int, words: int) -> None:
-        self.emit(Command(Ctl.STORE, addr_a=addr, k=words))
+    def commands(self) -> list[SimCommand]:
+        """The stream (or, aggregated, one entry per distinct command of each layer and pass)."""
+        if not self.aggregate:
+            return self.out
+        out = []
+        for (layer, pass_, key), n in self._counts.items():
+            t = self._seen[key]
+            out.append(replace(t, cycles=t.cycles * n, record=len(out), layer=layer, pass_=pass_, repeat=n,
+                               compute_cycles=t.compute_cycles * n, macs=t.macs * n, adds=t.adds * n,
+                               muls=t.muls * n, values=t.values * n, spad_read_words=t.spad_read_words * n,
+                               spad_write_words=t.spad_write_words * n, bus_words=t.bus_words * n))
+        return out
+
+    def load(self, words: int) -> None:
+        self.emit(Ctl.LOAD, k=words)
+
+    def store(self, words: int) -> None:
+        self.emit(Ctl.STORE, k=words)
 
 
 def matmul_commands(em: Emitter, m: int, k: int, n: int, t: Tiling | None = None) -> Tiling:
@@ -194,9 +233,8 @@ def matmul_commands(em: Emitter, m: int, k: int, n: int, t: Tiling | None = None
     t = choose(m, k, n, w, cfg) if t is None else t
     if not t.legal(m, k, n, w, cfg):
         raise ValueError(f"tiling: {t} is not legal for [{m}, {k}] x [{k}, {n}] at {w.bits} bits")
-    v, sw = cfg.values_per_beat(w), cfg.spad_words
+    v = cfg.values_per_beat(w)
     mt, nt, kt = min(t.mt, m), min(t.nt, n), min(t.kt, k)
-    addr_a, addr_b, addr_d = 0, sw, 2 * sw
     chunks = [(k0, min(k, k0 + kt)) for k0 in range(0, k, kt)]
     m_tiles = [(m0, min(mt, m - m0)) for m0 in range(0, m, mt)]
     n_tiles = [(n0, min(nt, n - n0)) for n0 in range(0, n, nt)]
@@ -208,19 +246,18 @@ def matmul_commands(em: Emitter, m: int, k: int, n: int, t: Tiling | None = None
             for j, (k0, k1) in enumerate(chunks):
                 kc = k1 - k0
                 if loaded_a != (m0, k0):
-                    em.load(addr_a, rows * _cdiv(kc, v))
+                    em.load(rows * _cdiv(kc, v))
                     loaded_a = (m0, k0)
                 if loaded_b != (n0, k0):
-                    em.load(addr_b, kc * _cdiv(cols, v))
+                    em.load(kc * _cdiv(cols, v))
                     loaded_b = (n0, k0)
                 if len(chunks) == 1:
                     mode = Accumulate.SINGLE
                 else:
                     mode = Accumulate.START if j == 0 else \
                         Accumulate.FINISH if k1 == k else Accumulate.CONTINUE
-                em.emit(Command(Op.MATMUL, tid_d=TID_D, tid_a=TID_A, tid_b=TID_B, addr_a=addr_a, addr_b=addr_b,
-                                addr_d=addr_d, m=rows, n=cols, k=kc, accumulate=mode))
-            em.store(addr_d, rows * _cdiv(cols, v))
+                em.emit(Op.MATMUL, rows, cols, kc, mode)
+            em.store(rows * _cdiv(cols, v))
     return t
 
 
@@ -234,19 +271,17 @@ def elementwise_commands(em: Emitter, op: Op, m: int, n: int, bcast_b: bool = Fa
     rows = min(m, sw // wpr, isa.MAX_DIM)
     two = op not in (Op.RELU, Op.CONVERT)
     if two and bcast_b:
-        em.load(sw, wpr)
+        em.load(wpr)
     for r0 in range(0, m, rows):
         mt = min(rows, m - r0)
-        em.load(0, mt * wpr)
+        em.load(mt * wpr)
         if two and not bcast_b:
-            em.load(sw, mt * wpr)
-        em.emit(Command(op, tid_d=TID_D, tid_a=TID_A, tid_b=TID_B if two else 0, addr_a=0,
-                        addr_b=sw if two else 0, addr_d=2 * sw, m=mt, n=n, alpha=1 if op == Op.AXPY else 0,
-                        broadcast_b=bcast_b and mt > 1))
-        em.store(2 * sw, mt * wpr)
+            em.load(mt * wpr)
+        em.emit(op, mt, n, bcast=bcast_b and mt > 1)
+        em.store(mt * wpr)
 
 
-def network_commands(net, batch: int, cfg: CoreConfig, width: Width) -> list[SimCommand]:
+def network_commands(net, batch: int, cfg: CoreConfig, width: Width, aggregate: bool = True) -> list[SimCommand]:
     """The tiled commands of one training iteration of ``net`` (a :class:`reference.nets.Net`) at
     ``batch``, all tensors at ``width``, attributed to (layer, pass).
 
@@ -261,7 +296,7 @@ def network_commands(net, batch: int, cfg: CoreConfig, width: Width) -> list[Sim
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"timing: batch={batch!r}: must be an integer >= 1")
-    em = Emitter(cfg, width)
+    em = Emitter(cfg, width, aggregate)
     first = True
     last = None
     for s in infer_shapes(net):
@@ -300,7 +335,7 @@ def network_commands(net, batch: int, cfg: CoreConfig, width: Width) -> list[Sim
             elementwise_commands(em, Op.RELU, rows, s.out_shape[0])
             em.pass_ = Pass.BACKWARD
             elementwise_commands(em, Op.RELU_BACKWARD, rows, s.out_shape[0])
-    return em.out
+    return em.commands()
 
 
 def time_network(net, batch: int, cfg: CoreConfig, width: Width, table=None) -> dict:
@@ -325,5 +360,5 @@ def time_network(net, batch: int, cfg: CoreConfig, width: Width, table=None) -> 
     groups.sort(key=lambda g: order[g["pass"]])
     return {"format": "dlu-timing-results", "version": 1, "net": net.name, "batch": batch, "width": width.bits,
             "config": cfg.to_dict(), "energy_table": table.to_dict(), "peak_macs_per_cycle": peak,
-            "commands": len(cmds), "totals": _summary(cmds, fp32, cfg, table, peak), "by_layer_pass": groups,
+            "totals": _summary(cmds, fp32, cfg, table, peak), "by_layer_pass": groups,
             "speed": {"wall_s": wall}}
