@@ -53,10 +53,11 @@ bench: $(STAMP)
 	  || echo "PyTorch not installed: PyTorch comparison rows skipped (pip install -e '.[torch]')"
 	$(VENV)/bin/dlu train --model cnn --precision dfp8 --epochs 1 --trace-iters all --out build/bench \
 	  --name cnn-dfp8 --force --quiet --no-plots
-	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet
-	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --timing-only --out build/bench/timing.json
-	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --iterations 0-2 --engine rtl --rtl-baseline
-	$(VENV)/bin/dlu replay $(BENCH_TRACE) --grow-spad --quiet --iterations 0-2 --check --rtl-baseline
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet --timing-only --out build/bench/timing.json
+	$(VENV)/bin/dlu timing --net alexnet --batch 32 --out build/bench/alexnet-timing.json
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet --iterations 0-2 --engine rtl --rtl-baseline
+	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet --iterations 0-2 --check --rtl-baseline
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

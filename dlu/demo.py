@@ -61,13 +61,13 @@ def _demo(args: argparse.Namespace) -> int:
     lines.append(f"- reference replay of `{tdir}`: {rep.ops} commands, {rep.policy_updates} policy updates "
                  f"in {rep.iterations} iteration(s): bit-exact")
 
-    # Step 3: the cycle simulator on both traces (the core grown until conv1's weight gradient fits).
+    # Step 3: the cycle simulator on both traces, on the default core (K-split weight gradients).
     from sim.replay import replay
 
     sims = {}
     for prec in (Precision.DFP16, Precision.DFP8):
         print(f"[demo] replaying {runs[prec] / 'trace'} on the cycle simulator ...", flush=True)
-        res, path = replay(runs[prec] / "trace", grow_spad=True, progress=True)
+        res, path = replay(runs[prec] / "trace", progress=True)
         sims[prec] = res
         t = res["totals"]
         lines.append(f"- cycle simulator, {prec.value}: {t['commands']:,} commands, {t['cycles']:,} cycles, "

@@ -362,3 +362,30 @@ def time_network(net, batch: int, cfg: CoreConfig, width: Width, table=None) -> 
             "config": cfg.to_dict(), "energy_table": table.to_dict(), "peak_macs_per_cycle": peak,
             "totals": _summary(cmds, fp32, cfg, table, peak), "by_layer_pass": groups,
             "speed": {"wall_s": wall}}
+
+
+#: Products of the policy-against-search table in docs/simulator.md: (name, M, K, N).
+COMPARED = (("AlexNet conv1 forward", 96800, 363, 96), ("AlexNet conv1 weight grad", 363, 96800, 96),
+            ("AlexNet conv3 forward", 5408, 2304, 384), ("AlexNet fc6 forward", 32, 9216, 4096),
+            ("AlexNet fc6 weight grad", 9216, 32, 4096), ("LeNet-5 conv1 weight grad", 25, 18432, 6),
+            ("VGG-16 conv1_2 forward", 1605632, 576, 64))
+
+
+def compare_table(cfg: CoreConfig, widths=(Width.W8, Width.W16)) -> list[str]:
+    """Markdown rows: the policy's tiling and cycles against :func:`exhaustive`'s, per product of
+    :data:`COMPARED` (``python -m sim.tiling``)."""
+    rows = []
+    for name, m, k, n in COMPARED:
+        for w in widths:
+            t = choose(m, k, n, w, cfg)
+            c = cost(m, k, n, w, cfg, t)
+            b, bc = exhaustive(m, k, n, w, cfg)
+            rows.append(f"| {name} [{m}, {k}] x [{k}, {n}] | {w.bits} | {t.mt}x{t.nt}x{t.kt} {t.order} | {c[0]:,} | "
+                        f"{b.mt}x{b.nt}x{b.kt} {b.order} | {bc[0]:,} | {c[0] / bc[0]:.3f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    from reference.config import PRESETS
+
+    print("\n".join(compare_table(PRESETS["default"])))
