@@ -115,3 +115,22 @@ def oversize_trace(cfg: CoreConfig = TINY) -> Trace:
     eng.update_formats()
     rec.end_iteration()
     return rec.trace(eng, {"tensor_names": {"0": "fc.in", "1": "fc.weight", "2": "fc.matmul"}})
+
+
+def ksplit_trace(seed: int, cfg: CoreConfig = TINY) -> Trace:
+    """Random 8-bit a [3, 150] @ b [150, 12] with stochastic rounding: b needs 300 words (two per row),
+    more than a tiny bank (64), so the scheduler sums it over five K chunks of 32 rows."""
+    rng = np.random.default_rng(seed)
+    eng = Engine(cfg, seed=seed)
+    rec = TraceRecorder()
+    eng.recorder = rec
+    eng.set_setting(0, _s(Width.W8, 5))
+    eng.set_setting(1, _s(Width.W8, 5))
+    eng.set_setting(2, _s(Width.W8, 4, RoundingMode.STOCHASTIC))
+    rec.begin_iteration(0, eng)
+    a = eng.load(0, rng.uniform(-3, 3, size=(3, 150)))
+    b = eng.load(1, rng.uniform(-3, 3, size=(150, 12)))
+    eng.run(Op.MATMUL, 2, [a, b], [0, 1])
+    eng.update_formats()
+    rec.end_iteration()
+    return rec.trace(eng, {"tensor_names": {"0": "fc.in", "1": "fc.weight", "2": "fc.matmul"}})
