@@ -864,12 +864,6 @@ def test_core_k_split_tiny(record_property):
     _run_k("tiny", record_property, 4000)
 
 
-@pytest.mark.slow
-def test_core_k_96800_default(record_property):
-    """The issue's target: K = 96,800 (AlexNet conv1's weight gradient, batch 32) on the default core."""
-    _run_k("default", record_property, 96800)
-
-
 @pytest.mark.parametrize("config", CONFIGS)
 def test_core_control(config, record_property):
     _run(config, record_property, iters=40, testcase="control_and_data_movement")

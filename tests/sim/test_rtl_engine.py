@@ -165,6 +165,25 @@ def test_rtl_checks_a_k_split_matmul_against_the_trace():
     assert check_run(trace, sched, run) == len(sched[0].commands)
 
 
+def test_ksplit_rtl_long_k_on_the_tiny_core():
+    """sim.ksplit_rtl: K = 1,000 in 16 chunks of one tiny bank, identical to the unsplit golden product."""
+    pytest.importorskip("cocotb")
+    from sim import ksplit_rtl
+
+    out = ksplit_rtl.run(TINY, 1000, log=lambda s: None)
+    assert out["chunks"] == 16
+
+
+@pytest.mark.slow
+def test_ksplit_rtl_k_96800_on_the_default_core():
+    """Issue 14's target: AlexNet conv1's weight-gradient K (96,800, batch 32) on the default core."""
+    pytest.importorskip("cocotb")
+    from reference.config import PRESETS
+    from sim import ksplit_rtl
+
+    assert ksplit_rtl.run(PRESETS["default"], 96_800, log=lambda s: None)["chunks"] == 95
+
+
 def test_rtl_starts_any_traced_iteration_from_the_traces_state(tmp_path):
     """Iterations 1 and 3 of a run (not 0, not contiguous) on the tiny core: the host writes each
     one's settings and generator states (RNG_STATE) and clears the database; the check compares
