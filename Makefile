@@ -13,13 +13,14 @@ JOBS       ?= 2
 # as <property> entries (xunit1 keeps pytest's record_property schema-valid).
 JUNIT_ARGS  = -o junit_family=xunit1 --junitxml
 
-.PHONY: venv demo test regress bench lint gen clean help
+.PHONY: venv demo test regress bench bench-torch lint gen clean help
 
 help:
 	@echo "make demo     train on digits, trace, replay on sim and RTL, generate Verilog, write the report"
 	@echo "make test     quick test tier (CI): unit, property, Amaranth and cocotb smoke tests"
 	@echo "make regress  full cocotb regression with many seeds and coverage"
 	@echo "make bench    accuracy/speed benchmarks; figures go to docs/"
+	@echo "make bench-torch  golden model vs PyTorch/QPyTorch epoch times, one thread each (Python 3.11 venv)"
 	@echo "make lint     ruff"
 
 venv: $(STAMP)
@@ -49,8 +50,7 @@ bench: $(STAMP)
 	  --out build/bench/lenet5.md
 	$(VENV)/bin/dlu train --net alexnet --data synthetic:3x227x227:1000:8 --batch 8 --epochs 1 --precision dfp16 \
 	  --core configs/tensor-ids-256.toml --trace-iters 0 --out build/bench --name alexnet-dfp16 --force --quiet --no-plots
-	@$(PY) -c "import torch" 2>/dev/null && echo "PyTorch is installed, but no PyTorch comparison row is implemented yet" \
-	  || echo "PyTorch not installed: PyTorch comparison rows skipped (pip install -e '.[torch]')"
+	@$(MAKE) --no-print-directory bench-torch
 	$(VENV)/bin/dlu train --model cnn --precision dfp8 --epochs 1 --trace-iters all --out build/bench \
 	  --name cnn-dfp8 --force --quiet --no-plots
 	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet
@@ -58,6 +58,22 @@ bench: $(STAMP)
 	$(VENV)/bin/dlu timing --net alexnet --batch 32 --out build/bench/alexnet-timing.json
 	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet --iterations 0-2 --engine rtl --rtl-baseline
 	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet --iterations 0-2 --check --rtl-baseline
+
+# The PyTorch side by side (issue 13): torch's +cpu wheel is cp311, so PyTorch and QPyTorch live in a
+# separate Python 3.11 venv; without Python 3.11 or the wheel this says so in one line and succeeds.
+PYTHON_TORCH ?= $(shell PYENV_VERSION=3.11 pyenv which python3 2>/dev/null || command -v python3.11 || echo python3.11)
+TORCH_VENV   := .venv-torch
+TORCH_STAMP  := $(TORCH_VENV)/.installed
+TORCH_REQS   := bench/requirements-torch.txt
+BENCH_TORCH_ARGS ?= --seeds 2
+bench-torch: $(STAMP)
+	@if ! $(PYTHON_TORCH) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+	  echo "PyTorch side-by-side skipped: Python 3.11 not found (pyenv 3.11 or python3.11; torch 2.13.0+cpu is cp311)"; \
+	elif ! { test $(TORCH_STAMP) -nt $(TORCH_REQS) || \
+	    { { test -x $(TORCH_VENV)/bin/pip || $(PYTHON_TORCH) -m venv $(TORCH_VENV); } && \
+	      $(TORCH_VENV)/bin/pip install -q -r $(TORCH_REQS) >$(TORCH_VENV).log 2>&1 && touch $(TORCH_STAMP); }; }; then \
+	  echo "PyTorch side-by-side skipped: cannot install $(TORCH_REQS) into $(TORCH_VENV) (see $(TORCH_VENV).log)"; \
+	else $(PY) -m bench.torch_side_by_side $(BENCH_TORCH_ARGS); fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

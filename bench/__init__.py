@@ -1,0 +1,1 @@
+"""Benchmark harnesses that run outside the golden model's own venv (see torch_side_by_side)."""
