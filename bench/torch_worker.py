@@ -238,11 +238,11 @@ def run(data: dict[str, np.ndarray], net: dict, mode: str, epochs: int, batch: i
     with torch.no_grad():
         for i in range(0, len(xt), 512):
             right += int((model(xt[i:i + 512]).argmax(1) == yt[i:i + 512]).sum())
-    import qtorch
+    from importlib.metadata import version
 
     return {"side": "pytorch", "mode": mode, "epochs": records, "test_acc": right / len(xt),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "qtorch": getattr(qtorch, "__version__", "0.3.0") if mode != "fp32" else None,
+            "qtorch": version("qtorch") if mode != "fp32" else None,
             "fixed_frac": FIXED_FRAC.get(int(mode.removeprefix("qtorch"))) if mode != "fp32" else None}
 
 
