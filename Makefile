@@ -13,7 +13,7 @@ JOBS       ?= 2
 # as <property> entries (xunit1 keeps pytest's record_property schema-valid).
 JUNIT_ARGS  = -o junit_family=xunit1 --junitxml
 
-.PHONY: venv demo test regress bench bench-torch lint gen clean help
+.PHONY: venv demo test regress bench bench-torch bench-hw lint gen clean help
 
 help:
 	@echo "make demo     train on digits, trace, replay on sim and RTL, generate Verilog, write the report"
@@ -21,6 +21,7 @@ help:
 	@echo "make regress  full cocotb regression with many seeds and coverage"
 	@echo "make bench    accuracy/speed benchmarks; figures go to docs/"
 	@echo "make bench-torch  golden model vs PyTorch/QPyTorch epoch times, one thread each (Python 3.11 venv)"
+	@echo "make bench-hw synthesis and place-and-route of the presets (part of bench) -> build/bench/hw.md"
 	@echo "make lint     ruff"
 
 venv: $(STAMP)
@@ -44,7 +45,16 @@ regress: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --timeout 3600 -m "slow or not slow" $(JUNIT_ARGS)=build/junit-regress.xml $(REGRESS_ARGS)
 
 BENCH_TRACE = build/bench/cnn-dfp8/trace
-bench: $(STAMP)
+# Area and timing (docs/architecture.md): generic LUT4 synthesis of the presets, place and route of
+# the tiny core on an LFE5U-85F (one tool at a time; the WebAssembly tools need `ulimit -v unlimited`).
+HW_BENCH = build/bench/hw
+bench-hw: $(STAMP)
+	$(VENV)/bin/dlu gen --config tiny --out $(HW_BENCH)/tiny --synth --pnr ecp5
+	$(VENV)/bin/dlu gen --config configs/default-w8.toml --out $(HW_BENCH)/default-w8 --synth
+	$(VENV)/bin/dlu gen --config default --out $(HW_BENCH)/default --synth
+	$(PY) -m rtl_gen.hwbench $(HW_BENCH)/tiny $(HW_BENCH)/default-w8 $(HW_BENCH)/default --out $(HW_BENCH).md
+
+bench: $(STAMP) bench-hw
 	$(VENV)/bin/dlu bench
 	$(VENV)/bin/dlu bench --net lenet5 --data digits28 --precisions fp32,dfp16,dfp8 --seeds 5 --epochs 8 \
 	  --out build/bench/lenet5.md

@@ -10,20 +10,24 @@ import pytest
 
 from rtl_gen import pnr
 
+
+def _step(kind: str, delay: float, src: str, sport: str, dst: str, dport: str) -> dict:
+    return {"type": kind, "delay": delay, "from": {"cell": src, "port": sport}, "to": {"cell": dst, "port": dport}}
+
+
 # The shape of nextpnr-ecp5 0.11's --report (one register-to-register path; figures made up).
 REPORT = {
     "critical_paths": [
         {"from": "posedge clk", "to": "posedge clk", "path": [
-            {"type": "clk-to-q", "delay": 0.5, "from": {"cell": "ar_FF", "port": "Q"}, "to": {"cell": "ar_FF", "port": "Q"}},
-            {"type": "routing", "delay": 1.0, "from": {"cell": "ar_FF", "port": "Q"}, "to": {"cell": "add_CCU2C_0", "port": "A0"}},
-            {"type": "logic", "delay": 0.4, "from": {"cell": "add_CCU2C_0", "port": "A0"}, "to": {"cell": "add_CCU2C_0", "port": "COUT"}},
-            {"type": "logic", "delay": 0.1, "from": {"cell": "add_CCU2C_1", "port": "CIN"}, "to": {"cell": "add_CCU2C_1", "port": "S1"}},
-            {"type": "logic", "delay": 0.3, "from": {"cell": "lut_LUT4", "port": "A"}, "to": {"cell": "lut_LUT4", "port": "Z"}},
-            {"type": "routing", "delay": 0.7, "from": {"cell": "lut_LUT4", "port": "Z"}, "to": {"cell": "acc_FF", "port": "DI"}},
-            {"type": "setup", "delay": 0.0, "from": {"cell": "acc_FF", "port": "DI"}, "to": {"cell": "acc_FF", "port": "DI"}},
+            _step("clk-to-q", 0.5, "ar_FF", "Q", "ar_FF", "Q"),
+            _step("routing", 1.0, "ar_FF", "Q", "add_CCU2C_0", "A0"),
+            _step("logic", 0.4, "add_CCU2C_0", "A0", "add_CCU2C_0", "COUT"),
+            _step("logic", 0.1, "add_CCU2C_1", "CIN", "add_CCU2C_1", "S1"),
+            _step("logic", 0.3, "lut_LUT4", "A", "lut_LUT4", "Z"),
+            _step("routing", 0.7, "lut_LUT4", "Z", "acc_FF", "DI"),
+            _step("setup", 0.0, "acc_FF", "DI", "acc_FF", "DI"),
         ]},
-        {"from": "<async>", "to": "posedge clk", "path": [
-            {"type": "routing", "delay": 3.0, "from": {"cell": "a", "port": "O"}, "to": {"cell": "ar_FF", "port": "DI"}}]},
+        {"from": "<async>", "to": "posedge clk", "path": [_step("routing", 3.0, "a", "O", "ar_FF", "DI")]},
     ],
     "fmax": {"clk": {"achieved": 123.456, "constraint": 100.0}},
     "utilization": {"TRELLIS_COMB": {"available": 83640, "used": 40}, "TRELLIS_FF": {"available": 83640, "used": 64},
