@@ -14,6 +14,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from reference import latency
 from reference.config import CoreConfig
 from reference.formats import RoundingMode, Width, acc_width
 from reference.ops import Op
@@ -52,6 +53,9 @@ def align_right_max(widths) -> int:
     """Right alignment shifts from this on leave only the sign of any term (a product of the widest width)."""
     return 2 * max(w.bits for w in widths)
 
+
+# The statistics take a beat in the cycle its result is registered, one cycle before it is offered.
+assert latency.COMPUTE_UNIT_STATS_LATENCY == latency.STATISTICS_LATENCY - 1, "reference.latency is inconsistent"
 
 #: :func:`align_left_max` and :func:`align_right_max` with every width supported.
 ALIGN_LEFT_MAX = align_left_max(Width)
@@ -200,9 +204,9 @@ class ComputeUnit(wiring.Component):
     """
 
     #: Cycles from the accepted operand beat with ``last`` to its result beat (no back-pressure).
-    LATENCY = 2
+    LATENCY = latency.COMPUTE_UNIT_LATENCY
     #: Cycles from a result beat's first valid cycle to the first cycle ``stats_*`` include it.
-    STATS_LATENCY = 1
+    STATS_LATENCY = latency.COMPUTE_UNIT_STATS_LATENCY
 
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = check_config(cfg)

@@ -45,6 +45,15 @@ def check_widths(widths: object, name: str = "widths") -> tuple[Width, ...]:
     return tuple(sorted(widths))
 
 
+def tree_sum(terms: list):
+    """Sum of ``terms`` as a balanced binary tree of adders (depth ceil(log2 n), not a chain of n - 1)."""
+    if not terms:
+        return Const(0, 1)
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
 def _element_top(w: Width, byte: int) -> bool:
     """Whether ``byte`` of a lane word is the top (sign) byte of its element at width ``w``."""
     return byte % (w.bits // 8) == w.bits // 8 - 1
@@ -166,7 +175,7 @@ class SimdMacLane(wiring.Component):
 
         def combine(idx):
             base = min(idx)
-            return sum(pp[i, j] << (8 * (i + j - 2 * base)) for i in idx for j in idx)
+            return tree_sum([pp[i, j] << (8 * (i + j - 2 * base)) for i in idx for j in idx])
 
         prods = {w: [combine(idx) for idx in blocks(w)] for w in widths}
         for s in range(P):

@@ -7,15 +7,17 @@ saturating sums of :meth:`reference.stats.Database.accumulate` (beats add up lik
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from reference import latency
 from reference.config import CoreConfig
 from reference.formats import Width, acc_width
 
 from .settings import check_config
+from .simd_mac import tree_sum
 
 #: Widest pre-conversion value of any configuration: the 32-bit accumulator.
 VALUE_BITS = max(acc_width(w) for w in Width)
@@ -29,16 +31,22 @@ def value_bits(cfg: CoreConfig) -> int:
 def msb_position(m: Module, v, name: str):
     """p(v): index of the highest bit differing from the sign bit, -1 for 0 and -1.
 
-    Twin of :func:`reference.stats.msb_position`; returns a ``signed`` Signal.
+    Twin of :func:`reference.stats.msb_position`; returns a ``signed`` Signal. The leading-one
+    detector is a binary tree (depth ceil(log2 n) of 2:1 multiplexers), not a chain of n
+    priority multiplexers.
     """
     n = len(v)
     mag = Signal(n, name=f"{name}_mag")
     m.d.comb += mag.eq(v ^ v[n - 1].replicate(n))
+    # (any bit set, index of the highest set bit) of aligned power-of-two groups, pairwise up
+    size = 1 << ceil_log2(n)
+    nodes = [(mag[i], Const(0, 0)) if i < n else (Const(0, 1), Const(0, 0)) for i in range(size)]
+    while len(nodes) > 1:
+        nodes = [(hi_any | lo_any, Mux(hi_any, Cat(hi_idx, Const(1, 1)), Cat(lo_idx, Const(0, 1))))
+                 for (lo_any, lo_idx), (hi_any, hi_idx) in zip(nodes[0::2], nodes[1::2], strict=True)]
+    found, idx = nodes[0]
     p = Signal(signed(ceil_log2(n + 1) + 1), name=f"{name}_p", init=-1)
-    m.d.comb += p.eq(-1)
-    for i in range(n):  # a priority encoder: the highest set bit wins
-        with m.If(mag[i]):
-            m.d.comb += p.eq(i)
+    m.d.comb += p.eq(Mux(found, idx, -1))
     return p
 
 
@@ -83,7 +91,7 @@ class StatisticsBlock(wiring.Component):
     """
 
     #: Cycles from a beat's ``valid`` to the first cycle the counters include it.
-    LATENCY = 2
+    LATENCY = latency.STATISTICS_LATENCY
 
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = check_config(cfg)
@@ -143,12 +151,12 @@ class StatisticsBlock(wiring.Component):
                 m.d.sync += counter.eq(Mux(total > cmax, cmax, total))
 
         def popcount(bits):
-            return sum(bits[j] for j in range(s))
+            return tree_sum([bits[j] for j in range(s)])
 
         for b in range(nb):
             c = Signal(cfg.counter_bits, name=f"hist{b}")
             m.d.comb += self.hist[b].eq(c)
-            bump(c, sum((a_nz[j] & (a_bin[j] == b)) for j in range(s)), f"hist{b}")
+            bump(c, tree_sum([(a_nz[j] & (a_bin[j] == b)) for j in range(s)]), f"hist{b}")
         for name, flags in (("zeros", a_zero), ("overflow", a_over), ("underflow", a_under), ("total", a_live)):
             c = Signal(cfg.counter_bits, name=name)
             m.d.comb += getattr(self, name).eq(c)

@@ -98,6 +98,7 @@ from dataclasses import dataclass
 
 from .config import CoreConfig
 from .formats import ACC_GUARD_BITS, FRAC_MAX, FRAC_MIN, MAX_K, DfpFormat, TensorSetting, Width
+from .latency import COMPUTE_UNIT_LATENCY, COMPUTE_UNIT_STATS_LATENCY, OPERAND_READ_LATENCY
 from .ops import Op
 
 COMMAND_WORDS = 8
@@ -332,8 +333,10 @@ def check_command(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreCon
 
 #: Cycles to decode a command and read the settings of its tensor ids.
 SETUP_CYCLES = 2
-#: Cycles from the last operand read to the last result write and statistics update.
-DRAIN_CYCLES = 4
+#: Cycles from the last operand read to the last result write and statistics update: the
+#: operand read, the ComputeUnit's latency to the last result beat, and one cycle in which the
+#: statistics (which include that beat by then) are committed (:mod:`reference.latency`).
+DRAIN_CYCLES = OPERAND_READ_LATENCY + COMPUTE_UNIT_LATENCY + COMPUTE_UNIT_STATS_LATENCY
 #: Cycles the policy controller spends per tensor id in POLICY_UPDATE.
 POLICY_CYCLES_PER_TID = 2
 #: Cycles to clear one database entry.

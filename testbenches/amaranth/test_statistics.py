@@ -168,3 +168,28 @@ def test_counters_saturate():
     assert want.total == cfg.counter_max
     assert seen["hist"] == want.hist.tolist()
     assert seen["c"] == [want.zeros, want.overflow, want.underflow, want.total]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_msb_position_tree_every_value(n):
+    """The tree leading-sign detector against reference.stats.msb_position for every n-bit value."""
+    from amaranth.hdl import Module, Signal, signed
+
+    from hw.statistics import msb_position
+    from reference.stats import msb_position as golden
+
+    m = Module()
+    v = Signal(signed(n))
+    p = msb_position(m, v, "t")
+    sim = Simulator(m)
+    values = list(range(-(1 << (n - 1)), 1 << (n - 1)))
+    seen = []
+
+    async def bench(ctx):
+        for x in values:
+            ctx.set(v, x)
+            seen.append(ctx.get(p))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [int(g) for g in golden(np.array(values, dtype=np.int64))]
