@@ -120,13 +120,27 @@ class Requantizer(wiring.Component):
         m.d.comb += left.eq(acc << k)
 
         # ---- saturation -----------------------------------------------------------------
-        t = Signal(signed(n + left_max))
-        m.d.comb += t.eq(Mux(self.shift > 0, right, left))
+        # The clamp of the right-shift result is decided from the floor quotient fq and the
+        # rounding increment up (0 or 1) without waiting for fq + up: fq + up > hi exactly when
+        # fq > hi or (up and fq == hi), and fq + up < lo exactly when fq < lo and not (up and
+        # fq == lo - 1). The comparisons then run beside the rounding adder instead of after it.
         hi = Signal(signed(33))
         lo = Signal(signed(33))
         m.d.comb += [hi.eq(width_mux(self.out_width, {w: (1 << (w.bits - 1)) - 1 for w in self.out_widths})),
                      lo.eq(width_mux(self.out_width, {w: -(1 << (w.bits - 1)) for w in self.out_widths}))]
-        m.d.comb += self.overflow.eq((t > hi) | (t < lo))
-        m.d.comb += self.q.eq(Mux(t > hi, hi, Mux(t < lo, lo, t)))
-        m.d.comb += self.underflow.eq((acc != 0) & (self.q == 0))
+        r_over = Signal()
+        r_under = Signal()
+        m.d.comb += [r_over.eq((fq > hi) | (up & (fq == hi))),
+                     r_under.eq((fq < lo) & ~(up & (fq == lo - 1)))]
+        l_over = Signal()
+        l_under = Signal()
+        m.d.comb += [l_over.eq(left > hi), l_under.eq(left < lo)]
+        is_right = self.shift > 0
+        over = Mux(is_right, r_over, l_over)
+        under = Mux(is_right, r_under, l_under)
+        m.d.comb += self.overflow.eq(over | under)
+        m.d.comb += self.q.eq(Mux(over, hi, Mux(under, lo, Mux(is_right, right, left))))
+        # q == 0 needs no saturation test (hi and lo are never 0) and only the right shift can
+        # reach it from acc != 0: fq + up == 0 exactly when fq == 0 and not up, or fq == -1 and up.
+        m.d.comb += self.underflow.eq((acc != 0) & is_right & Mux(up, fq == -1, fq == 0))
         return m

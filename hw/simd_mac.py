@@ -82,8 +82,10 @@ class SimdMacLane(wiring.Component):
 
     Accumulators: a register as wide as the largest ``(32 / W) * acc_width(W)`` over the
     supported widths (128 bits with 8-bit support: 4 x 32; 96 bits for 16 and 32 bits: 2 x 48
-    or 1 x 80), sub-lane s at bit ``s * acc_width(W)``; the adder is cut into 16-bit chunks
-    whose carry-in is cut at every accumulator boundary of the current width.
+    or 1 x 80), sub-lane s at bit ``s * acc_width(W)``; the adder is one carry chain over
+    16-bit chunks with a guard bit between chunks that passes the carry on, or absorbs it at
+    every accumulator boundary of the current width. The partial products of an element are
+    summed in a balanced tree (:func:`tree_sum`).
 
     Sums wrap modulo ``2**acc_width(W)``, which never happens for K <= ``MAX_K``.
 
@@ -204,16 +206,28 @@ class SimdMacLane(wiring.Component):
         m.d.comb += base.eq(Mux(self.clear, 0, store))
 
         # ---- segmented adder --------------------------------------------------------------
+        # One carry chain over the whole store with a guard bit before every chunk but the
+        # first: a + b guard bits of 1 + 0 pass a carry on into the next chunk, 0 + 0 absorb it
+        # (a cut at an accumulator boundary of the current width). An FPGA maps this to one
+        # uninterrupted carry chain instead of leaving it at every chunk for the cut logic.
         cut = {w: {off // _CHUNK for off, _ in segments(w)} for w in widths}
-        total = []
-        carry = Const(0, 1)
+        xa, xb, spans = [], [], []
+        pos = 0
         for c in range(-(-sb // _CHUNK)):
-            kill = by_width({w: int(c in cut[w]) for w in widths})
             lo, hi = c * _CHUNK, min((c + 1) * _CHUNK, sb)
-            s = Signal(hi - lo + 1, name=f"sum_chunk{c}")
-            m.d.comb += s.eq(base[lo:hi] + addend[lo:hi] + (carry & ~kill))
-            total.append(s[:hi - lo])
-            carry = s[hi - lo]
+            if c:
+                pass_carry = Signal(name=f"carry_pass{c}")
+                m.d.comb += pass_carry.eq(by_width({w: int(c not in cut[w]) for w in widths}))
+                xa.append(pass_carry)
+                xb.append(Const(0, 1))
+                pos += 1
+            xa.append(base[lo:hi])
+            xb.append(addend[lo:hi])
+            spans.append((pos, pos + hi - lo))
+            pos += hi - lo
+        wide = Signal(pos, name="sum_guarded")
+        m.d.comb += wide.eq(Cat(*xa) + Cat(*xb))
+        total = [wide[a:b] for a, b in spans]
 
         with m.If(self.en):
             m.d.sync += store.eq(Mux(self.load, loaded, Cat(*total)))

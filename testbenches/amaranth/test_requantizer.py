@@ -142,3 +142,40 @@ def test_exhaustive_small_accumulator():
     sim.add_testbench(tb)
     sim.run()
     assert not bad, f"{len(bad)} mismatches, first: {bad[:3]}"
+
+
+@pytest.mark.parametrize("n", sorted({acc_width(w) for w in Width}))
+def test_saturation_edges_with_and_without_rounding_up(n):
+    """Floor quotients at hi - 1, hi, hi + 1 and lo - 2, lo - 1, lo, lo + 1 of every output width,
+    each with a remainder that rounds up in every mode that can (a tie above an odd quotient, a
+    remainder over the half, u16 that carries) and none: the clamp decided beside the rounding
+    adder must agree with round-then-saturate exactly at its edges."""
+    dut = Requantizer(n)
+    shift = 4
+    vecs = []
+    for out_w in Width:
+        hi, lo = (1 << (out_w.bits - 1)) - 1, -(1 << (out_w.bits - 1))
+        for fq in (hi - 1, hi, hi + 1, lo - 2, lo - 1, lo, lo + 1):
+            for rem in (0, 1, 8, 9, 15):  # remainder of acc / 2**4: none, low, tie, over half, max
+                acc = (fq << shift) + rem
+                if not -(1 << (n - 1)) <= acc < (1 << (n - 1)):
+                    continue
+                for mode in RoundingMode:
+                    for u16 in (0, 0x8000, 0xFFFF):
+                        vecs.append((acc, shift, mode, out_w, u16))
+    bad = []
+
+    async def tb(ctx):
+        for acc, sh, mode, out_w, u16 in vecs:
+            for port, value in ((dut.acc, acc), (dut.shift, sh), (dut.rounding, mode), (dut.out_width, out_w),
+                                (dut.u16, u16)):
+                ctx.set(port, value)
+            got = (ctx.get(dut.q), bool(ctx.get(dut.overflow)), bool(ctx.get(dut.underflow)))
+            want = golden(acc, sh, mode, out_w, n, u16)
+            if got != want:
+                bad.append(((acc, sh, mode.name, out_w.name, u16), got, want))
+
+    sim = Simulator(dut)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(vecs) > 500 and not bad, f"{len(bad)} of {len(vecs)} mismatch, first: {bad[:3]}"
