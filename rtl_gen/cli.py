@@ -7,6 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+#: Reports --synth and --pnr add to a dlu gen output (not in the manifest's file list).
+REPORT_FILES = ("synth.json", "pnr.json")
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("gen", help="generate the core's Verilog, manifest.json and register headers",
@@ -45,7 +48,7 @@ def check_out(out: Path, force: bool) -> None:
     try:
         man = json.loads((out / "manifest.json").read_text())
         if isinstance(man, dict) and isinstance(man.get("files"), dict) and "config_digest" in man:
-            ours = {*man["files"], "manifest.json"}
+            ours = {*man["files"], "manifest.json", *REPORT_FILES}
     except (OSError, ValueError):
         pass
     if not ours:

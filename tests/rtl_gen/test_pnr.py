@@ -107,3 +107,15 @@ def test_registered_mac_places_and_routes(tmp_path):
     assert r.device == "LFE5U-85F" and r.dsps == 1 and r.ffs >= 32 + 16 and r.luts > 0
     assert 50 < r.fmax_mhz < 1000
     assert r.critical_path["start"] and r.critical_path["end"]
+
+
+def test_gen_may_replace_its_own_output_with_reports(tmp_path):
+    """A dlu gen output folder that also holds synth.json/pnr.json is still dlu gen's own."""
+    from dlu.cli import main
+
+    out = tmp_path / "g"
+    assert main(["gen", "--config", "tiny", "--out", str(out)]) == 0
+    pnr.write_json(out / "synth.json", {"total": {}})
+    pnr.write_json(out / "pnr.json", {"fmax_mhz": 1.0})
+    assert main(["gen", "--config", "tiny", "--out", str(out)]) == 0
+    assert not (out / "synth.json").exists()
