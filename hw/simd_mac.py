@@ -54,6 +54,27 @@ def tree_sum(terms: list):
     return terms[0]
 
 
+def shifted_tree_sum(terms: list[tuple[object, int]]):
+    """``sum(v << k for v, k in terms)`` for signed ``v``, as a balanced tree of adders that
+    are only as wide as the overlap of their operands: the bits of the lower-shifted operand
+    below the other's shift pass through, only the rest is added (``a + (b << d)`` is
+    ``Cat(a[:d], (a >> d) + b)``). Returns a signed value of the sum at the smallest shift."""
+    if not terms:
+        return Const(0, 1)
+    items = sorted(((v.as_signed(), k) for v, k in terms), key=lambda t: t[1])
+    while len(items) > 1:
+        nxt = []
+        for i in range(0, len(items) - 1, 2):
+            (a, ka), (b, kb) = items[i], items[i + 1]
+            d = kb - ka
+            nxt.append((Cat(a[:d], (a >> d) + b).as_signed() if d else a + b, ka))
+        if len(items) % 2:
+            nxt.append(items[-1])
+        items = sorted(nxt, key=lambda t: t[1])
+    v, k = items[0]
+    return v << k
+
+
 def _element_top(w: Width, byte: int) -> bool:
     """Whether ``byte`` of a lane word is the top (sign) byte of its element at width ``w``."""
     return byte % (w.bits // 8) == w.bits // 8 - 1
@@ -85,7 +106,8 @@ class SimdMacLane(wiring.Component):
     or 1 x 80), sub-lane s at bit ``s * acc_width(W)``; the adder is one carry chain over
     16-bit chunks with a guard bit between chunks that passes the carry on, or absorbs it at
     every accumulator boundary of the current width. The partial products of an element are
-    summed in a balanced tree (:func:`tree_sum`).
+    summed in a balanced tree of adders no wider than their operands overlap
+    (:func:`shifted_tree_sum`).
 
     Sums wrap modulo ``2**acc_width(W)``, which never happens for K <= ``MAX_K``.
 
@@ -177,7 +199,7 @@ class SimdMacLane(wiring.Component):
 
         def combine(idx):
             base = min(idx)
-            return tree_sum([pp[i, j] << (8 * (i + j - 2 * base)) for i in idx for j in idx])
+            return shifted_tree_sum([(pp[i, j], 8 * (i + j - 2 * base)) for i in idx for j in idx])
 
         prods = {w: [combine(idx) for idx in blocks(w)] for w in widths}
         for s in range(P):
