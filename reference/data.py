@@ -16,6 +16,15 @@ gives :data:`DIGITS28_COPIES` copies with independent shifts (4041 images), each
 test images one. Offsets come from ``numpy.random.default_rng(DIGITS28_SEED)``, drawn for the
 training copies first (image-major), then for the test images.
 
+``signals`` (or ``signals:SEED``): a hard synthetic set made here, seeded (:func:`make_signals`):
+:data:`SIGNALS_TRAIN` = 4000 training and :data:`SIGNALS_TEST` = 1000 test examples of 10 classes.
+Each class has a 1-D prototype of 64 samples (three random sinusoids and a Gaussian bump, drawn
+once from the seed); an example is its prototype circularly shifted by up to
+:data:`SIGNALS_MAX_SHIFT` samples, scaled by a random gain in [0.5, 1.5] and buried in
+Gaussian noise of standard deviation :data:`SIGNALS_NOISE` (relative to the prototypes' unit
+RMS), then folded row-major into an 8x8 image and mapped to [0, 1] by a fixed affine map
+(clipped). The default seed is :data:`SIGNALS_SEED`; the set never depends on a training seed.
+
 ``mnist:DIR``: ``DIR`` holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``), images
 of any HxW.
@@ -48,6 +57,15 @@ DIGITS_SPLIT_SEED = 20170401
 DIGITS28_SEED = 19980101
 DIGITS28_COPIES = 3
 SYNTHETIC_SEED = 20260101
+
+SIGNALS_SEED = 20240917
+SIGNALS_TRAIN = 4000
+SIGNALS_TEST = 1000
+SIGNALS_LENGTH = 64
+SIGNALS_MAX_SHIFT = 12
+SIGNALS_NOISE = 2.0
+#: The affine map to [0, 1]: ``clip(0.5 + v / (2 * SIGNALS_RANGE), 0, 1)``.
+SIGNALS_RANGE = 4.0
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -100,6 +118,50 @@ def load_digits28() -> Dataset:
     xtr = place(d.x_train, DIGITS28_COPIES)
     xte = place(d.x_test, 1)
     return Dataset("digits28", xtr, np.repeat(d.y_train, DIGITS28_COPIES), xte, d.y_test.copy(), (28, 28, 1))
+
+
+def make_signals(seed: int = SIGNALS_SEED, n_train: int = SIGNALS_TRAIN, n_test: int = SIGNALS_TEST,
+                 noise: float = SIGNALS_NOISE, max_shift: int = SIGNALS_MAX_SHIFT) -> Dataset:
+    """The ``signals`` data set (see the module docstring): noisy, shifted 1-D signals as 8x8 images.
+
+    Deterministic for its arguments; classes are balanced (example ``i`` has label ``i % 10``,
+    then the order is shuffled).
+
+    Raises
+    ------
+    ValueError
+        A count below 10, a negative noise or shift, or a seed outside [0, 2**32).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 1 << 32:
+        raise ValueError(f"data: signals seed={seed!r}: must be an integer in [0, 2**32)")
+    for name, v in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 10:
+            raise ValueError(f"data: signals {name}={v!r}: must be an integer >= 10")
+    if not np.isfinite(noise) or noise < 0 or not isinstance(max_shift, int) or max_shift < 0:
+        raise ValueError(f"data: signals noise={noise!r}, max_shift={max_shift!r}: must be >= 0")
+    rng = np.random.default_rng([seed, 17])
+    t = np.arange(SIGNALS_LENGTH) / SIGNALS_LENGTH
+    protos = np.zeros((10, SIGNALS_LENGTH))
+    for c in range(10):
+        for _ in range(3):
+            f = rng.integers(1, 9)
+            protos[c] += rng.normal() * np.sin(2 * np.pi * (f * t + rng.random()))
+        centre, width = rng.random(), 0.03 + 0.07 * rng.random()
+        d = np.minimum(np.abs(t - centre), 1 - np.abs(t - centre))
+        protos[c] += 2.0 * rng.normal() * np.exp(-0.5 * (d / width) ** 2)
+        protos[c] /= np.sqrt(np.mean(protos[c] ** 2))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.permutation(np.arange(n, dtype=np.int64) % 10)
+        shifts = rng.integers(-max_shift, max_shift + 1, size=n)
+        gains = rng.uniform(0.5, 1.5, size=n)
+        idx = (np.arange(SIGNALS_LENGTH)[None, :] - shifts[:, None]) % SIGNALS_LENGTH
+        x = protos[y[:, None], idx] * gains[:, None] + noise * rng.normal(size=(n, SIGNALS_LENGTH))
+        return np.clip(0.5 + x / (2 * SIGNALS_RANGE), 0.0, 1.0), y
+
+    xtr, ytr = draw(n_train)
+    xte, yte = draw(n_test)
+    return Dataset("signals" if seed == SIGNALS_SEED else f"signals:{seed}", xtr, ytr, xte, yte, (8, 8, 1))
 
 
 def _open(path: Path) -> bytes:
@@ -282,19 +344,28 @@ def load_synthetic(spec: str) -> Dataset:
 
 
 def load_dataset(spec: str) -> Dataset:
-    """``digits``, ``digits28``, ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE`` or ``synthetic:CxHxW:CLASSES:N``."""
+    """``digits``, ``digits28``, ``signals[:SEED]``, ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE`` or
+    ``synthetic:CxHxW:CLASSES:N``."""
     if spec == "digits":
         return load_digits_split()
     if spec == "digits28":
         return load_digits28()
+    if spec == "signals" or spec.startswith("signals:"):
+        if spec == "signals":
+            return make_signals()
+        try:
+            seed = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"data: {spec!r}: the signals seed must be an integer, e.g. signals:7") from None
+        return make_signals(seed)
     loaders = {"mnist": load_mnist_dir, "cifar10": load_cifar10_dir, "npz": load_npz, "synthetic": load_synthetic}
     kind, _, path = spec.partition(":")
     if kind in loaders and _:
         if not path:
             raise ValueError(f"data: '{kind}:' needs a path, e.g. {kind}:/data/{kind}")
         return loaders[kind](path)
-    raise ValueError(f"data: {spec!r} is not 'digits', 'digits28', 'mnist:DIR', 'cifar10:DIR', 'npz:FILE' "
-                     "or 'synthetic:CxHxW:CLASSES:N'")
+    raise ValueError(f"data: {spec!r} is not 'digits', 'digits28', 'signals[:SEED]', 'mnist:DIR', 'cifar10:DIR', "
+                     "'npz:FILE' or 'synthetic:CxHxW:CLASSES:N'")
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
