@@ -4,7 +4,7 @@ point-position policy controller of the POLICY_UPDATE command.
 Both follow :mod:`reference`: the entry encoding is :meth:`reference.formats.TensorSetting.encode`
 (12 bits: [1:0] width, [8:2] point position, [10:9] rounding, [11] auto) and the policy is
 :func:`reference.stats.next_frac`, evaluated for every tensor id in
-:data:`reference.isa.POLICY_CYCLES_PER_TID` cycles.
+:func:`reference.isa.policy_cycles_per_tid` cycles.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from amaranth.utils import ceil_log2
 
 from reference.config import CoreConfig
 from reference.formats import FRAC_BITS, FRAC_MAX, FRAC_MIN, SETTING_BITS
-from reference.isa import POLICY_CYCLES_PER_TID
-from reference.stats import THRESHOLD_BITS
+from reference.isa import POLICY_CYCLES_PER_BIN, POLICY_FIXED_CYCLES
+from reference.stats import HEADROOM_BITS, HEADROOM_LSB, POLICY_BITS, RISE_BITS, RISE_LSB, THRESHOLD_BITS
 
 from .database import DatabasePolicySignature, entry_layout
 
@@ -201,18 +201,26 @@ class SettingsRegister(wiring.Component):
 class PolicyController(wiring.Component):
     """POLICY_UPDATE: :func:`reference.stats.next_frac` for every tensor id, in hardware.
 
-    After a ``start`` pulse, tensor id ``t`` (0 .. tensor_ids-1) takes cycles
-    ``2t`` (database read issued) and ``2t + 1`` (entry arrives; new point position written
-    and entry cleared), i.e. ``POLICY_CYCLES_PER_TID`` = 2 cycles per id. An entry is updated
-    when its setting is valid, has the auto flag, and its database entry holds statistics
-    (``total != 0``: every compute command adds at least one value, so this is exactly the
-    reference's "tid in db.entries"); such an entry is then cleared. ``done`` pulses in the
-    last cycle.
+    Multi-cycle, so that no path holds more than one adder of the histogram (the single-cycle
+    version summed all bins combinationally). Tensor id ``t`` takes
+    :func:`reference.isa.policy_cycles_per_tid` = ``2 * hist_bins + 4`` cycles:
 
-    ``next_frac`` in integers: with ``n`` the histogram sum and ``over(i)`` the count above
-    bin ``i``, bin ``i`` *fails* when ``over(i) * 2**16 > n * threshold``. ``over`` decreases
-    with ``i``, so the failing bins are ``0 .. i*-1`` and ``i*`` is their number.
-    ``F = clamp(W - 2 - (hist_min_exp + i*), FRAC_MIN, FRAC_MAX)``; ``n == 0`` keeps F.
+    - READ: the database read is issued (its read port is synchronous);
+    - LATCH: the histogram is loaded into a ring of ``hist_bins`` registers, the top bin last;
+    - SUM (``hist_bins`` cycles): ``n`` += the ring's top bin, then the ring rotates by one bin;
+      after ``hist_bins`` rotations it is back in place;
+    - MUL: ``budget = n * threshold`` registered;
+    - SCAN (``hist_bins`` cycles, bins from the top down): bin ``i`` *fails* when
+      ``over(i) * 2**16 > budget``, with ``over(i)`` the sum of the bins above ``i``; ``i*``
+      counts the failing bins (``over`` decreases with ``i``, so they are ``0 .. i*-1``);
+    - WRITE: ``T = clamp(W - 2 - (hist_min_exp + i*) - headroom, FRAC_MIN, FRAC_MAX)``; the
+      new F is ``T`` if ``T <= F`` or ``rise == 0``, else ``min(T, F + rise)``; ``n == 0``
+      keeps F. The entry is updated when its setting is valid, has the auto flag, and its
+      database entry holds statistics (``total != 0``: every compute command adds at least one
+      value, so this is exactly the reference's "tid in db.entries"); such an entry is then
+      cleared. ``done`` pulses in the last tensor id's WRITE cycle.
+
+    The settings and database addresses stay at ``t`` for all its cycles.
 
     Parameters
     ----------
@@ -223,24 +231,31 @@ class PolicyController(wiring.Component):
     -------
     start : In(1)
         Begin a pass (ignored while busy).
-    threshold : In(16)
-        Policy threshold register, in units of 2**-16.
+    threshold : In(POLICY_BITS)
+        The THRESHOLD register word (:class:`reference.stats.PolicyParams`: threshold [15:0],
+        headroom [17:16], rise [19:18]).
     busy : Out(1)
-        High during the ``POLICY_CYCLES_PER_TID * tensor_ids`` cycles of a pass.
+        High during the ``policy_cycles_per_tid(cfg) * tensor_ids`` cycles of a pass.
     done : Out(1)
         High in the last cycle of a pass.
     settings : Out(PolicySettingsSignature)
         To :class:`SettingsRegister`'s ``policy`` port.
     db : Out(DatabasePolicySignature)
         To :class:`hw.database.DistributionDatabase`'s ``policy`` port.
+
+    Raises
+    ------
+    TypeError
+        ``cfg`` is not a ``CoreConfig``.
     """
 
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = check_config(cfg)
-        assert POLICY_CYCLES_PER_TID == 2, "PolicyController's schedule is 2 cycles per tensor id"
+        assert POLICY_CYCLES_PER_BIN == 2 and POLICY_FIXED_CYCLES == 4, \
+            "PolicyController's schedule is READ, LATCH, SUM x bins, MUL, SCAN x bins, WRITE"
         super().__init__({
             "start": In(1),
-            "threshold": In(THRESHOLD_BITS),
+            "threshold": In(POLICY_BITS),
             "busy": Out(1),
             "done": Out(1),
             "settings": Out(PolicySettingsSignature(cfg)),
@@ -250,59 +265,78 @@ class PolicyController(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
+        nb = cfg.hist_bins
         tid = Signal(tid_bits(cfg) + 1)
-        phase = Signal()
         last_tid = cfg.tensor_ids - 1
-
-        with m.If(~self.busy & self.start):
-            m.d.sync += [self.busy.eq(1), tid.eq(0), phase.eq(0)]
-        with m.Elif(self.busy):
-            m.d.sync += phase.eq(~phase)
-            with m.If(phase):
-                m.d.sync += tid.eq(tid + 1)
-                with m.If(tid == last_tid):
-                    m.d.sync += self.busy.eq(0)
-        m.d.comb += self.done.eq(self.busy & phase & (tid == last_tid))
+        cb = cfg.counter_bits
+        sum_bits = cb + ceil_log2(nb + 1)
+        thr = self.threshold[:THRESHOLD_BITS]
+        headroom = self.threshold[HEADROOM_LSB:HEADROOM_LSB + HEADROOM_BITS]
+        rise = self.threshold[RISE_LSB:RISE_LSB + RISE_BITS]
 
         m.d.comb += [self.db.addr.eq(tid), self.settings.addr.eq(tid)]
-
         entry = data.View(entry_layout(cfg), self.db.data)
-        hist = entry.hist
-        cb = cfg.counter_bits
-        sum_bits = cb + ceil_log2(cfg.hist_bins + 1)
-        # over[i] = sum of bins above i; n = over(-1) = sum of all bins.
-        over = [None] * cfg.hist_bins
-        acc = Const(0, sum_bits)
-        for i in range(cfg.hist_bins - 1, -1, -1):
-            over[i] = Signal(sum_bits, name=f"over{i}")
-            m.d.comb += over[i].eq(acc)
-            acc = (acc + hist[i])[:sum_bits]
+
+        ring = [Signal(cb, name=f"ring{i}") for i in range(nb)]
+        has_stats = Signal()
+        count = Signal(range(nb + 1))
         n = Signal(sum_bits)
-        m.d.comb += n.eq(acc)
+        over = Signal(sum_bits)
         budget = Signal(sum_bits + THRESHOLD_BITS)
-        m.d.comb += budget.eq(n * self.threshold)
-        fails = [Signal(name=f"fail{i}") for i in range(cfg.hist_bins)]
-        # The top bin always qualifies (nothing lies above it): its fail bit is the constant 0.
-        for i in range(cfg.hist_bins - 1):
-            m.d.comb += fails[i].eq((over[i] << THRESHOLD_BITS) > budget)
-        istar = Signal(range(cfg.hist_bins + 1))
-        m.d.comb += istar.eq(sum(fails))
+        istar = Signal(range(nb + 1))
+
+        def rotate():
+            m.d.sync += [ring[0].eq(ring[nb - 1])] + [ring[i].eq(ring[i - 1]) for i in range(1, nb)]
 
         s = self.settings.data.setting
         wbits = Signal(6)
         m.d.comb += wbits.eq(width_mux(s.width, {w: w.bits for w in cfg.supported_widths}))
-        f_raw = Signal(signed(10))
-        m.d.comb += f_raw.eq(wbits - 2 - cfg.hist_min_exp - istar)
+        target_raw = Signal(signed(10))
+        m.d.comb += target_raw.eq(wbits - 2 - cfg.hist_min_exp - istar - headroom)
+        target = Signal(signed(FRAC_BITS))
+        m.d.comb += target.eq(Mux(target_raw > FRAC_MAX, FRAC_MAX, Mux(target_raw < FRAC_MIN, FRAC_MIN, target_raw)))
+        raised = Signal(signed(FRAC_BITS + 1))
+        m.d.comb += raised.eq(s.frac + rise)
         f_new = Signal(signed(FRAC_BITS))
-        m.d.comb += f_new.eq(Mux(f_raw > FRAC_MAX, FRAC_MAX, Mux(f_raw < FRAC_MIN, FRAC_MIN, f_raw)))
+        m.d.comb += f_new.eq(Mux((rise != 0) & (target > raised), raised, target))
 
-        update = Signal()
-        m.d.comb += update.eq(self.busy & phase & self.settings.data.valid & s.auto & (entry.total != 0))
-        m.d.comb += [
-            self.settings.frac.eq(Mux(n == 0, s.frac, f_new)),
-            self.settings.we.eq(update),
-            self.db.clear.eq(update),
-        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.busy.eq(1), tid.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += [r.eq(entry.hist[i]) for i, r in enumerate(ring)]
+                m.d.sync += [has_stats.eq(entry.total != 0), n.eq(0), count.eq(0)]
+                m.next = "SUM"
+            with m.State("SUM"):
+                m.d.sync += [n.eq(n + ring[nb - 1]), count.eq(count + 1)]
+                rotate()
+                with m.If(count == nb - 1):
+                    m.next = "MUL"
+            with m.State("MUL"):
+                m.d.sync += [budget.eq(n * thr), over.eq(0), istar.eq(0), count.eq(0)]
+                m.next = "SCAN"
+            with m.State("SCAN"):
+                m.d.sync += [istar.eq(istar + ((over << THRESHOLD_BITS) > budget)), over.eq(over + ring[nb - 1]),
+                             count.eq(count + 1)]
+                rotate()
+                with m.If(count == nb - 1):
+                    m.next = "WRITE"
+            with m.State("WRITE"):
+                update = self.settings.data.valid & s.auto & has_stats
+                m.d.comb += [
+                    self.settings.frac.eq(Mux(n == 0, s.frac, f_new)),
+                    self.settings.we.eq(update),
+                    self.db.clear.eq(update),
+                ]
+                m.d.sync += tid.eq(tid + 1)
+                with m.If(tid == last_tid):
+                    m.d.comb += self.done.eq(1)
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "READ"
         return m
-
-

@@ -8,7 +8,8 @@ The :class:`Engine` holds exactly the core's architectural state that the numeri
 - the distribution database (:class:`~reference.stats.Database`), accumulated per destination
   tensor id by every compute command;
 - the state of the stochastic-rounding generators (:func:`reference.rng.seed_states`);
-- the policy threshold register.
+- the policy's THRESHOLD register (threshold, headroom and rise fields:
+  :class:`~reference.stats.PolicyParams`).
 
 Every DLU operation of training goes through :meth:`Engine.run`; :meth:`Engine.update_formats`
 is the POLICY_UPDATE command. :meth:`Engine.load` models the host writing float data into the
@@ -42,7 +43,7 @@ from .formats import DfpTensor, RoundingMode, TensorSetting, quantize_float, set
 from .isa import MAX_DIM, Accumulate
 from .ops import Op
 from .rng import MASK32, seed_states
-from .stats import DEFAULT_THRESHOLD, THRESHOLD_BITS, Database, OpStats, next_fracs
+from .stats import DEFAULT_POLICY_WORD, POLICY_BITS, Database, OpStats, PolicyParams, next_frac, next_fracs
 
 #: Number of source operands of each compute operation.
 ARITY: dict[Op, int] = {
@@ -81,8 +82,9 @@ class Engine:
     seed
         Value of the 32-bit seed register of the stochastic-rounding generators.
     threshold
-        Policy threshold register, in units of 2**-16 of the non-zero values (see
-        :func:`reference.stats.next_frac`).
+        The THRESHOLD register word (:meth:`reference.stats.PolicyParams.encode`: the policy's
+        threshold in units of 2**-16 of the non-zero values, its headroom and its rise limit;
+        see :func:`reference.stats.next_frac`).
 
     Members
     -------
@@ -100,18 +102,25 @@ class Engine:
     Raises
     ------
     ValueError
-        ``seed`` does not fit 32 bits, or ``threshold`` is outside [0, 2**16).
+        ``seed`` does not fit 32 bits, or ``threshold`` is outside [0, 2**POLICY_BITS).
     """
 
-    def __init__(self, cfg: CoreConfig, seed: int = 0, threshold: int = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, cfg: CoreConfig, seed: int = 0, threshold: int = DEFAULT_POLICY_WORD) -> None:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MASK32:
             raise ValueError(f"engine: seed={seed!r} does not fit the 32-bit seed register")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
-                or not 0 <= int(threshold) < (1 << THRESHOLD_BITS):
-            raise ValueError(f"engine: threshold={threshold!r} is outside [0, 2**{THRESHOLD_BITS})")
+                or not 0 <= int(threshold) < (1 << POLICY_BITS):
+            raise ValueError(f"engine: threshold={threshold!r} is outside [0, 2**{POLICY_BITS})")
         self.cfg = cfg
         self.seed = int(seed)
         self.threshold = int(threshold)
+        self.policy = PolicyParams.decode(self.threshold)
+        #: Host re-run of overflowing commands (:meth:`run`): None (off) or the overflow
+        #: threshold in units of 2**-16 of the result's values.
+        self.rerun_threshold: int | None = None
+        #: Re-runs since the host last reset it: tensor id -> [re-runs, overflowed values and
+        #: values of the discarded results] (the host subtracts them from the database's counts).
+        self.reruns: dict[int, list[int]] = {}
         self.settings: dict[int, TensorSetting] = {}
         self.db = Database(cfg)
         self.rng: np.ndarray = seed_states(self.seed, cfg.rng_slots)
@@ -169,6 +178,19 @@ class Engine:
             accumulate: Accumulate = Accumulate.SINGLE) -> DfpTensor | None:
         """Execute one compute command; returns the destination tensor (None for an unfinished sum).
 
+        With :attr:`rerun_threshold` set, the host also checks the command's statistics (which it
+        reads from the database entry of ``dst``): when more than ``rerun_threshold / 2**16`` of
+        the result's values overflowed and ``dst``'s setting has the auto flag, the host writes
+        ``dst``'s setting with the point position :func:`reference.stats.next_frac` chooses from
+        this command's histogram (the threshold and headroom of the THRESHOLD register; a lower
+        point position only) and issues the same command again, once. An operand of the command
+        with ``dst``'s id (a velocity update reads the old velocity) is re-formatted by the host to
+        the new setting first (:func:`reference.train.reformat`: nearest even, saturated), since
+        the core reads every operand in the format of its id's setting. Both runs are commands of
+        the core (a trace holds the command, the setting write and the command again); both add
+        to the database entry; the second result is the one returned. :attr:`reruns` counts them
+        per tensor id.
+
         Parameters
         ----------
         op
@@ -218,6 +240,28 @@ class Engine:
                                  f"fields hold at most {MAX_DIM} (split the batch)")
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
+        out, stats = self._issue(op, dst, setting, srcs, src_tids, alpha)
+        thr = self.rerun_threshold
+        if thr is not None and setting.auto and stats.overflow * 65536 > thr * stats.total:
+            p = self.policy
+            frac = next_frac(stats, setting.fmt.width, setting.fmt.frac, self.cfg, p.threshold, p.headroom)
+            if frac < setting.fmt.frac:
+                r = self.reruns.setdefault(dst, [0, 0, 0])
+                r[0] += 1
+                r[1] += stats.overflow
+                r[2] += stats.total
+                setting = setting_of(setting.fmt.width, frac, setting.rounding, setting.auto)
+                self.set_setting(dst, setting)
+                if dst in src_tids:
+                    from .train import reformat
+
+                    srcs = [reformat(t, setting.fmt) if tid == dst else t for t, tid in zip(srcs, src_tids, strict=True)]
+                out, stats = self._issue(op, dst, setting, srcs, src_tids, alpha)
+        return out
+
+    def _issue(self, op: Op, dst: int, setting: TensorSetting, srcs: list[DfpTensor], src_tids: list[int],
+               alpha: tuple[int, int] | None) -> tuple[DfpTensor, OpStats]:
+        """One checked compute command on the core: result and statistics (added to the database)."""
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng
         if accumulate:
             accumulate = Accumulate(accumulate)
@@ -258,14 +302,15 @@ class Engine:
             self.recorder.on_op(self, op, dst, setting, list(srcs), [int(t) for t in src_tids],
                                 None if alpha is None else (int(alpha[0]), int(alpha[1])),
                                 res.out, res.stats, rng_before)
-        return res.out
+        return res.out, res.stats
 
     def update_formats(self) -> dict[int, TensorSetting]:
         """The POLICY_UPDATE command; returns the settings it rewrote.
 
         For every tensor id whose setting has ``auto=True`` and that has a database entry, in
         increasing id order: the point position becomes :func:`reference.stats.next_frac` of
-        the accumulated statistics (width, rounding and flag unchanged) and the entry is cleared.
+        the accumulated statistics with the THRESHOLD register's threshold, headroom and rise
+        (width, rounding and flag unchanged) and the entry is cleared.
         (All ids are computed at once by :func:`reference.stats.next_fracs`, the same function.)
         """
         changed: dict[int, TensorSetting] = {}
@@ -273,8 +318,9 @@ class Engine:
         tids = sorted(t for t in entries if t in settings and settings[t].auto)
         if tids:
             cur = [settings[t] for t in tids]
+            p = self.policy
             fracs = next_fracs(np.stack([entries[t].hist for t in tids]), np.array([s.fmt.bits for s in cur]),
-                               np.array([s.fmt.frac for s in cur]), self.cfg, self.threshold)
+                               np.array([s.fmt.frac for s in cur]), self.cfg, p.threshold, p.headroom, p.rise)
             for tid, s, frac in zip(tids, cur, fracs.tolist(), strict=True):
                 # an unchanged point position rewrites the same value: keep the (immutable) setting
                 new = s if frac == s.fmt.frac else setting_of(s.fmt.width, frac, s.rounding, s.auto)
@@ -292,6 +338,7 @@ class Engine:
         Used for evaluation passes whose statistics must not steer training.
         """
         e = Engine(self.cfg, self.seed, self.threshold)
+        e.rerun_threshold = self.rerun_threshold
         e.settings = dict(self.settings)
         e.rng = self.rng.copy()
         return e

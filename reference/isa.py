@@ -337,10 +337,18 @@ SETUP_CYCLES = 2
 #: operand read, the ComputeUnit's latency to the last result beat, and one cycle in which the
 #: statistics (which include that beat by then) are committed (:mod:`reference.latency`).
 DRAIN_CYCLES = OPERAND_READ_LATENCY + COMPUTE_UNIT_LATENCY + COMPUTE_UNIT_STATS_LATENCY
-#: Cycles the policy controller spends per tensor id in POLICY_UPDATE.
-POLICY_CYCLES_PER_TID = 2
+#: The policy controller's schedule per tensor id in POLICY_UPDATE (hw.settings.PolicyController):
+#: read and latch the entry (2), sum the histogram one bin per cycle, multiply (1), scan the bins
+#: one per cycle, write (1): ``POLICY_CYCLES_PER_BIN * hist_bins + POLICY_FIXED_CYCLES``.
+POLICY_CYCLES_PER_BIN = 2
+POLICY_FIXED_CYCLES = 4
 #: Cycles to clear one database entry.
 CLEAR_CYCLES_PER_TID = 1
+
+
+def policy_cycles_per_tid(cfg: CoreConfig) -> int:
+    """Cycles the policy controller spends per tensor id in POLICY_UPDATE."""
+    return POLICY_CYCLES_PER_BIN * cfg.hist_bins + POLICY_FIXED_CYCLES
 
 
 def settings_key(cmd: Command, settings: dict[int, TensorSetting]) -> tuple[Width | None, ...]:
@@ -376,7 +384,7 @@ def cycles(cmd: Command, settings: dict[int, TensorSetting], cfg: CoreConfig) ->
     """Closed-form cycle count of a legal command (an illegal one takes SETUP_CYCLES)."""
     op = cmd.opcode
     if op == Ctl.POLICY_UPDATE:
-        return SETUP_CYCLES + POLICY_CYCLES_PER_TID * cfg.tensor_ids
+        return SETUP_CYCLES + policy_cycles_per_tid(cfg) * cfg.tensor_ids
     if op == Ctl.CLEAR_STATS:
         return SETUP_CYCLES + CLEAR_CYCLES_PER_TID * (cfg.tensor_ids if cmd.broadcast_b else 1)
     if op in (Ctl.LOAD, Ctl.STORE):

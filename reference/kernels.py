@@ -458,10 +458,11 @@ def quantize_nearest(x, scale, lo, hi):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def policy_fracs(h, bits, current, lo_exp, threshold, tbits, fmin, fmax):  # pragma: no cover - compiled
+def policy_fracs(h, bits, current, lo_exp, threshold, tbits, fmin, fmax, headroom, rise):  # pragma: no cover
     """``stats.next_fracs`` for histograms ``h`` [T, bins] with counts in [0, 2**48), else None:
-    i* = the number of bins i with over(i) > floor(n * threshold / 2**tbits), F = bits - 2 - (lo_exp + i*)
-    clamped to [fmin, fmax]; ``current`` where n = 0 (``tbits``: ``stats.THRESHOLD_BITS``)."""
+    i* = the number of bins i with over(i) > floor(n * threshold / 2**tbits), target
+    T = bits - 2 - (lo_exp + i*) - headroom clamped to [fmin, fmax], F = T if T <= current or rise = 0
+    else min(T, current + rise); ``current`` where n = 0 (``tbits``: ``stats.THRESHOLD_BITS``)."""
     rows, nb = h.shape
     out = np.empty(rows, dtype=np.int64)
     for t in range(rows):
@@ -480,7 +481,10 @@ def policy_fracs(h, bits, current, lo_exp, threshold, tbits, fmin, fmax):  # pra
         for i in range(nb):
             c += h[t, i]
             istar += np.int64(n - c > budget)
-        out[t] = min(max(bits[t] - 2 - (lo_exp + istar), fmin), fmax)
+        f = min(max(bits[t] - 2 - (lo_exp + istar) - headroom, fmin), fmax)
+        if rise != 0 and f > current[t]:
+            f = min(f, current[t] + rise)
+        out[t] = f
     return out
 
 

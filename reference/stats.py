@@ -15,8 +15,14 @@ Per operation the block also counts ``overflow`` (values saturated by the output
 conversion), ``underflow`` (non-zero values that became 0) and ``total`` (all values).
 Every counter is ``counter_bits`` wide and saturates.
 
-Policy (:func:`next_frac`): the next point position is the largest F at which the
-fraction of non-zero values that would overflow is at most ``threshold / 2**16``.
+Policy (:func:`next_frac`): the target point position is the largest F at which the
+fraction of non-zero values that would overflow is at most ``threshold / 2**16``, lowered by
+``headroom`` bits. The point position moves down to a lower target at once (overflow is
+answered in one step) but up to a higher one by at most ``rise`` bits per update (0: no
+limit), so a tensor that shrank for one iteration keeps its range for the next.
+
+The three parameters are the fields of the core's THRESHOLD register (:class:`PolicyParams`,
+:data:`POLICY_BITS` bits): ``[15:0]`` threshold, ``[17:16]`` headroom, ``[19:18]`` rise.
 """
 
 from __future__ import annotations
@@ -33,6 +39,64 @@ from .formats import FRAC_MAX, FRAC_MIN, Width, _bit_length_int64, bit_length, s
 #: Default policy threshold, in units of 2**-16 of the non-zero values (66/65536 ~ 0.1%).
 DEFAULT_THRESHOLD = 66
 THRESHOLD_BITS = 16
+#: THRESHOLD register fields above the threshold: headroom in bits, and the largest rise of F per update.
+HEADROOM_LSB, HEADROOM_BITS = 16, 2
+RISE_LSB, RISE_BITS = 18, 2
+#: Width of the THRESHOLD register word (:meth:`PolicyParams.encode`).
+POLICY_BITS = RISE_LSB + RISE_BITS
+#: Default headroom (bits below the point position the threshold asks for) and rise limit (bits per update).
+DEFAULT_HEADROOM = 0
+DEFAULT_RISE = 1
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """The point-position policy's parameters: the THRESHOLD register's fields.
+
+    Parameters
+    ----------
+    threshold
+        Fraction of the non-zero values allowed to overflow, in units of 2**-16 (16 bits).
+    headroom
+        Bits by which the point position is lowered below the threshold's choice (2 bits, 0-3).
+    rise
+        Largest increase of the point position per POLICY_UPDATE, in bits (2 bits; 0: no limit).
+        Decreases are never limited.
+
+    Raises
+    ------
+    ValueError
+        A field outside its range.
+    """
+
+    threshold: int = DEFAULT_THRESHOLD
+    headroom: int = DEFAULT_HEADROOM
+    rise: int = DEFAULT_RISE
+
+    def __post_init__(self) -> None:
+        for name, bits in (("threshold", THRESHOLD_BITS), ("headroom", HEADROOM_BITS), ("rise", RISE_BITS)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < (1 << bits):
+                raise ValueError(f"policy: {name}={v!r} outside [0, 2**{bits})")
+
+    def encode(self) -> int:
+        """The THRESHOLD register word: ``[15:0]`` threshold, ``[17:16]`` headroom, ``[19:18]`` rise."""
+        return int(self.threshold) | (int(self.headroom) << HEADROOM_LSB) | (int(self.rise) << RISE_LSB)
+
+    @classmethod
+    def decode(cls, word: int) -> PolicyParams:
+        """The fields of THRESHOLD register word ``word`` (which must fit :data:`POLICY_BITS` bits)."""
+        if isinstance(word, bool) or not isinstance(word, (int, np.integer)) or not 0 <= int(word) < (1 << POLICY_BITS):
+            raise ValueError(f"policy: register word {word!r} outside [0, 2**{POLICY_BITS})")
+        w = int(word)
+        return cls(w & ((1 << THRESHOLD_BITS) - 1), (w >> HEADROOM_LSB) & ((1 << HEADROOM_BITS) - 1),
+                   (w >> RISE_LSB) & ((1 << RISE_BITS) - 1))
+
+
+#: Reset value of the THRESHOLD register (and the engine's default policy word).
+DEFAULT_POLICY_WORD = PolicyParams().encode()
+#: The policy of the seed version (no headroom, no rise limit): THRESHOLD = 66.
+LEGACY_POLICY = PolicyParams(DEFAULT_THRESHOLD, 0, 0)
 
 
 def msb_position(v: np.ndarray) -> np.ndarray:
@@ -180,14 +244,17 @@ def _float_stats_numpy(x: np.ndarray, cfg: CoreConfig) -> OpStats:
 
 
 def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
-              threshold: int = DEFAULT_THRESHOLD) -> int:
+              threshold: int = DEFAULT_THRESHOLD, headroom: int = 0, rise: int = 0) -> int:
     """Point position for the next iteration, in integer arithmetic the hardware repeats.
 
     With ``n`` the non-zero count (sum of the histogram) and ``over(i)`` the count in bins
     above bin ``i``, pick the lowest bin ``i*`` with ``over(i*) * 2**16 <= n * threshold``
     (scanning from the top; the top bin always qualifies). Its exponent
-    ``e* = hist_min_exp + i*`` must fit: ``F = W - 2 - e*``, clamped to [FRAC_MIN, FRAC_MAX].
-    An empty histogram keeps ``current``.
+    ``e* = hist_min_exp + i*`` must fit, with ``headroom`` bits to spare: the target is
+    ``T = clamp(W - 2 - e* - headroom, FRAC_MIN, FRAC_MAX)``. The result is ``T`` when
+    ``T <= current`` or ``rise == 0``, else ``min(T, current + rise)``. An empty histogram
+    keeps ``current``. (The defaults ``headroom = rise = 0`` are the threshold's choice alone,
+    as the host uses it for the data it loads; the engine passes its register's fields.)
 
     The scan, as the hardware does it (kept as the definition; :func:`next_fracs` computes the
     same for many tensors at once)::
@@ -199,13 +266,18 @@ def next_frac(stats: OpStats, width: Width, current: int, cfg: CoreConfig,
                 break
             over += hist[i]
     """
-    if not 0 <= threshold < (1 << THRESHOLD_BITS):
-        raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
+    PolicyParams(threshold, headroom, rise)  # range checks
     return int(next_fracs(np.asarray(stats.hist, dtype=np.int64).reshape(1, -1), np.array([width.bits]),
-                          np.array([current]), cfg, threshold)[0])
+                          np.array([current]), cfg, threshold, headroom, rise)[0])
 
 
-def _scan(hist: list[int], bits: int, current: int, cfg: CoreConfig, threshold: int) -> int:
+def limit_rise(target: int, current: int, rise: int) -> int:
+    """The policy's last step: ``target``, but at most ``rise`` above ``current`` (``rise`` 0: no limit)."""
+    return target if rise == 0 or target <= current else min(target, current + rise)
+
+
+def _scan(hist: list[int], bits: int, current: int, cfg: CoreConfig, threshold: int, headroom: int,
+          rise: int) -> int:
     """The scan of :func:`next_frac` (``n`` summed in int64, as it always was), in Python ints."""
     n = int(np.asarray(hist, dtype=np.int64).sum())
     if n == 0:
@@ -216,11 +288,12 @@ def _scan(hist: list[int], bits: int, current: int, cfg: CoreConfig, threshold: 
             istar = i + 1
             break
         over += hist[i]
-    return max(FRAC_MIN, min(FRAC_MAX, bits - 2 - (cfg.hist_min_exp + istar)))
+    target = max(FRAC_MIN, min(FRAC_MAX, bits - 2 - (cfg.hist_min_exp + istar) - headroom))
+    return limit_rise(target, current, rise)
 
 
 def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: CoreConfig,
-               threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:
+               threshold: int = DEFAULT_THRESHOLD, headroom: int = 0, rise: int = 0) -> np.ndarray:
     """:func:`next_frac` of many tensors: histograms [T, bins], widths in bits [T], current F [T].
 
     ``over(i)`` is non-increasing in ``i``, so the bins failing the test are exactly
@@ -229,22 +302,21 @@ def next_fracs(hists: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: Co
     overflow: ``n < 2**56`` (up to 256 bins of 48-bit counters), ``threshold < 2**16``. Histograms
     with counts beyond 48 bits or below 0 take the scan itself.
     """
-    if not 0 <= threshold < (1 << THRESHOLD_BITS):
-        raise ValueError(f"threshold: {threshold!r} outside [0, 2**16)")
+    PolicyParams(threshold, headroom, rise)  # range checks
     h = np.asarray(hists, dtype=np.int64)
     if h.ndim == 2:  # compiled; the NumPy lines below define it
         got = kernels.policy_fracs(h, np.asarray(bits, dtype=np.int64), np.asarray(current, dtype=np.int64),
-                                   cfg.hist_min_exp, threshold, THRESHOLD_BITS, FRAC_MIN, FRAC_MAX)
+                                   cfg.hist_min_exp, threshold, THRESHOLD_BITS, FRAC_MIN, FRAC_MAX, headroom, rise)
         if got is not None:
             return got
-    return _next_fracs_numpy(h, bits, current, cfg, threshold)
+    return _next_fracs_numpy(h, bits, current, cfg, threshold, headroom, rise)
 
 
 def _next_fracs_numpy(h: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg: CoreConfig,
-                      threshold: int) -> np.ndarray:
+                      threshold: int, headroom: int = 0, rise: int = 0) -> np.ndarray:
     """:func:`next_fracs` in NumPy (the definition the compiled kernel is tested against)."""
     if h.size and (int(h.max()) >= 1 << 48 or int(h.min()) < 0):  # beyond 48-bit counters: Python ints
-        return np.array([_scan(row, int(b), int(cur), cfg, threshold)
+        return np.array([_scan(row, int(b), int(cur), cfg, threshold, headroom, rise)
                          for row, b, cur in zip(h.tolist(), np.asarray(bits).tolist(),
                                                 np.asarray(current).tolist(), strict=True)], dtype=np.int64)
     c = np.cumsum(h, axis=1)
@@ -252,10 +324,13 @@ def _next_fracs_numpy(h: np.ndarray, bits: np.ndarray, current: np.ndarray, cfg:
     over = n[:, None] - c  # over[:, i] = sum of the bins above i
     budget = (n >> THRESHOLD_BITS) * threshold + (((n & ((1 << THRESHOLD_BITS) - 1)) * threshold) >> THRESHOLD_BITS)
     istar = np.count_nonzero(over > budget[:, None], axis=1)
-    f = np.asarray(bits) - 2 - (cfg.hist_min_exp + istar)
+    f = np.asarray(bits) - 2 - (cfg.hist_min_exp + istar) - headroom
     np.maximum(f, FRAC_MIN, out=f)  # (np.clip costs more than the rest of this function on ~20 rows)
     np.minimum(f, FRAC_MAX, out=f)
-    return np.where(n == 0, current, f).astype(np.int64)
+    cur = np.asarray(current, dtype=np.int64)
+    if rise:
+        f = np.where(f > cur, np.minimum(f, cur + rise), f)
+    return np.where(n == 0, cur, f).astype(np.int64)
 
 
 @dataclass

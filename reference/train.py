@@ -62,7 +62,11 @@ from .layers import (
 from .models import GradOrder, Model, ModelKind, build_model
 from .nets import BUILTIN_NETS
 from .rng import MASK32
-from .stats import DEFAULT_THRESHOLD, Database, float_stats, next_frac
+from .stats import DEFAULT_HEADROOM, DEFAULT_RISE, DEFAULT_THRESHOLD, Database, PolicyParams, float_stats, next_frac
+
+#: Default host re-run threshold: a command whose result overflows in more than this many
+#: 2**-16 of its values is re-run with a lower point position (:meth:`Engine.run`); 655 ~ 1%.
+DEFAULT_RERUN = 655
 from .trace import Trace, TraceRecorder
 
 
@@ -96,7 +100,12 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class PrecisionSpec:
-    """Width and rounding of each configurable tensor class, and the policy threshold."""
+    """Width and rounding of each configurable tensor class, and the point-position policy.
+
+    ``threshold``, ``headroom`` and ``rise`` are the THRESHOLD register's fields
+    (:class:`reference.stats.PolicyParams`); ``rerun`` is the host's re-run threshold in units
+    of 2**-16 of a command's values (:attr:`Engine.rerun_threshold`; None: no re-runs).
+    """
 
     activation: ClassSpec
     error: ClassSpec
@@ -104,21 +113,38 @@ class PrecisionSpec:
     gradient: ClassSpec
     velocity: ClassSpec
     threshold: int = DEFAULT_THRESHOLD
+    headroom: int = DEFAULT_HEADROOM
+    rise: int = DEFAULT_RISE
+    rerun: int | None = DEFAULT_RERUN
+
+    def __post_init__(self) -> None:
+        PolicyParams(self.threshold, self.headroom, self.rise)
+        if self.rerun is not None and (isinstance(self.rerun, bool) or not isinstance(self.rerun, int)
+                                       or not 0 <= self.rerun < 1 << 16):
+            raise ValueError(f"precision: rerun={self.rerun!r}: must be None or an integer in [0, 65536)")
+
+    @property
+    def policy(self) -> PolicyParams:
+        return PolicyParams(self.threshold, self.headroom, self.rise)
 
     def for_class(self, cls: TensorClass) -> ClassSpec:
         return getattr(self, cls.value)
 
     @classmethod
-    def uniform(cls, width: Width, threshold: int = DEFAULT_THRESHOLD) -> PrecisionSpec:
+    def uniform(cls, width: Width, threshold: int = DEFAULT_THRESHOLD, headroom: int = DEFAULT_HEADROOM,
+                rise: int = DEFAULT_RISE, rerun: int | None = DEFAULT_RERUN) -> PrecisionSpec:
         """One width everywhere; nearest even except the weight update (stochastic)."""
         ne = ClassSpec(width, RoundingMode.NEAREST_EVEN)
-        return cls(ne, ne, ClassSpec(width, RoundingMode.STOCHASTIC), ne, ne, threshold)
+        return cls(ne, ne, ClassSpec(width, RoundingMode.STOCHASTIC), ne, ne, threshold, headroom, rise, rerun)
 
     def to_dict(self) -> dict[str, Any]:
         names = {v: k for k, v in ROUNDING_NAMES.items()}
         d: dict[str, Any] = {c.value: {"width": self.for_class(c).width.bits,
                                        "rounding": names[self.for_class(c).rounding]} for c in CONFIG_CLASSES}
         d["threshold"] = self.threshold
+        d["headroom"] = self.headroom
+        d["rise"] = self.rise
+        d["rerun"] = self.rerun
         return d
 
 
@@ -158,6 +184,15 @@ def parse_precision(data: dict, base_width: Width = Width.W16, where: str = "con
     threshold = table.pop("threshold", DEFAULT_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 1 << 16:
         raise ValueError(f"precision config: [precision] threshold={threshold!r}: must be an integer in [0, 65536)")
+    policy: dict[str, Any] = {}
+    for key, default, hi in (("headroom", DEFAULT_HEADROOM, 4), ("rise", DEFAULT_RISE, 4), ("rerun", DEFAULT_RERUN, 1 << 16)):
+        v = table.pop(key, default)
+        if key == "rerun" and v is False:
+            v = None
+        elif isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < hi:
+            raise ValueError(f"precision config: [precision] {key}={v!r}: must be an integer in [0, {hi})"
+                             + (" or false" if key == "rerun" else ""))
+        policy[key] = v
     per_class = {c.value: table.pop(c.value) for c in CONFIG_CLASSES if c.value in table}
     for k, v in per_class.items():
         if not isinstance(v, dict):
@@ -170,7 +205,7 @@ def parse_precision(data: dict, base_width: Width = Width.W16, where: str = "con
         if c == TensorClass.WEIGHT and "rounding" not in per_class.get(c.value, {}):
             base = ClassSpec(top.width, RoundingMode.STOCHASTIC)
         specs[c.value] = _class_spec(per_class.get(c.value, {}), base, f"precision.{c.value}")
-    return PrecisionSpec(**specs, threshold=threshold)
+    return PrecisionSpec(**specs, threshold=threshold, **policy)
 
 
 def load_precision(path: str | Path, base_width: Width = Width.W16) -> PrecisionSpec:
@@ -399,7 +434,8 @@ def calibrate(model: Model, values: dict[str, np.ndarray], x: np.ndarray, y: np.
     for info in model.ids.infos:
         cs = spec.for_class(info.cls)
         default = int(np.clip(cs.width.bits - 2, FRAC_MIN, FRAC_MAX))  # range about +-2 until measured
-        frac = next_frac(db.read(info.tid), cs.width, default, engine.cfg, spec.threshold)
+        frac = next_frac(db.read(info.tid), cs.width, default, engine.cfg, spec.threshold,
+                         spec.headroom if info.tid not in host else 0)
         engine.set_setting(info.tid, TensorSetting(DfpFormat(cs.width, frac), cs.rounding, info.tid not in host))
         fracs[info.tid] = frac
     return fracs
@@ -532,7 +568,8 @@ def open_session(cfg: TrainConfig, data: Dataset,
         raise ValueError(f"train: batch={cfg.batch} exceeds the {n} training images")
     engine: Engine | None = None
     if spec is not None:
-        engine = Engine(core, cfg.seed, spec.threshold)
+        engine = Engine(core, cfg.seed, spec.policy.encode())
+        engine.rerun_threshold = spec.rerun
         first = shuffle_rng.permutation(n)[: cfg.batch]  # calibration batch (does not advance shuffling)
         calibrate(model, values, data.x_train[first], data.y_train[first], cfg, engine, spec)
     if backend is not None:
@@ -617,15 +654,25 @@ class TensorLog:
         self.hists: dict[int, list[list[int]]] = {}
 
     def record(self, engine: Engine, it: int, epoch_end: bool) -> None:
-        """Read the step's statistics database and settings (before POLICY_UPDATE)."""
+        """Read the step's statistics database and settings (before POLICY_UPDATE), and its re-runs.
+
+        ``overflow_rate`` is that of the results the step kept: the overflow and value counts of
+        results the host discarded and re-ran (:attr:`Engine.reruns`) are taken out, and the
+        re-runs are counted in ``reruns``. The engine's re-run counts are reset.
+        """
         for tid, st in engine.db.entries.items():
-            rec = self.tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [], "underflow_rate": []})
+            rec = self.tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [], "underflow_rate": [],
+                                                "reruns": []})
+            n_re, ov_re, tot_re = engine.reruns.get(tid, (0, 0, 0))
+            total = max(st.total - tot_re, 1)
             rec["iteration"].append(it)
             rec["frac"].append(engine.settings[tid].fmt.frac)
-            rec["overflow_rate"].append(st.overflow / max(st.total, 1))
+            rec["overflow_rate"].append(max(st.overflow - ov_re, 0) / total)
             rec["underflow_rate"].append(st.underflow / max(st.total, 1))
+            rec["reruns"].append(n_re)
             if epoch_end:
                 self.hists.setdefault(tid, []).append(st.hist.tolist())
+        engine.reruns.clear()
 
     def to_dict(self, model: Model, engine: Engine) -> dict[str, Any]:
         names = {i.tid: i for i in model.ids.infos}

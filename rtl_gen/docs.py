@@ -38,7 +38,8 @@ def _command_table() -> str:
 def _timing_table(cfg: CoreConfig) -> str:
     s, d = isa.SETUP_CYCLES, isa.DRAIN_CYCLES
     lines = [
-        f"SETUP_CYCLES = {s}, DRAIN_CYCLES = {d}, POLICY_CYCLES_PER_TID = {isa.POLICY_CYCLES_PER_TID}, "
+        f"SETUP_CYCLES = {s}, DRAIN_CYCLES = {d}, POLICY_CYCLES_PER_BIN = {isa.POLICY_CYCLES_PER_BIN}, "
+        f"POLICY_FIXED_CYCLES = {isa.POLICY_FIXED_CYCLES}, "
         f"CLEAR_CYCLES_PER_TID = {isa.CLEAR_CYCLES_PER_TID} (reference/isa.py).",
         "",
         "| command | cycles |",
@@ -47,7 +48,7 @@ def _timing_table(cfg: CoreConfig) -> str:
         f"| ADD, SUB, MUL, AXPY, RELU, RELU_BACKWARD, CONVERT | {s} + M * ceil(N / V) + {d} |",
         f"| LOAD, STORE | {s} + K + {d} (+ cycles the stream is not ready) |",
         f"| LOAD ended by LOAD_TIMEOUT after A words | {s} + A (+ stalled cycles, LOAD_TIMEOUT of them at the end) |",
-        f"| POLICY_UPDATE | {s} + {isa.POLICY_CYCLES_PER_TID} * tensor_ids |",
+        f"| POLICY_UPDATE | {s} + ({isa.POLICY_CYCLES_PER_BIN} * hist_bins + {isa.POLICY_FIXED_CYCLES}) * tensor_ids |",
         f"| CLEAR_STATS | {s} + {isa.CLEAR_CYCLES_PER_TID} * (tensor_ids if broadcast else 1) |",
         f"| illegal command | {s} |",
         "",

@@ -105,10 +105,11 @@ def manifest(cfg: CoreConfig, top, files: dict[str, str], extra: dict | None = N
         "error_codes": regmap.error_codes(),
         "timing": {
             "SETUP_CYCLES": isa.SETUP_CYCLES, "DRAIN_CYCLES": isa.DRAIN_CYCLES,
-            "POLICY_CYCLES_PER_TID": isa.POLICY_CYCLES_PER_TID, "CLEAR_CYCLES_PER_TID": isa.CLEAR_CYCLES_PER_TID,
+            "POLICY_CYCLES_PER_TID": isa.policy_cycles_per_tid(cfg), "CLEAR_CYCLES_PER_TID": isa.CLEAR_CYCLES_PER_TID,
             "COMPUTE_UNIT_LATENCY": ComputeUnit.LATENCY,
             "formula": "reference.isa.cycles: SETUP + beats*(K if MATMUL else 1) + DRAIN; LOAD/STORE SETUP+K+DRAIN; "
-                       "POLICY_UPDATE SETUP + POLICY_CYCLES_PER_TID*tensor_ids; CLEAR_STATS SETUP + "
+                       "POLICY_UPDATE SETUP + POLICY_CYCLES_PER_TID*tensor_ids (POLICY_CYCLES_PER_TID = "
+                       "2*hist_bins + 4); CLEAR_STATS SETUP + "
                        "CLEAR_CYCLES_PER_TID*(tensor_ids if broadcast else 1); illegal SETUP",
         },
         # only the widths the core supports (CoreConfig.widths, also under "config")

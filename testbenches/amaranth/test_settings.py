@@ -15,8 +15,8 @@ from hw.settings import PolicyController, SettingsRegister
 from reference.config import PRESETS, CoreConfig
 from reference.engine import Engine
 from reference.formats import SETTING_BITS, DfpFormat, RoundingMode, TensorSetting
-from reference.isa import POLICY_CYCLES_PER_TID, IllegalCommand, decode_setting
-from reference.stats import OpStats
+from reference.isa import IllegalCommand, decode_setting, policy_cycles_per_tid
+from reference.stats import OpStats, PolicyParams
 
 from .test_database import random_stats, stats_const
 
@@ -136,16 +136,19 @@ def crafted_stats(cfg: CoreConfig) -> list[OpStats]:
     return [e, top, bottom, zeros_only, spread, tail]
 
 
-@pytest.mark.parametrize(("seed", "cfg"), [(11, CFG), (12, CFG), (13, CFG), (14, CFG),
-                                           (15, replace(CFG, widths=(16,))), (16, replace(CFG, widths=(8, 32)))],
-                         ids=["11", "12", "13", "14", "15-w16", "16-w8+32"])
+@pytest.mark.parametrize(("seed", "cfg"), [(11, CFG), (12, CFG), (13, CFG), (14, CFG), (17, CFG),
+                                           (18, replace(CFG, widths=(16,))), (22, replace(CFG, widths=(8, 32)))],
+                         ids=["11", "12", "13", "14", "17", "18-w16", "22-w8+32"])
 def test_policy_update_matches_engine(seed, cfg):
     """Random settings (some auto, some fixed, some missing), random and crafted statistics,
-    random thresholds incl. 0 and 2**16-1: settings and database after POLICY_UPDATE equal the
-    reference Engine's, and the pass takes POLICY_CYCLES_PER_TID cycles per tensor id. Cores with
-    fewer widths hold settings of their widths only."""
+    random thresholds incl. 0 and 2**16-1, random headroom and rise (incl. 0 and 3): settings and
+    database after POLICY_UPDATE equal the reference Engine's, and the pass takes
+    policy_cycles_per_tid(cfg) cycles per tensor id. Cores with fewer widths hold settings of
+    their widths only."""
     rng = np.random.default_rng(seed)
-    threshold = int(rng.choice([0, 1, 66, 1000, 65535, int(rng.integers(0, 1 << 16))]))
+    params = PolicyParams(int(rng.choice([0, 1, 66, 1000, 65535, int(rng.integers(0, 1 << 16))])),
+                          int(rng.integers(0, 4)), int(rng.integers(0, 4)))
+    threshold = params.encode()
     eng = Engine(cfg, threshold=threshold)
     crafted = crafted_stats(cfg)
     for tid in range(cfg.tensor_ids):
@@ -195,13 +198,13 @@ def test_policy_update_matches_engine(seed, cfg):
             await ctx.tick()
             if done:
                 assert ctx.get(dut.policy.busy) == 0
-        assert busy == POLICY_CYCLES_PER_TID * cfg.tensor_ids
+        assert busy == policy_cycles_per_tid(cfg) * cfg.tensor_ids
         for tid in range(cfg.tensor_ids):
             ctx.set(h.addr, tid)
             if tid in eng.settings:
                 assert ctx.get(h.rdata.valid) == 1
                 assert ctx.get(h.rdata.setting).as_value().value == eng.settings[tid].encode(), \
-                    f"seed {seed} threshold {threshold} tid {tid}"
+                    f"seed {seed} policy {params} tid {tid}"
             else:
                 assert ctx.get(h.rdata.valid) == 0
             ctx.set(dut.db.host.addr, tid)
