@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from reference.config import CoreConfig
 from reference.formats import SETTING_BITS
 from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_BITS, LOAD_TIMEOUT_DEFAULT
-from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
+from reference.stats import DEFAULT_POLICY_WORD, POLICY_BITS
 
 from . import regmap
 from .database import DatabaseHostSignature
@@ -99,8 +99,8 @@ class AxiLiteSlave(wiring.Component):
         SEED register and its write strobe (to the generator bank).
     rng : Out(RngHostSignature(cfg.rng_slots))
         The RNG_STATE window (to the generator bank): ``we`` in the cycle a write is accepted.
-    threshold : Out(16)
-        THRESHOLD register (to the policy controller).
+    threshold : Out(POLICY_BITS)
+        THRESHOLD register word, all its fields (to the policy controller).
     cmds : Out(stream.Signature(COMMAND_LAYOUT))
         Completed commands, to the sequencer's FIFO.
     ctl : Out(HostControlSignature)
@@ -119,7 +119,7 @@ class AxiLiteSlave(wiring.Component):
             "seed": Out(32),
             "seed_load": Out(1),
             "rng": Out(RngHostSignature(cfg.rng_slots)),
-            "threshold": Out(THRESHOLD_BITS, init=DEFAULT_THRESHOLD),
+            "threshold": Out(POLICY_BITS, init=DEFAULT_POLICY_WORD),
             "cmds": Out(stream.Signature(COMMAND_LAYOUT)),
             "ctl": Out(HostControlSignature()),
             "settings": Out(SettingsHostSignature(cfg)),

@@ -20,12 +20,21 @@ from dataclasses import dataclass
 from reference.config import CoreConfig
 from reference.formats import SETTING_BITS
 from reference.isa import COMMAND_WORDS, LOAD_TIMEOUT_BITS, LOAD_TIMEOUT_DEFAULT, ErrorCode
-from reference.stats import DEFAULT_THRESHOLD, THRESHOLD_BITS
+from reference.stats import (
+    DEFAULT_HEADROOM,
+    DEFAULT_RISE,
+    DEFAULT_THRESHOLD,
+    HEADROOM_BITS,
+    HEADROOM_LSB,
+    RISE_BITS,
+    RISE_LSB,
+    THRESHOLD_BITS,
+)
 
 #: Value of the ID register's upper 24 bits: ASCII "DLU".
 ID_MAGIC = 0x444C55
 #: Register-map version, the ID register's low byte. Bump on any change of this file's map.
-REGMAP_VERSION = 3
+REGMAP_VERSION = 4
 #: Depth of the command FIFO, in commands.
 CMD_FIFO_DEPTH = 8
 #: Width of the performance counters (saturating), read as two words.
@@ -152,9 +161,14 @@ def register_map(cfg: CoreConfig) -> tuple[Register, ...]:
                  f"command FIFO: write the {COMMAND_WORDS} words of a reference.isa.Command in order; "
                  "the last write answers SLVERR and drops the command while the FIFO is full"),
         Register("SEED", 0x024, Access.RW, "seed register; a write reseeds the stochastic-rounding generators"),
-        Register("THRESHOLD", 0x028, Access.RW, "policy threshold, units of 2**-16 of the non-zero values", (
-            Field("threshold", 0, THRESHOLD_BITS, "reference.stats.next_frac threshold; a write of "
-                  "more bits answers SLVERR", DEFAULT_THRESHOLD),
+        Register("THRESHOLD", 0x028, Access.RW, "point-position policy (reference.stats.PolicyParams); a write "
+                 "with bits above the fields answers SLVERR", (
+            Field("threshold", 0, THRESHOLD_BITS, "overflow allowed, units of 2**-16 of the non-zero values",
+                  DEFAULT_THRESHOLD),
+            Field("headroom", HEADROOM_LSB, HEADROOM_BITS, "bits of headroom below the threshold's point position",
+                  DEFAULT_HEADROOM),
+            Field("rise", RISE_LSB, RISE_BITS, "largest rise of a point position per POLICY_UPDATE (0: no limit)",
+                  DEFAULT_RISE),
         )),
         Register("LOAD_TIMEOUT", 0x02C, Access.RW, "LOAD timeout: a LOAD that waits this many consecutive "
                  "cycles for its next stream word ends with STATUS.error = LOAD_TIMEOUT (reference.isa); "

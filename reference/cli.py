@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "same results as without; see docs/memplan.md)")
     p.add_argument("--name", help="run directory name (default: MODEL-PRECISION-sSEED)")
     p.add_argument("--data", default="digits", help="'digits' (8x8, bundled with scikit-learn), 'digits28' (28x28 "
-                   "made from digits), 'mnist:DIR', 'cifar10:DIR', 'npz:FILE' or 'synthetic:CxHxW:CLASSES:N' (random, "
-                   "for timing)")
+                   "made from digits), 'signals[:SEED]' (noisy shifted 1-D signals, made here; see docs/training.md), "
+                   "'mnist:DIR', 'cifar10:DIR', 'npz:FILE' or 'synthetic:CxHxW:CLASSES:N' (random, for timing)")
     p.add_argument("--trace-iters", default="", metavar="SPEC",
                    help="iterations to trace: 'all', or indices/ranges like '0,5,10-12' (default: none)")
     p.add_argument("--out", default="runs", help="parent directory of the run directory")
@@ -158,7 +158,8 @@ def _train(args: argparse.Namespace) -> int:
         else:
             from .train import train
 
-            result = train(cfg, data, progress=not args.quiet)
+            result = train(cfg, data, progress=not args.quiet,
+                           warn=lambda s: print(s, file=sys.stderr, flush=True))
         path = write_run(result, args.out, name, force=args.force, plots=not args.no_plots)
     fin = result.metrics["final"]
     print(f"{name}: test accuracy {fin['test_acc']:.4f}, final loss {fin['loss']:.4f}, "

@@ -255,7 +255,8 @@ class Engine:
                 if dst in src_tids:
                     from .train import reformat
 
-                    srcs = [reformat(t, setting.fmt) if tid == dst else t for t, tid in zip(srcs, src_tids, strict=True)]
+                    srcs = [reformat(t, setting.fmt) if tid == dst else t
+                            for t, tid in zip(srcs, src_tids, strict=True)]
                 out, stats = self._issue(op, dst, setting, srcs, src_tids, alpha)
         return out
 

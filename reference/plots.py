@@ -56,6 +56,31 @@ def plot_point_positions(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_overflow(metrics: dict[str, Any], path: Path) -> None:
+    """Overflow rate of every tensor id over iterations (log scale), one panel per tensor class,
+    with the monitor's warning level (``metrics["monitor"]["level"]``) drawn across."""
+    plt = _plt()
+    tensors = metrics["tensors"]
+    classes = sorted({t["class"] for t in tensors.values()})
+    level = metrics.get("monitor", {}).get("level")
+    fig, axes = plt.subplots(len(classes), 1, figsize=(10, 2.6 * len(classes)), squeeze=False)
+    for ax, cls in zip(axes[:, 0], classes, strict=True):
+        for name, t in tensors.items():
+            if t["class"] == cls:
+                ax.plot(t["iteration"], np.maximum(np.asarray(t["overflow_rate"], dtype=np.float64), 1e-5),
+                        label=name, linewidth=0.8)
+        if level is not None:
+            ax.axhline(level, color="red", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylim(0.8e-5, 1.2)
+        ax.set_ylabel(f"{cls}\noverflow rate")
+        ax.legend(fontsize=6, ncol=4, loc="best")
+    axes[-1, 0].set_xlabel("iteration (rates below 1e-5, including 0, drawn at 1e-5)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_histograms(metrics: dict[str, Any], path: Path, max_tensors: int = 6) -> None:
     """Evolution of the MSB histograms (log count) at the end of each epoch for a few tensors."""
     plt = _plt()
@@ -92,7 +117,8 @@ def plot_run(metrics: dict[str, Any], directory: Path) -> list[Path]:
     out = [directory / "curves.png"]
     plot_curves(metrics, out[0])
     if metrics["tensors"]:
-        out += [directory / "point_positions.png", directory / "histograms.png"]
+        out += [directory / "point_positions.png", directory / "histograms.png", directory / "overflow.png"]
         plot_point_positions(metrics, out[1])
         plot_histograms(metrics, out[2])
+        plot_overflow(metrics, out[3])
     return out

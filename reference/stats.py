@@ -77,7 +77,7 @@ class PolicyParams:
         for name, bits in (("threshold", THRESHOLD_BITS), ("headroom", HEADROOM_BITS), ("rise", RISE_BITS)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < (1 << bits):
-                raise ValueError(f"policy: {name}={v!r} outside [0, 2**{bits})")
+                raise ValueError(f"{name}: {v!r} outside [0, 2**{bits}) (policy)")
 
     def encode(self) -> int:
         """The THRESHOLD register word: ``[15:0]`` threshold, ``[17:16]`` headroom, ``[19:18]`` rise."""

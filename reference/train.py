@@ -63,11 +63,11 @@ from .models import GradOrder, Model, ModelKind, build_model
 from .nets import BUILTIN_NETS
 from .rng import MASK32
 from .stats import DEFAULT_HEADROOM, DEFAULT_RISE, DEFAULT_THRESHOLD, Database, PolicyParams, float_stats, next_frac
+from .trace import Trace, TraceRecorder
 
 #: Default host re-run threshold: a command whose result overflows in more than this many
 #: 2**-16 of its values is re-run with a lower point position (:meth:`Engine.run`); 655 ~ 1%.
 DEFAULT_RERUN = 655
-from .trace import Trace, TraceRecorder
 
 
 class Precision(enum.Enum):
@@ -185,7 +185,8 @@ def parse_precision(data: dict, base_width: Width = Width.W16, where: str = "con
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 1 << 16:
         raise ValueError(f"precision config: [precision] threshold={threshold!r}: must be an integer in [0, 65536)")
     policy: dict[str, Any] = {}
-    for key, default, hi in (("headroom", DEFAULT_HEADROOM, 4), ("rise", DEFAULT_RISE, 4), ("rerun", DEFAULT_RERUN, 1 << 16)):
+    for key, default, hi in (("headroom", DEFAULT_HEADROOM, 4), ("rise", DEFAULT_RISE, 4),
+                             ("rerun", DEFAULT_RERUN, 1 << 16)):
         v = table.pop(key, default)
         if key == "rerun" and v is False:
             v = None
@@ -462,7 +463,8 @@ def _evaluate(model: Model, be: Backend, engine: Engine | None, x: np.ndarray, y
 
 
 def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
-          on_grads_ready: Callable[[Layer], None] | None = None) -> TrainResult:
+          on_grads_ready: Callable[[Layer], None] | None = None,
+          warn: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``data``; deterministic for ``cfg.seed`` (wall times aside).
 
     ``train_acc`` of an epoch is the running accuracy of the training forward passes of that
@@ -471,21 +473,25 @@ def train(cfg: TrainConfig, data: Dataset, progress: bool = False,
 
     BLAS runs single-threaded: the matrices are small, and on a shared, loaded machine
     OpenBLAS's worker threads spin, inflating an fp32 epoch up to 30-fold.
+
+    ``warn`` receives the overflow monitor's warning lines (:class:`TensorLog`); they are also
+    in ``metrics["monitor"]``.
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        return _train(cfg, data, progress, on_grads_ready)
+        return _train(cfg, data, progress, on_grads_ready, warn)
 
 
 def _train(cfg: TrainConfig, data: Dataset, progress: bool,
-           on_grads_ready: Callable[[Layer], None] | None) -> TrainResult:
+           on_grads_ready: Callable[[Layer], None] | None,
+           warn: Callable[[str], None] | None = None) -> TrainResult:
     cfg.trace_iters.check_within(cfg.epochs * (len(data.x_train) // cfg.batch))
     s = open_session(cfg, data)
     if s.engine is not None and not cfg.trace_iters.empty:
         s.recorder = TraceRecorder()
         s.engine.recorder = s.recorder
-    log = TensorLog() if s.engine is not None else None
+    log = TensorLog({i.tid: i.name for i in s.model.ids.infos}, warn) if s.engine is not None else None
     epochs = run_epochs(s, Hooks(on_grads_ready), log, progress)
     core = load_config(cfg.core)
     epoch_times = [e.time_s for e in epochs]
@@ -503,6 +509,8 @@ def _train(cfg: TrainConfig, data: Dataset, progress: bool,
                   "mean_epoch_cpu_s": float(np.mean(epoch_cpu))},
         "tensors": log.to_dict(s.model, s.engine) if log is not None else {},
     }
+    if log is not None:
+        metrics["monitor"] = {"level": log.level, "iters": log.iters, "warnings": log.warnings}
     trace = None
     if s.recorder is not None:
         trace = s.recorder.trace(s.engine, {"train_config": cfg.to_dict(), "data": data.name,
@@ -646,12 +654,43 @@ class Hooks:
         return evaluate_session(s)
 
 
-class TensorLog:
-    """Point position and overflow/underflow rates of every tensor id per iteration; histograms at epoch ends."""
+#: The monitor: a tensor whose overflow rate exceeds OVERFLOW_WARN_LEVEL in OVERFLOW_WARN_ITERS
+#: consecutive iterations gets one warning line (naming it and the iteration), again only after it recovered.
+OVERFLOW_WARN_LEVEL = 0.01
+OVERFLOW_WARN_ITERS = 3
 
-    def __init__(self) -> None:
+
+class TensorLog:
+    """Point position and overflow/underflow rates of every tensor id per iteration; histograms at epoch ends.
+
+    Parameters
+    ----------
+    names
+        Tensor id -> name, for the warnings.
+    warn
+        Called with each warning line of the overflow monitor (None: warnings are only recorded).
+    level, iters
+        The monitor's overflow-rate level and run length (:data:`OVERFLOW_WARN_LEVEL`, :data:`OVERFLOW_WARN_ITERS`).
+    """
+
+    def __init__(self, names: dict[int, str] | None = None, warn: Callable[[str], None] | None = None,
+                 level: float = OVERFLOW_WARN_LEVEL, iters: int = OVERFLOW_WARN_ITERS) -> None:
         self.tensors: dict[int, dict[str, list]] = {}
         self.hists: dict[int, list[list[int]]] = {}
+        self.names = dict(names or {})
+        self.warn = warn
+        self.level, self.iters = level, iters
+        self.streak: dict[int, int] = {}
+        self.warnings: list[dict[str, Any]] = []
+
+    def _monitor(self, tid: int, it: int, rate: float) -> None:
+        n = self.streak[tid] = self.streak.get(tid, 0) + 1 if rate > self.level else 0
+        if n == self.iters:
+            name = self.names.get(tid, f"tid {tid}")
+            self.warnings.append({"tensor": name, "iteration": it, "overflow_rate": rate})
+            if self.warn is not None:
+                self.warn(f"warning: iteration {it}: {name} overflowed in more than {100 * self.level:g}% of its "
+                          f"values for {self.iters} iterations (now {100 * rate:.1f}%)")
 
     def record(self, engine: Engine, it: int, epoch_end: bool) -> None:
         """Read the step's statistics database and settings (before POLICY_UPDATE), and its re-runs.
@@ -667,7 +706,9 @@ class TensorLog:
             total = max(st.total - tot_re, 1)
             rec["iteration"].append(it)
             rec["frac"].append(engine.settings[tid].fmt.frac)
-            rec["overflow_rate"].append(max(st.overflow - ov_re, 0) / total)
+            rate = max(st.overflow - ov_re, 0) / total
+            rec["overflow_rate"].append(rate)
+            self._monitor(tid, it, rate)
             rec["underflow_rate"].append(st.underflow / max(st.total, 1))
             rec["reruns"].append(n_re)
             if epoch_end:
@@ -881,6 +922,9 @@ class BenchRow:
     accs: tuple[float, ...]
     epoch_time_s: float
     epoch_cpu_s: float
+    #: dfp modes: per seed, the share of iterations after the first 10 in which every tensor's
+    #: overflow rate is <= 1% (:func:`overflow_ok_share`); empty for fp32.
+    overflow_ok: tuple[float, ...] = ()
 
     @property
     def mean(self) -> float:
@@ -891,22 +935,34 @@ class BenchRow:
         return float(np.std(self.accs))
 
 
+def overflow_ok_share(metrics: dict[str, Any], skip: int = 10, level: float = 0.01) -> float:
+    """Share of the iterations from ``skip`` on in which every tensor's overflow rate is <= ``level``."""
+    worst: dict[int, float] = {}
+    for t in metrics["tensors"].values():
+        for it, r in zip(t["iteration"], t["overflow_rate"], strict=True):
+            if it >= skip:
+                worst[it] = max(worst.get(it, 0.0), r)
+    return float(np.mean([w <= level for w in worst.values()])) if worst else 1.0
+
+
 def benchmark(data: Dataset, model: ModelKind | str = "cnn", precisions: tuple[Precision, ...] = tuple(Precision),
               seeds: tuple[int, ...] = (0, 1, 2, 3, 4), epochs: int = 15, batch: int = 32, lr: float = 0.05,
               progress: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Final test accuracy (one value per seed) and median epoch times of each precision mode."""
     rows = []
     for prec in precisions:
-        accs, times, cpus = [], [], []
+        accs, times, cpus, oks = [], [], [], []
         for seed in seeds:
             r = train(TrainConfig(model=model, precision=prec, epochs=epochs, batch=batch, lr=lr, seed=seed), data)
             accs.append(r.metrics["final"]["test_acc"])
+            if r.metrics["tensors"]:
+                oks.append(overflow_ok_share(r.metrics))
             times.extend(r.epoch_times)
             cpus.extend(r.epoch_cpu)
             if progress is not None:
                 progress(f"{prec.value} seed {seed}: test accuracy {accs[-1]:.4f}, "
                          f"{np.median(r.epoch_times):.3f} s/epoch wall, {np.median(r.epoch_cpu):.3f} s CPU")
-        rows.append(BenchRow(prec.value, tuple(accs), float(np.median(times)), float(np.median(cpus))))
+        rows.append(BenchRow(prec.value, tuple(accs), float(np.median(times)), float(np.median(cpus)), tuple(oks)))
     return rows
 
 
@@ -918,16 +974,17 @@ def bench_markdown(rows: list[BenchRow], header: str) -> str:
     """
     ref = next((r for r in rows if r.precision == "fp32"), None)
     lines = [header, "",
-             "| precision | test accuracy % (mean +- std) | vs fp32 (points) | worst seed vs fp32 (paired) "
-             "| per seed | s/epoch wall | s/epoch CPU | CPU time vs fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| precision | test accuracy % (mean +- std) | vs fp32 (points) | worst seed vs fp32 (paired) | per seed "
+             "| iterations >= 10 with every tensor's overflow <= 1% (worst seed) | s/epoch wall "
+             "| s/epoch CPU | CPU time vs fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         diff = "" if ref is None else f"{100 * (r.mean - ref.mean):+.2f}"
-        paired = ""
-        if ref is not None and len(ref.accs) == len(r.accs):
-            paired = f"{100 * min(a - b for a, b in zip(r.accs, ref.accs, strict=True)):+.2f}"
+        paired = "" if ref is None or len(ref.accs) != len(r.accs) else \
+            f"{100 * min(a - b for a, b in zip(r.accs, ref.accs, strict=True)):+.2f}"
+        ok = f"{100 * min(r.overflow_ok):.1f}%" if r.overflow_ok else ""
         ratio = "" if ref is None else f"{r.epoch_cpu_s / ref.epoch_cpu_s:.1f}x"
         per = ", ".join(f"{100 * a:.2f}" for a in r.accs)
-        lines.append(f"| {r.precision} | {100 * r.mean:.2f} +- {100 * r.std:.2f} | {diff} | {paired} | {per} | "
+        lines.append(f"| {r.precision} | {100 * r.mean:.2f} +- {100 * r.std:.2f} | {diff} | {paired} | {per} | {ok} | "
                      f"{r.epoch_time_s:.3f} | {r.epoch_cpu_s:.3f} | {ratio} |")
     return "\n".join(lines) + "\n"

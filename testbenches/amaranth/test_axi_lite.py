@@ -17,7 +17,7 @@ from reference.config import PRESETS, CoreConfig
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import LOAD_TIMEOUT_DEFAULT, Command
 from reference.rng import seed_states
-from reference.stats import DEFAULT_THRESHOLD
+from reference.stats import DEFAULT_POLICY_WORD
 
 from .axil import AxiLiteMaster
 from .test_database import random_stats, stats_const
@@ -66,14 +66,15 @@ def test_id_digest_threshold_seed_settings_and_unmapped():
     async def tb(ctx):
         assert await bus.read(ctx, REGS["ID"].offset) == (regmap.ID_MAGIC << 8) | regmap.REGMAP_VERSION
         assert await bus.read(ctx, REGS["CONFIG_DIGEST"].offset) == int(CFG.digest()[:8], 16)
-        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_POLICY_WORD
         # THRESHOLD holds its fields' bits: a wider value answers SLVERR and changes nothing.
         thr_bits = max(f.lsb + f.width for f in REGS["THRESHOLD"].fields)
+        assert thr_bits == 20  # threshold, headroom, rise
         assert await bus.write(ctx, REGS["THRESHOLD"].offset, (1 << thr_bits) | 0x2345) == 2
-        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_THRESHOLD
-        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x2345) == 0
-        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == 0x2345
-        assert ctx.get(h.axil.threshold) == 0x2345
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == DEFAULT_POLICY_WORD
+        assert await bus.write(ctx, REGS["THRESHOLD"].offset, 0x23456) == 0
+        assert await bus.read(ctx, REGS["THRESHOLD"].offset) == 0x23456
+        assert ctx.get(h.axil.threshold) == 0x23456
         assert await bus.write(ctx, REGS["SEED"].offset, 0xDEADBEEF) == 0
         assert await bus.read(ctx, REGS["SEED"].offset) == 0xDEADBEEF
         base = REGS["SETTINGS"].offset

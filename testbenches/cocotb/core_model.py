@@ -43,7 +43,7 @@ from reference.isa import (
 )
 from reference.ops import Op
 from reference.rng import seed_states
-from reference.stats import DEFAULT_THRESHOLD, Database, OpStats, next_frac
+from reference.stats import DEFAULT_POLICY_WORD, Database, OpStats, PolicyParams, next_frac
 
 
 @dataclass
@@ -71,7 +71,7 @@ class CoreModel:
         self.known = [0] * self.total_words  # bits of each word the specification defines
         self.settings: dict[int, TensorSetting] = {}
         self.db = Database(cfg)
-        self.threshold = DEFAULT_THRESHOLD
+        self.threshold = DEFAULT_POLICY_WORD
         self.reseed(seed)
         self.error = ErrorCode.NONE
         self.perf_busy = 0
@@ -158,7 +158,9 @@ class CoreModel:
                 s = self.settings[tid]
                 if not s.auto or tid not in self.db.entries:
                     continue
-                f = next_frac(self.db.entries[tid], s.fmt.width, s.fmt.frac, self.cfg, self.threshold)
+                p = PolicyParams.decode(self.threshold)
+                f = next_frac(self.db.entries[tid], s.fmt.width, s.fmt.frac, self.cfg, p.threshold, p.headroom,
+                              p.rise)
                 self.settings[tid] = replace(s, fmt=DfpFormat(s.fmt.width, f))
                 self.db.clear(tid)
         elif op == Ctl.CLEAR_STATS:

@@ -33,12 +33,12 @@ def make_top(cfg):
     from hw.regmap import PERF_COUNTER_BITS, PERF_COUNTERS, address_bits
     from hw.rng import XorshiftBank
     from hw.settings import SettingsRegister
-    from reference.stats import THRESHOLD_BITS
+    from reference.stats import POLICY_BITS
 
     class RegisterBlock(wiring.Component):
         def __init__(self):
             super().__init__(axil_members(address_bits(cfg)) | {
-                "irq": Out(1), "seed": Out(32), "seed_load": Out(1), "threshold": Out(THRESHOLD_BITS),
+                "irq": Out(1), "seed": Out(32), "seed_load": Out(1), "threshold": Out(POLICY_BITS),
                 "cmds": Out(stream.Signature(COMMAND_LAYOUT)),
                 "clear_error": Out(1), "soft_reset": Out(1), "clear_perf": Out(1), "setting_error": Out(1),
                 "busy": In(1), "done": In(1), "fifo_level": In(8), "error": In(4), "irq_event": In(1),
@@ -136,7 +136,8 @@ async def register_map_read_write(dut):
     v, resp = await tb.read(tb.off("CONFIG_DIGEST"))
     assert v == int(tb.cfg.digest()[:8], 16), f"CONFIG_DIGEST {v:#x}, CoreConfig.digest() {tb.cfg.digest()}"
     v, _ = await tb.read(tb.off("THRESHOLD"))
-    assert v == regs["THRESHOLD"].field("threshold").reset, f"THRESHOLD resets to {v}"
+    want = sum(f.reset << f.lsb for f in regs["THRESHOLD"].fields)
+    assert v == want, f"THRESHOLD resets to {v:#x}, expected {want:#x}"
     v, _ = await tb.read(tb.off("LOAD_TIMEOUT"))
     assert v == regs["LOAD_TIMEOUT"].field("cycles").reset, f"LOAD_TIMEOUT resets to {v}"
     for _ in range(tbutil.iterations(20)):

@@ -48,7 +48,7 @@ def make_top(cfg):
         DistributionDatabase,
     )
     from hw.settings import PolicyController, SettingsHostSignature, SettingsRegister
-    from reference.stats import THRESHOLD_BITS
+    from reference.stats import POLICY_BITS
 
     class PolicySubsystem(wiring.Component):
         def __init__(self):
@@ -59,7 +59,7 @@ def make_top(cfg):
                 "clear": In(DatabaseClearSignature(cfg)),
                 "dbhost": In(DatabaseHostSignature(cfg)),
                 "start": In(1),
-                "threshold": In(THRESHOLD_BITS),
+                "threshold": In(POLICY_BITS),
                 "busy": Out(1),
                 "done": Out(1),
             })
@@ -155,7 +155,9 @@ class TB(tbutil.Clocked):
         d.start.value = 0
         busy = 0
         dones = 0
-        for _ in range(4 * self.cfg.tensor_ids + 10):
+        from reference.isa import policy_cycles_per_tid
+
+        for _ in range((policy_cycles_per_tid(self.cfg) + 2) * self.cfg.tensor_ids + 10):
             await ReadOnly()
             busy += int(d.busy.value)
             dones += int(d.done.value)
@@ -228,7 +230,7 @@ async def policy_update_matches_reference(dut):
     """Random settings, commits and POLICY_UPDATE passes against reference.engine semantics."""
     from reference.formats import FRAC_MAX, FRAC_MIN, DfpFormat, TensorSetting
     from reference.isa import SETUP_CYCLES, Command, Ctl, cycles
-    from reference.stats import Database, next_frac
+    from reference.stats import Database, PolicyParams, next_frac
 
     rng, _ = tbutil.test_rng("policy_update_matches_reference", dut._log)
     tb = TB(dut)
@@ -267,8 +269,9 @@ async def policy_update_matches_reference(dut):
             await tb.commit(tid, s)
             db.accumulate(tid, s)
         await check_db(tb, db, dut._log)
-        threshold = rng.choice([0, 1, 66, 65535, rng.randrange(1 << 16)])
-        busy = await tb.policy(threshold)
+        params = PolicyParams(rng.choice([0, 1, 66, 65535, rng.randrange(1 << 16)]), rng.randrange(4),
+                              rng.randrange(4))
+        busy = await tb.policy(params.encode())
         exp_busy = cycles(Command(Ctl.POLICY_UPDATE), settings, cfg) - SETUP_CYCLES
         assert busy == exp_busy, f"POLICY_UPDATE busy for {busy} cycles, expected {exp_busy}"
         # reference: Engine.update_formats
@@ -278,7 +281,8 @@ async def policy_update_matches_reference(dut):
             if not s.auto or tid not in db.entries:
                 outcomes.append("skipped")
                 continue
-            f = next_frac(db.entries[tid], s.fmt.width, s.fmt.frac, cfg, threshold)
+            f = next_frac(db.entries[tid], s.fmt.width, s.fmt.frac, cfg, params.threshold, params.headroom,
+                          params.rise)
             outcomes.append("clamped_min" if f == FRAC_MIN else "clamped_max" if f == FRAC_MAX
                             else "kept" if f == s.fmt.frac else "moved")
             settings[tid] = TensorSetting(DfpFormat(s.fmt.width, f), s.rounding, s.auto)
@@ -288,12 +292,12 @@ async def policy_update_matches_reference(dut):
             assert got["valid"] == int(tid in settings)
             if tid in settings:
                 assert got["setting"]["frac"] == settings[tid].fmt.frac, (
-                    f"round {rnd}, threshold {threshold}: tid {tid} F expected {settings[tid].fmt.frac}, "
+                    f"round {rnd}, policy {params}: tid {tid} F expected {settings[tid].fmt.frac}, "
                     f"got {got['setting']['frac']}")
         await check_db(tb, db, dut._log)
         for o in outcomes:  # sampled only after the pass was checked
             fcov.sample_policy(o)
-        dut._log.info("round %d: %d settings, threshold %d, ok", rnd, len(settings), threshold)
+        dut._log.info("round %d: %d settings, policy %s, ok", rnd, len(settings), params)
     fcov.export(dut._log)
 
 

@@ -210,3 +210,24 @@ def test_synthetic_data_is_seeded_and_its_spec_checked():
     for bad in ("synthetic:3x5:7:8", "synthetic:3x5x4:0:8", "synthetic:3x5x4:7", "synthetic:3x5x4:7:8:9"):
         with pytest.raises(ValueError, match="expected synthetic:CxHxW:CLASSES:N"):
             load_dataset(bad)
+
+
+def test_signals_set_is_seeded_balanced_and_in_range():
+    from reference.data import SIGNALS_TEST, SIGNALS_TRAIN, load_dataset, make_signals
+
+    a, b = load_dataset("signals"), make_signals()
+    assert a.name == "signals" and a.image_hwc == (8, 8, 1)
+    assert a.x_train.shape == (SIGNALS_TRAIN, 64) and a.x_test.shape == (SIGNALS_TEST, 64)
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert np.bincount(a.y_train).tolist() == [SIGNALS_TRAIN // 10] * 10
+    assert a.x_train.min() >= 0 and a.x_train.max() <= 1
+    c = load_dataset("signals:7")
+    assert c.name == "signals:7" and not np.array_equal(a.x_train, c.x_train)
+
+
+@pytest.mark.parametrize("spec, msg", [("signals:x", "seed must be an integer"), ("signals:-1", "seed=-1")])
+def test_signals_bad_spec(spec, msg):
+    from reference.data import load_dataset
+
+    with pytest.raises(ValueError, match=msg):
+        load_dataset(spec)

@@ -12,7 +12,7 @@ from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting,
 from reference.isa import ACC_MAX_K, Accumulate
 from reference.ops import Op
 from reference.rng import draw_beats, seed_states
-from reference.stats import next_frac
+from reference.stats import PolicyParams, next_frac
 
 CFG = PRESETS["default"]
 
@@ -114,10 +114,54 @@ def test_update_formats_applies_policy_to_auto_ids_with_stats_only():
     e.run(Op.CONVERT, 2, [x], [0])
     e.run(Op.CONVERT, 3, [x], [0])
     changed = e.update_formats()
-    # F = W - 2 - e: 8-bit -> 0, 16-bit -> 8; tid 3 is not auto, tid 4 has no statistics
-    assert changed == {1: _s(Width.W8, 0), 2: _s(Width.W16, 8)}
+    # F = W - 2 - e: 8-bit -> 0, 16-bit -> 8 but the default rise limit (1 bit per update) takes it to 1;
+    # tid 3 is not auto, tid 4 has no statistics
+    assert e.policy == PolicyParams(66, 0, 1)
+    assert changed == {1: _s(Width.W8, 0), 2: _s(Width.W16, 1)}
     assert e.settings[3].fmt.frac == 0 and e.settings[4].fmt.frac == 5
     assert 1 not in e.db.entries and 2 not in e.db.entries and 3 in e.db.entries
+
+
+def test_update_formats_without_rise_limit_jumps_and_headroom_lowers():
+    e = Engine(CFG, threshold=PolicyParams(66, 2, 0).encode())
+    e.settings = {2: _s(Width.W16, 0)}
+    e.run(Op.CONVERT, 2, [_t([[100]], Width.W16, 0)], [0])
+    assert e.update_formats() == {2: _s(Width.W16, 8 - 2)}
+
+
+def test_rerun_rewrites_setting_and_reissues_overflowing_command():
+    """A result that overflows beyond the re-run threshold: the host lowers the destination's point
+    position (next_frac of the command's histogram) and issues the command again; the trace of
+    commands is op, setting, op; an operand with the destination's id is re-formatted first."""
+    e = _engine(t1=_s(Width.W16, 0), t2=_s(Width.W16, 10))
+    e.rerun_threshold = 655
+    seen = []
+
+    class Rec:
+        def on_op(self, engine, op, dst, setting, srcs, src_tids, alpha, out, stats, rng_before):
+            seen.append(("op", dst, setting.fmt.frac, stats.overflow, srcs[0].fmt.frac))
+
+        def on_setting(self, engine, tid, setting):
+            seen.append(("setting", tid, setting.fmt.frac))
+
+        def on_load(self, *a): ...
+
+        def on_policy(self, *a): ...
+
+    e.recorder = Rec()
+    x = _t([[100, -3, 7, 1]], Width.W16, 0)  # 100 needs 8 integer bits: F = 14 - 6 = 8
+    out = e.run(Op.CONVERT, 2, [x], [1])
+    assert seen == [("op", 2, 10, 1, 0), ("setting", 2, 8), ("op", 2, 8, 0, 0)]
+    assert out.fmt.frac == 8 and out.data.tolist() == [[100 << 8, -3 << 8, 7 << 8, 1 << 8]]
+    assert e.reruns == {2: [1, 1, 4]}
+    seen.clear()
+    out = e.run(Op.ADD, 2, [out, x], [2, 1])  # 200: F 8 overflows -> 7; operand tid 2 re-formatted to F 7
+    assert seen == [("op", 2, 8, 1, 8), ("setting", 2, 7), ("op", 2, 7, 0, 7)]
+    assert out.data.tolist() == [[200 << 7, -6 << 7, 14 << 7, 2 << 7]]
+    e.rerun_threshold = None
+    seen.clear()
+    e.run(Op.ADD, 2, [out, out], [2, 2])  # overflows, but re-runs are off
+    assert [s[0] for s in seen] == ["op"]
 
 
 def test_update_formats_matches_next_frac_on_random_data():
@@ -126,7 +170,8 @@ def test_update_formats_matches_next_frac_on_random_data():
     e = _engine(t6=_s(Width.W16, 3))
     x = _t(rng.integers(-2**15, 2**15, (4, 300)), Width.W16, 12)
     e.run(Op.CONVERT, 6, [x], [0])
-    want = next_frac(e.db.read(6), Width.W16, 3, CFG, e.threshold)
+    p = e.policy
+    want = next_frac(e.db.read(6), Width.W16, 3, CFG, p.threshold, p.headroom, p.rise)
     e.update_formats()
     assert e.settings[6].fmt.frac == want, f"seed {seed}"
 
@@ -172,7 +217,7 @@ def test_convert_may_change_width():
     assert out.fmt.width == Width.W16 and out.data.tolist() == [[768, -32768]]
 
 
-@pytest.mark.parametrize("seed, threshold, field", [(-1, 66, "seed"), (2**32, 66, "seed"), (0, 2**16, "threshold"),
+@pytest.mark.parametrize("seed, threshold, field", [(-1, 66, "seed"), (2**32, 66, "seed"), (0, 2**20, "threshold"),
                                                     (0, -1, "threshold")])
 def test_bad_registers_are_rejected(seed, threshold, field):
     with pytest.raises(ValueError, match=field):

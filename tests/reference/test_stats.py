@@ -251,3 +251,48 @@ def test_database_counters_saturate():
     assert (r.zeros, r.overflow, r.underflow, r.total) == (65535,) * 4
     db.accumulate(0, s)
     assert db.read(0).total == 65535
+
+
+# --------------------------------------------------------------------------- headroom, rise, register word
+def test_policy_word_encoding_round_trips_and_rejects_bad_fields():
+    from reference.stats import DEFAULT_POLICY_WORD, POLICY_BITS, PolicyParams
+
+    assert PolicyParams(0x1234, 3, 2).encode() == 0x1234 | (3 << 16) | (2 << 18)
+    assert PolicyParams.decode(0xB1234) == PolicyParams(0x1234, 3, 2)
+    assert PolicyParams.decode(DEFAULT_POLICY_WORD) == PolicyParams()
+    for w in (0, 1, (1 << POLICY_BITS) - 1, 0x5A5A5):
+        assert PolicyParams.decode(w).encode() == w
+    with pytest.raises(ValueError, match="headroom: 4 outside"):
+        PolicyParams(66, 4, 0)
+    with pytest.raises(ValueError, match="rise: -1 outside"):
+        PolicyParams(66, 0, -1)
+    with pytest.raises(ValueError, match="register word"):
+        PolicyParams.decode(1 << POLICY_BITS)
+
+
+def test_headroom_lowers_and_rise_limits_only_increases():
+    h = _hist({10: 100})  # exponent -14: 8-bit F = 6 + 14 = 20
+    assert next_frac(h, Width.W8, 0, TINY, headroom=2) == 18
+    assert next_frac(h, Width.W8, 0, TINY, rise=3) == 3  # up by at most 3
+    assert next_frac(h, Width.W8, 19, TINY, rise=3) == 20  # within reach
+    assert next_frac(h, Width.W8, 40, TINY, rise=1) == 20  # down: at once
+    assert next_frac(h, Width.W8, 17, TINY, headroom=2, rise=1) == 18
+    assert next_frac(_hist({0: 5}, DEFAULT), Width.W32, 62, DEFAULT, rise=3) == FRAC_MAX  # 63 clamps, then limit
+    assert next_frac(_hist({}), Width.W8, 7, TINY, headroom=3, rise=1) == 7  # empty: kept
+
+
+def test_next_fracs_kernel_numpy_and_scan_agree_with_headroom_and_rise():
+    from reference.stats import _next_fracs_numpy, _scan, next_fracs
+
+    seed = 41
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        thr, hr, rise = int(rng.choice([0, 66, 65535, rng.integers(0, 1 << 16)])), int(rng.integers(0, 4)), \
+            int(rng.integers(0, 4))
+        h = rng.integers(0, 1000, (8, TINY.hist_bins)) * (rng.random((8, TINY.hist_bins)) < 0.3)
+        h[0] = 0
+        bits = rng.choice([8, 16, 32], 8)
+        cur = rng.integers(FRAC_MIN, FRAC_MAX + 1, 8)
+        want = [_scan(r.tolist(), int(b), int(c), TINY, thr, hr, rise) for r, b, c in zip(h, bits, cur, strict=True)]
+        assert next_fracs(h, bits, cur, TINY, thr, hr, rise).tolist() == want, (seed, thr, hr, rise)
+        assert _next_fracs_numpy(h, bits, cur, TINY, thr, hr, rise).tolist() == want, (seed, thr, hr, rise)

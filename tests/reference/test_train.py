@@ -202,7 +202,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
             "--quiet"]
     assert main(args) == 0
     run = tmp_path / "runs" / "r1"
-    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "histograms.png", "metrics.json",
+    assert sorted(p.name for p in run.iterdir()) == ["curves.png", "histograms.png", "metrics.json", "overflow.png",
                                                      "point_positions.png", "trace"]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r1"]  # no temp directory left
     m = json.loads((run / "metrics.json").read_text())
@@ -250,10 +250,11 @@ def test_benchmark_rows_and_markdown(small):
     rows = benchmark(tiny, ModelKind.MLP, (Precision.FP32, Precision.DFP8), seeds=(0, 1), epochs=1)
     assert [r.precision for r in rows] == ["fp32", "dfp8"] and all(len(r.accs) == 2 for r in rows)
     assert all(r.epoch_time_s > 0 and r.epoch_cpu_s > 0 for r in rows)
-    md = bench_markdown([BenchRow("fp32", (0.9, 0.8), 1.0, 0.5), BenchRow("dfp8", (0.8, 0.8), 3.0, 1.5)], "# t")
-    assert "| fp32 | 85.00 +- 5.00 | +0.00 | +0.00 | 90.00, 80.00 | 1.000 | 0.500 | 1.0x |" in md
-    # paired: seed 0 is 10 points below fp32's seed 0, seed 1 equal
-    assert "| dfp8 | 80.00 +- 0.00 | -5.00 | -10.00 | 80.00, 80.00 | 3.000 | 1.500 | 3.0x |" in md
+    assert len(rows[0].overflow_ok) == 0 and len(rows[1].overflow_ok) == 2
+    md = bench_markdown([BenchRow("fp32", (0.9, 0.8), 1.0, 0.5),
+                         BenchRow("dfp8", (0.8, 0.8), 3.0, 1.5, (1.0, 0.985))], "# t")
+    assert "| fp32 | 85.00 +- 5.00 | +0.00 | +0.00 | 90.00, 80.00 |  | 1.000 | 0.500 | 1.0x |" in md
+    assert "| dfp8 | 80.00 +- 0.00 | -5.00 | -10.00 | 80.00, 80.00 | 98.5% | 3.000 | 1.500 | 3.0x |" in md
 
 
 @pytest.mark.slow
@@ -322,3 +323,22 @@ def test_core_is_a_preset_or_a_toml_file(tmp_path, small):
     res = train(TrainConfig(precision=Precision.DFP8, epochs=1, seed=0, core=str(f),
                             trace_iters=IterSpec.parse("0")), small)
     assert res.trace.cfg.lanes == 4 and res.trace.cfg.tensor_ids == 64
+
+
+def test_overflow_monitor_warns_once_per_run_of_iterations_naming_tensor_and_iteration():
+    from reference.train import TensorLog
+
+    lines: list[str] = []
+    log = TensorLog({3: "conv1.bias.grad"}, lines.append, level=0.01, iters=3)
+    for it, rate in enumerate([0.5, 0.02, 0.03, 0.04, 0.05, 0.0, 0.02, 0.02, 0.011, 0.01]):
+        log._monitor(3, it, rate)
+    assert [w["iteration"] for w in log.warnings] == [2, 8]
+    assert len(lines) == 2 and "iteration 2: conv1.bias.grad" in lines[0] and "iteration 8" in lines[1]
+
+
+def test_training_records_monitor_and_reruns(small):
+    res = train(TrainConfig(model=ModelKind.MLP, precision=Precision.DFP8, epochs=1, batch=16, seed=0), small)
+    mon = res.metrics["monitor"]
+    assert mon["level"] == 0.01 and isinstance(mon["warnings"], list)
+    t = next(iter(res.metrics["tensors"].values()))
+    assert len(t["reruns"]) == len(t["overflow_rate"]) == len(t["iteration"])
