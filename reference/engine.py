@@ -33,6 +33,7 @@ This class is deliberately small: the cycle simulator subclasses or wraps it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -118,6 +119,9 @@ class Engine:
         #: Host re-run of overflowing commands (:meth:`run`): None (off) or the overflow
         #: threshold in units of 2**-16 of the result's values.
         self.rerun_threshold: int | None = None
+        #: Parallel training: sums a command's statistics over the ranks before the re-run decision
+        #: (``reduce(dst, stats) -> stats``), so that every rank decides alike; None: local statistics.
+        self.rerun_reduce: Callable[[int, OpStats], OpStats] | None = None
         #: Re-runs since the host last reset it: tensor id -> [re-runs, overflowed values and
         #: values of the discarded results] (the host subtracts them from the database's counts).
         self.reruns: dict[int, list[int]] = {}
@@ -240,16 +244,10 @@ class Engine:
                                  f"fields hold at most {MAX_DIM} (split the batch)")
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
-        out, stats = self._issue(op, dst, setting, srcs, src_tids, alpha)
-        thr = self.rerun_threshold
-        if thr is not None and setting.auto and stats.overflow * 65536 > thr * stats.total:
-            p = self.policy
-            frac = next_frac(stats, setting.fmt.width, setting.fmt.frac, self.cfg, p.threshold, p.headroom)
-            if frac < setting.fmt.frac:
-                r = self.reruns.setdefault(dst, [0, 0, 0])
-                r[0] += 1
-                r[1] += stats.overflow
-                r[2] += stats.total
+        out, stats = self._command(op, dst, setting, srcs, src_tids, alpha)
+        if self.rerun_threshold is not None:
+            frac = self.rerun_frac(dst, setting, stats)
+            if frac is not None:
                 setting = setting_of(setting.fmt.width, frac, setting.rounding, setting.auto)
                 self.set_setting(dst, setting)
                 if dst in src_tids:
@@ -257,10 +255,30 @@ class Engine:
 
                     srcs = [reformat(t, setting.fmt) if tid == dst else t
                             for t, tid in zip(srcs, src_tids, strict=True)]
-                out, stats = self._issue(op, dst, setting, srcs, src_tids, alpha)
+                out, stats = self._command(op, dst, setting, srcs, src_tids, alpha)
         return out
 
-    def _issue(self, op: Op, dst: int, setting: TensorSetting, srcs: list[DfpTensor], src_tids: list[int],
+    def rerun_frac(self, dst: int, setting: TensorSetting, stats: OpStats) -> int | None:
+        """The host's re-run rule (:meth:`run`) for a result of ``dst`` with statistics ``stats``: the
+        point position to re-run with, or None (no re-run). Counts the re-run in :attr:`reruns`."""
+        thr = self.rerun_threshold
+        if thr is None or not setting.auto:
+            return None
+        if self.rerun_reduce is not None:
+            stats = self.rerun_reduce(dst, stats)
+        if stats.overflow * 65536 <= thr * stats.total:
+            return None
+        p = self.policy
+        frac = next_frac(stats, setting.fmt.width, setting.fmt.frac, self.cfg, p.threshold, p.headroom)
+        if frac >= setting.fmt.frac:
+            return None
+        r = self.reruns.setdefault(dst, [0, 0, 0])
+        r[0] += 1
+        r[1] += stats.overflow
+        r[2] += stats.total
+        return frac
+
+    def _command(self, op: Op, dst: int, setting: TensorSetting, srcs: list[DfpTensor], src_tids: list[int],
                alpha: tuple[int, int] | None) -> tuple[DfpTensor, OpStats]:
         """One checked compute command on the core: result and statistics (added to the database)."""
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng

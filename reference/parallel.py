@@ -81,11 +81,20 @@ from . import ops
 from .config import load_config
 from .data import Dataset
 from .engine import Engine
-from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shift
+from .formats import MAX_K, DfpTensor, RoundingMode, Width, acc_width, round_shift, setting_of
 from .layers import Backend, DfpBackend, FloatBackend, Layer, Param, Ref, TensorClass, sgd_step
 from .models import Model
-from .stats import msb_position
-from .train import Hooks, Session, TrainConfig, evaluate_session, open_session, reformat_state, run_epochs
+from .stats import OpStats, msb_position
+from .train import (
+    Hooks,
+    Session,
+    TensorLog,
+    TrainConfig,
+    evaluate_session,
+    open_session,
+    reformat_state,
+    run_epochs,
+)
 
 #: Bits of the low limb when 32-bit accumulators (up to 80 bits) travel as two int64 values.
 LIMB_BITS = 40
@@ -369,6 +378,13 @@ class GradExchanger:
             res = ops.convert_acc(acc, f_acc, abits, setting.fmt, setting.rounding, eng.cfg, eng.rng, lc.w_op)
             eng.db.accumulate(p.g_tid, res.stats)
             eng.rng = np.asarray(res.rng, dtype=np.uint32).copy()
+            frac = eng.rerun_frac(p.g_tid, setting, res.stats)  # the host's re-run, as Engine.run does it
+            if frac is not None:
+                setting = setting_of(setting.fmt.width, frac, setting.rounding, setting.auto)
+                eng.set_setting(p.g_tid, setting)
+                res = ops.convert_acc(acc, f_acc, abits, setting.fmt, setting.rounding, eng.cfg, eng.rng, lc.w_op)
+                eng.db.accumulate(p.g_tid, res.stats)
+                eng.rng = np.asarray(res.rng, dtype=np.uint32).copy()
             p.grad = Ref(res.out, p.g_tid)
         self.update(li)
 
@@ -491,18 +507,21 @@ def _update_formats_of(engine: Engine, tids: set[int]) -> None:
 
 
 def reduce_sharded_stats(comm: Comm, engine: Engine, replicated: set[int]) -> set[int]:
-    """Sum the database entries of sharded tensor ids across ranks; returns those ids."""
+    """Sum the database entries of sharded tensor ids across ranks; returns those ids.
+
+    The overflow and value counts of the results the host discarded by re-runs
+    (:attr:`Engine.reruns`) are summed too (the monitor takes them out of the rates).
+    """
     cfg = engine.cfg
     nb = cfg.hist_bins
-    table = np.zeros((cfg.tensor_ids, nb + 5), dtype=np.int64)
+    table = np.zeros((cfg.tensor_ids, nb + STATS_EXTRA_COLUMNS), dtype=np.int64)
     for t, s in engine.db.entries.items():
         if t not in replicated:
             table[t, :nb] = s.hist
-            table[t, nb:] = (s.zeros, s.overflow, s.underflow, s.total, 1)
+            _, ov_re, tot_re = engine.reruns.get(t, (0, 0, 0))
+            table[t, nb:] = (s.zeros, s.overflow, s.underflow, s.total, 1, ov_re, tot_re)
     tot = comm.allreduce(table, comm.MPI.SUM, "statistics reduction")
     cmax = cfg.counter_max
-    from .stats import OpStats
-
     sharded = set()
     for t in range(cfg.tensor_ids):
         if tot[t, nb + 4] == 0:
@@ -511,8 +530,30 @@ def reduce_sharded_stats(comm: Comm, engine: Engine, replicated: set[int]) -> se
             raise ParallelError(f"rank {comm.rank}: tensor id {t} has statistics on {tot[t, nb + 4]} of "
                                 f"{comm.size} ranks: the ranks ran different programs")
         engine.db.entries[t] = OpStats(np.minimum(tot[t, :nb], cmax), *(min(int(v), cmax) for v in tot[t, nb:nb + 4]))
+        if t in engine.reruns:
+            engine.reruns[t][1:] = [int(tot[t, nb + 5]), int(tot[t, nb + 6])]
         sharded.add(t)
     return sharded
+
+
+#: Columns of the statistics table after the histogram: zeros, overflow, underflow, total, a
+#: presence count, and the re-runs' discarded overflow and value counts.
+STATS_EXTRA_COLUMNS = 7
+
+
+def sharded_rerun_reduce(comm: Comm, replicated: set[int]) -> Callable[[int, OpStats], OpStats]:
+    """:attr:`Engine.rerun_reduce` of a rank: a sharded command's histogram, overflow and value counts
+    summed over the ranks (one small allreduce per command), so every rank takes the re-run
+    decision the single process takes on the whole batch; replicated ids keep their statistics."""
+
+    def reduce(dst: int, s: OpStats) -> OpStats:
+        if dst in replicated:
+            return s
+        v = np.concatenate([s.hist, [s.overflow, s.total]]).astype(np.int64)
+        tot = comm.allreduce(v, comm.MPI.SUM, f"re-run statistics of tensor id {dst}")
+        return OpStats(tot[:-2], overflow=int(tot[-2]), total=int(tot[-1]))
+
+    return reduce
 
 
 # ---------------------------------------------------------------------------------------
@@ -603,6 +644,9 @@ class ParallelHooks(Hooks):
         self.comm, self.ex, self.batch, self.overlap = comm, ex, cfg.batch, pcfg.overlap
         self.evaluate_here = evaluate and comm.rank == 0
         self.on_step = on_step
+        #: Per-tensor statistics of every step (dfp modes), recorded after the ranks' sums.
+        self.log: TensorLog | None = None
+        self.it = 0
         self.step_times: list[float] = []
         self.wait_times: list[float] = []
         self.grad_waits: list[float] = []
@@ -613,6 +657,7 @@ class ParallelHooks(Hooks):
         self.ex.lr = lr
 
     def begin_step(self, it: int) -> None:
+        self.it = it
         if self.on_step is not None:
             self.on_step(it)
         self._t0 = time.perf_counter()
@@ -634,7 +679,10 @@ class ParallelHooks(Hooks):
             self.ex.exchange_all()
 
     def update_formats(self, engine: Engine) -> None:
-        _update_formats_of(engine, reduce_sharded_stats(self.comm, engine, self.ex.param_tids))
+        sharded = reduce_sharded_stats(self.comm, engine, self.ex.param_tids)
+        if self.log is not None:  # the whole batch's statistics, before the update clears them
+            self.log.record(engine, self.it, False)
+        _update_formats_of(engine, sharded)
 
     def end_step(self) -> None:
         self.bytes_step, self.wire_step = self.ex.bytes_step, self.ex.wire_step
@@ -650,12 +698,15 @@ class ParallelHooks(Hooks):
 
 
 def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_comm: Any = None,
-                   evaluate: bool = True, on_step: Callable[[int], None] | None = None) -> ParallelResult:
+                   evaluate: bool = True, on_step: Callable[[int], None] | None = None,
+                   warn: Callable[[str], None] | None = None) -> ParallelResult:
     """Train ``cfg`` on ``data`` over the ranks of ``mpi_comm`` (default: COMM_WORLD).
 
     The loop is :func:`reference.train.run_epochs`, run with :class:`ParallelHooks`.
     ``on_step(iteration)`` is called at the start of every training step (fault injection in
-    tests, progress reports).
+    tests, progress reports). ``warn`` receives rank 0's overflow-monitor warnings
+    (:class:`reference.train.TensorLog`); every rank records per-tensor statistics in
+    ``metrics["tensors"]`` (summed over the ranks, as POLICY_UPDATE sees them).
 
     Every rank returns its own result; parameters, settings and losses are identical on every
     rank (and, in dfp modes with ``Exchange.EXACT``, to :func:`reference.train.train`). Test
@@ -685,6 +736,9 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
 
     s = open_session(cfg, data, backend)
     hooks = ParallelHooks(comm, exchangers[0], cfg, pcfg, evaluate, on_step)
+    if s.engine is not None:
+        s.engine.rerun_reduce = sharded_rerun_reduce(comm, exchangers[0].param_tids)
+        hooks.log = TensorLog({i.tid: i.name for i in s.model.ids.infos}, warn if comm.rank == 0 else None)
     epochs = run_epochs(s, hooks)
     core = load_config(cfg.core)
     metrics = {
@@ -698,10 +752,14 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
         # (N-1)/N of the payload, allgather N-1 chunks)
         "gradient_wire_bytes_per_step_ring": hooks.wire_step,
         # The statistics table summed at the end of every dfp step (all tensor ids, int64).
-        "statistics_bytes_per_step": 0 if s.engine is None else core.tensor_ids * (core.hist_bins + 5) * 8,
+        "statistics_bytes_per_step": 0 if s.engine is None
+        else core.tensor_ids * (core.hist_bins + STATS_EXTRA_COLUMNS) * 8,
         "step_time_s_median": float(np.median(hooks.step_times)),
         "wait_time_s_median": float(np.median(hooks.wait_times)),
         "gradient_wait_time_s_median": float(np.median(hooks.grad_waits)),
         "gradient_wait_times_s": hooks.grad_waits,
+        "tensors": {} if hooks.log is None else hooks.log.to_dict(s.model, s.engine),
     }
+    if hooks.log is not None:
+        metrics["monitor"] = {"level": hooks.log.level, "iters": hooks.log.iters, "warnings": hooks.log.warnings}
     return ParallelResult(metrics, s.model, s.engine, hooks.step_times, hooks.wait_times, hooks.bytes_step)

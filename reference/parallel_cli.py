@@ -169,7 +169,8 @@ def _rank_main(args: argparse.Namespace) -> int:
                 def fail(it: int) -> None:
                     if it == 1:  # die or hang at the second step, while the others exchange
                         _inject_failure(args.fail_mode)
-            result = train_parallel(cfg, data, pcfg, comm, on_step=fail)
+            result = train_parallel(cfg, data, pcfg, comm, on_step=fail,
+                                    warn=lambda line: print(line, file=sys.stderr, flush=True))
             if rank == 0:
                 path = _write(result, args.out, final.name, args.force)
     except (ValueError, OSError, ParallelError) as exc:

@@ -107,6 +107,30 @@ class IterationTrace:
     records: list[Record] = field(default_factory=list)
 
 
+def rerun_records(it: IterationTrace) -> frozenset[int]:
+    """Indices of the compute records of ``it`` that are host re-runs (:meth:`Engine.run`).
+
+    A re-run is a compute record ``k`` whose op, destination, source ids and alpha equal those
+    of an earlier compute record ``j`` such that every record between them is a setting write of
+    that destination (at least one): the command, the new setting, the command again.
+    """
+    out = set()
+    last: int | None = None  # the last compute record, while only its destination's settings followed
+    wrote = False
+    for k, rec in enumerate(it.records):
+        if isinstance(rec, OpRecord):
+            prev = it.records[last] if last is not None else None
+            if wrote and isinstance(prev, OpRecord) and (prev.op, prev.dst, prev.src_tids, prev.alpha) == \
+                    (rec.op, rec.dst, rec.src_tids, rec.alpha):
+                out.add(k)
+            last, wrote = k, False
+        elif isinstance(rec, SettingRecord) and last is not None and rec.tid == it.records[last].dst:
+            wrote = True
+        else:
+            last, wrote = None, False
+    return frozenset(out)
+
+
 @dataclass(eq=False)
 class Trace:
     """A whole trace: core config, seed and threshold registers, traced iterations, free metadata."""

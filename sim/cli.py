@@ -107,6 +107,10 @@ def _replay(args: argparse.Namespace) -> int:
           f"energy {t['energy_pj']['total'] / 1e6:.3f} uJ (fp32 counterpart x{t['fp32_over_dfp_energy']:.2f}); "
           f"{'data bit-exact with the trace' if res['executed'] else 'timing only'}; "
           f"{res['speed']['cycles_per_s']:.3g} simulated cycles/s -> {path}")
+    rr = res.get("reruns")
+    if rr and rr["reruns"]:
+        print(f"host re-runs of overflowing commands: {rr['reruns']} ({rr['commands']} commands, {rr['cycles']:,} "
+              f"cycles = {rr['cycles'] / max(t['cycles'], 1):.1%}, {rr['energy_pj'] / 1e6:.3f} uJ)")
     if rtl:
         return _replay_rtl(args)
     return 0

@@ -30,7 +30,7 @@ import numpy as np
 from reference import kernels
 from reference.config import CoreConfig
 from reference.formats import Width
-from reference.trace import OpRecord, PolicyRecord, SettingRecord, Trace, read_trace
+from reference.trace import OpRecord, PolicyRecord, SettingRecord, Trace, read_trace, rerun_records
 
 from .core import Counters, CycleSim, Pass, SimCommand, fitting_config, schedule
 from .energy import EnergyTable, total_energy
@@ -61,6 +61,16 @@ def _summary(cmds: list[SimCommand], fp32: list[SimCommand], cfg: CoreConfig, ta
         "fp32_over_dfp_energy": e32.total / e.total if e.total else None,
         "fp32_over_dfp_cycles": ctr32.cycles / ctr.cycles if ctr.cycles else None,
     }
+
+
+def _reruns(trace: Trace, cmds: list[SimCommand], cfg: CoreConfig, table: EnergyTable) -> dict[str, Any]:
+    """The host's re-runs (:func:`reference.trace.rerun_records`): how many, and the cycles and energy of
+    every command they caused (the compute command and its transfers)."""
+    rr = {it.iteration: rerun_records(it) for it in trace.iterations}
+    mine = [c for c in cmds if c.record in rr.get(c.iteration, ())]
+    e = total_energy(mine, table, cfg.word_bits // 8)
+    return {"reruns": sum(len(v) for v in rr.values()), "commands": len(mine),
+            "cycles": sum(c.cycles for c in mine), "energy_pj": e.total}
 
 
 def tensor_evolution(trace: Trace) -> dict[str, dict[str, Any]]:
@@ -126,6 +136,7 @@ def results(trace: Trace, cfg: CoreConfig | None = None, execute: bool = True, t
                           "commands": len(it.commands), "operand_frac_mismatches": it.fmt_mismatches}
                          for it in res.iterations],
         "policy_updates": sum(isinstance(r, PolicyRecord) for it in trace.iterations for r in it.records),
+        "reruns": _reruns(trace, cmds, cfg, table),
         "tensors": tensor_evolution(trace),
         "speed": {"wall_s": wall, "cycles_per_s": cycles / wall if wall > 0 else None},
     }

@@ -228,6 +228,12 @@ def write_report(results: list[dict[str, Any]], out: str | Path) -> Path:
             parts.append(f"<p>RTL replay (Verilated core through cocotb): {rtl['commands']} commands of iteration(s) "
                          f"{rtl['iterations']}, {rtl['command_cycles']['rtl']:,} command cycles; {verdict}; "
                          f"{rtl['speed']['cycles_per_s']:,.0f} simulated cycles/s.</p>")
+        rr = res.get("reruns")
+        if rr:
+            parts.append(f"<p>Host re-runs of overflowing commands (reference.engine.Engine.run): {rr['reruns']}, "
+                         f"{rr['commands']} commands, {rr['cycles']:,} cycles "
+                         f"({rr['cycles'] / max(res['totals']['cycles'], 1):.2%} of the run), "
+                         f"{rr['energy_pj'] / 1e6:.3f} uJ.</p>")
         prows = []
         for p in PASSES:
             gs = [g for g in res["by_layer_pass"] if g["pass"] == p]

@@ -154,7 +154,9 @@ def test_a_rank_that_hangs_times_out_with_a_clear_error(tmp_path):
                     "--fail-rank", "1", "--fail-mode", "hang", "--out", str(tmp_path)], timeout=120)
     assert p.returncode != 0
     assert time.monotonic() - t0 < 60
-    assert "rank 0/2: error: rank 0/2: logits gather did not complete within 3 s" in p.stderr
+    # the first collective of the step: the re-run decision's statistics of the first sharded command
+    assert "rank 0/2: error: rank 0/2: re-run statistics of tensor id" in p.stderr
+    assert "did not complete within 3 s" in p.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -235,6 +237,11 @@ def test_one_rank_runs_the_single_process_loop_bit_for_bit(precision, overlap):
     assert [{k: e[k] for k in keys} for e in got.metrics["epochs"]] == \
         [{k: e[k] for k in keys} for e in ref.metrics["epochs"]]
     assert len(got.step_times) == cfg.epochs * ref.metrics["iterations_per_epoch"]
+    # per-tensor statistics (the monitor's input) are recorded as in one process
+    for name, t in ref.metrics["tensors"].items():
+        for k in ("iteration", "frac", "overflow_rate", "underflow_rate", "reruns"):
+            assert got.metrics["tensors"][name][k] == t[k], (name, k)
+    assert got.metrics["tensors"].keys() == ref.metrics["tensors"].keys()
 
 
 # -- the exchange on one rank, in process (MPI singleton) ---------------------------------
