@@ -271,6 +271,9 @@ class GradExchanger:
         self.bytes_step = 0  # gradient (and, in reduced formats, exponent) bytes sent this step
         self.wire_step = 0.0  # bytes each rank sends on the wire this step with ring algorithms
         self.be: Backend | None = None
+        self.log: TensorLog | None = None  # per-tensor statistics (set by ParallelHooks)
+        self.it = 0  # the current iteration (set by ParallelHooks)
+        self.started_it: dict[int, int] = {}  # layer -> iteration whose gradients it exchanges
 
     # -- partial gradients from the backend --------------------------------------------
     def hold_dfp(self, dst: int, a: DfpTensor, b: DfpTensor, be: DfpBackend) -> Ref:
@@ -298,6 +301,7 @@ class GradExchanger:
 
     def start(self, li: int) -> None:
         """Start the (segmented, non-blocking) allreduce of layer ``li``'s gradients."""
+        self.started_it[li] = self.it
         MPI = self.comm.MPI
         locs = [self.local.pop(p.g_tid) for p in self.layers[li].params()]
         shifts: list[int] = []
@@ -469,7 +473,10 @@ class GradExchanger:
         cfg = self.cfg
         sgd_step(self.be, layer.params(), self.lr, cfg.momentum, cfg.weight_decay)
         if self.engine is not None:
-            _update_formats_of(self.engine, {t for p in layer.params() for t in (p.w_tid, p.g_tid, p.v_tid)})
+            tids = {t for p in layer.params() for t in (p.w_tid, p.g_tid, p.v_tid)}
+            if self.log is not None:
+                self.log.record(self.engine, self.started_it.get(li, self.it), False, tids)
+            _update_formats_of(self.engine, tids)
             reformat_state(layer.params(), self.engine)
         self.updated.add(li)
 
@@ -657,7 +664,7 @@ class ParallelHooks(Hooks):
         self.ex.lr = lr
 
     def begin_step(self, it: int) -> None:
-        self.it = it
+        self.it = self.ex.it = it
         if self.on_step is not None:
             self.on_step(it)
         self._t0 = time.perf_counter()
@@ -681,7 +688,7 @@ class ParallelHooks(Hooks):
     def update_formats(self, engine: Engine) -> None:
         sharded = reduce_sharded_stats(self.comm, engine, self.ex.param_tids)
         if self.log is not None:  # the whole batch's statistics, before the update clears them
-            self.log.record(engine, self.it, False)
+            self.log.record(engine, self.it, False, sharded)
         _update_formats_of(engine, sharded)
 
     def end_step(self) -> None:
@@ -738,7 +745,8 @@ def train_parallel(cfg: TrainConfig, data: Dataset, pcfg: ParallelConfig, mpi_co
     hooks = ParallelHooks(comm, exchangers[0], cfg, pcfg, evaluate, on_step)
     if s.engine is not None:
         s.engine.rerun_reduce = sharded_rerun_reduce(comm, exchangers[0].param_tids)
-        hooks.log = TensorLog({i.tid: i.name for i in s.model.ids.infos}, warn if comm.rank == 0 else None)
+        hooks.log = exchangers[0].log = TensorLog({i.tid: i.name for i in s.model.ids.infos},
+                                                  warn if comm.rank == 0 else None)
     epochs = run_epochs(s, hooks)
     core = load_config(cfg.core)
     metrics = {

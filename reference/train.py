@@ -692,14 +692,17 @@ class TensorLog:
                 self.warn(f"warning: iteration {it}: {name} overflowed in more than {100 * self.level:g}% of its "
                           f"values for {self.iters} iterations (now {100 * rate:.1f}%)")
 
-    def record(self, engine: Engine, it: int, epoch_end: bool) -> None:
+    def record(self, engine: Engine, it: int, epoch_end: bool, tids: set[int] | None = None) -> None:
         """Read the step's statistics database and settings (before POLICY_UPDATE), and its re-runs.
 
         ``overflow_rate`` is that of the results the step kept: the overflow and value counts of
         results the host discarded and re-ran (:attr:`Engine.reruns`) are taken out, and the
-        re-runs are counted in ``reruns``. The engine's re-run counts are reset.
+        re-runs are counted in ``reruns``. The engine's re-run counts are reset. ``tids``: only
+        these ids (data-parallel runs record a layer's parameters at its own update).
         """
         for tid, st in engine.db.entries.items():
+            if tids is not None and tid not in tids:
+                continue
             rec = self.tensors.setdefault(tid, {"frac": [], "iteration": [], "overflow_rate": [], "underflow_rate": [],
                                                 "reruns": []})
             n_re, ov_re, tot_re = engine.reruns.get(tid, (0, 0, 0))
@@ -713,7 +716,7 @@ class TensorLog:
             rec["reruns"].append(n_re)
             if epoch_end:
                 self.hists.setdefault(tid, []).append(st.hist.tolist())
-        engine.reruns.clear()
+            engine.reruns.pop(tid, None)
 
     def to_dict(self, model: Model, engine: Engine) -> dict[str, Any]:
         names = {i.tid: i for i in model.ids.infos}
