@@ -12,7 +12,8 @@ in hardware, alignment shifts of :mod:`reference.ops`), then:
   ready stretches the command by the stalled cycles (counted in PERF_STALL); a LOAD stalled
   for ``ctl.load_timeout`` consecutive cycles ends there with ``ErrorCode.LOAD_TIMEOUT``
   (:mod:`reference.isa`, "LOAD timeout");
-- POLICY_UPDATE: the :class:`hw.settings.PolicyController` pass, ``2 * tensor_ids`` cycles;
+- POLICY_UPDATE: the :class:`hw.settings.PolicyController` pass,
+  ``reference.isa.policy_cycles_per_tid(cfg) * tensor_ids`` cycles;
 - CLEAR_STATS: one cycle per cleared entry;
 - an illegal command: nothing after ``SETUP``; STATUS.error keeps the first error code until
   the host clears it, and the following commands execute normally.
