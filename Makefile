@@ -61,6 +61,8 @@ bench: $(STAMP) bench-hw
 	$(VENV)/bin/dlu train --net alexnet --data synthetic:3x227x227:1000:8 --batch 8 --epochs 1 --precision dfp16 \
 	  --core configs/tensor-ids-256.toml --trace-iters 0 --out build/bench --name alexnet-dfp16 --force --quiet --no-plots
 	@$(MAKE) --no-print-directory bench-torch
+	$(VENV)/bin/dlu bench --data signals --precisions fp32,dfp16,dfp8 --seeds 10 --out build/bench/signals.md
+	$(VENV)/bin/dlu bench --data digits --lr 0.1 --precisions fp32,dfp16,dfp8 --seeds 10 --out build/bench/digits-lr0.1.md
 	$(VENV)/bin/dlu train --model cnn --precision dfp8 --epochs 1 --trace-iters all --out build/bench \
 	  --name cnn-dfp8 --force --quiet --no-plots
 	$(VENV)/bin/dlu replay $(BENCH_TRACE) --quiet

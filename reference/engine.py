@@ -40,7 +40,7 @@ import numpy as np
 
 from . import kernels, ops
 from .config import CoreConfig
-from .formats import DfpTensor, RoundingMode, TensorSetting, quantize_float, setting_of
+from .formats import FRAC_MIN, DfpTensor, RoundingMode, TensorSetting, quantize_float, setting_of
 from .isa import MAX_DIM, Accumulate
 from .ops import Op
 from .rng import MASK32, seed_states
@@ -186,8 +186,9 @@ class Engine:
         reads from the database entry of ``dst``): when more than ``rerun_threshold / 2**16`` of
         the result's values overflowed and ``dst``'s setting has the auto flag, the host writes
         ``dst``'s setting with the point position :func:`reference.stats.next_frac` chooses from
-        this command's histogram (the threshold and headroom of the THRESHOLD register; a lower
-        point position only) and issues the same command again, once. An operand of the command
+        this command's histogram (the threshold and headroom of the THRESHOLD register), but at
+        least one bit below the current one (values that overflowed only by rounding up lie in a
+        bin that "fits"; at ``FRAC_MIN`` there is no re-run), and issues the same command again, once. An operand of the command
         with ``dst``'s id (a velocity update reads the old velocity) is re-formatted by the host to
         the new setting first (:func:`reference.train.reformat`: nearest even, saturated), since
         the core reads every operand in the format of its id's setting. Both runs are commands of
@@ -244,8 +245,9 @@ class Engine:
                                  f"fields hold at most {MAX_DIM} (split the batch)")
         if (alpha is None) != (op != Op.AXPY):
             raise ValueError(f"engine: alpha={alpha!r}: AXPY needs (raw, frac), other ops take None")
-        out, stats = self._command(op, dst, setting, srcs, src_tids, alpha)
-        if self.rerun_threshold is not None:
+        out, stats = self._command(op, dst, setting, srcs, src_tids, alpha, accumulate)
+        # no re-run of a sum across commands: its accumulator is consumed by the finishing command
+        if self.rerun_threshold is not None and out is not None and not accumulate:
             frac = self.rerun_frac(dst, setting, stats)
             if frac is not None:
                 setting = setting_of(setting.fmt.width, frac, setting.rounding, setting.auto)
@@ -269,8 +271,10 @@ class Engine:
         if stats.overflow * 65536 <= thr * stats.total:
             return None
         p = self.policy
-        frac = next_frac(stats, setting.fmt.width, setting.fmt.frac, self.cfg, p.threshold, p.headroom)
-        if frac >= setting.fmt.frac:
+        # at least one bit lower: values that only overflowed by rounding up sit in a bin that "fits"
+        frac = min(next_frac(stats, setting.fmt.width, setting.fmt.frac, self.cfg, p.threshold, p.headroom),
+                   setting.fmt.frac - 1)
+        if frac < FRAC_MIN:
             return None
         r = self.reruns.setdefault(dst, [0, 0, 0])
         r[0] += 1
@@ -279,8 +283,10 @@ class Engine:
         return frac
 
     def _command(self, op: Op, dst: int, setting: TensorSetting, srcs: list[DfpTensor], src_tids: list[int],
-               alpha: tuple[int, int] | None) -> tuple[DfpTensor, OpStats]:
-        """One checked compute command on the core: result and statistics (added to the database)."""
+                 alpha: tuple[int, int] | None,
+                 accumulate: Accumulate = Accumulate.SINGLE) -> tuple[DfpTensor | None, OpStats | None]:
+        """One checked compute command on the core: result and statistics (added to the database);
+        (None, None) for a MATMUL that leaves its sum open."""
         fmt, rnd, cfg, rng = setting.fmt, setting.rounding, self.cfg, self.rng
         if accumulate:
             accumulate = Accumulate(accumulate)
@@ -293,7 +299,7 @@ class Engine:
             acc_in = self.acc if accumulate.acc_in else None
             if accumulate.acc_out:
                 self.acc = ops.matmul_sum(srcs[0], srcs[1], fmt, acc_in)
-                return None
+                return None, None
             res = ops.matmul(srcs[0], srcs[1], fmt, rnd, cfg, rng, acc=acc_in)
             self.acc = None
         elif op == Op.MATMUL:
