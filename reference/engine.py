@@ -188,13 +188,13 @@ class Engine:
         ``dst``'s setting with the point position :func:`reference.stats.next_frac` chooses from
         this command's histogram (the threshold and headroom of the THRESHOLD register), but at
         least one bit below the current one (values that overflowed only by rounding up lie in a
-        bin that "fits"; at ``FRAC_MIN`` there is no re-run), and issues the same command again, once. An operand of the command
-        with ``dst``'s id (a velocity update reads the old velocity) is re-formatted by the host to
-        the new setting first (:func:`reference.train.reformat`: nearest even, saturated), since
-        the core reads every operand in the format of its id's setting. Both runs are commands of
-        the core (a trace holds the command, the setting write and the command again); both add
-        to the database entry; the second result is the one returned. :attr:`reruns` counts them
-        per tensor id.
+        bin that "fits"; at ``FRAC_MIN`` there is no re-run), and issues the same command again,
+        once (:meth:`rerun_frac`). An operand of the command with ``dst``'s id (a velocity update
+        reads the old velocity) is re-formatted by the host to the new setting first
+        (:func:`reference.train.reformat`: nearest even, saturated), since the core reads every
+        operand in the format of its id's setting. Both runs are commands of the core (a trace
+        holds the command, the setting write and the command again); both add to the database
+        entry; the second result is the one returned. :attr:`reruns` counts them per tensor id.
 
         Parameters
         ----------

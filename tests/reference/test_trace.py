@@ -225,3 +225,32 @@ def test_write_is_atomic_and_refuses_to_overwrite(mixed_trace, trace_dir):
     write_trace(mixed_trace, trace_dir, overwrite=True)
     assert sorted(p.name for p in trace_dir.parent.iterdir()) == ["trace"]  # no temp directory left
     assert sorted(p.name for p in trace_dir.iterdir()) == [ARRAYS, MANIFEST]
+
+
+def test_rerun_records_are_found_and_replay_bit_exact():
+    """A host re-run (command, setting of its destination, command again) is recorded as three
+    records, found by rerun_records, and replays bit for bit; other command pairs are not re-runs."""
+    from reference.config import PRESETS
+    from reference.engine import Engine
+    from reference.formats import DfpFormat, DfpTensor, TensorSetting
+    from reference.trace import TraceRecorder, replay_reference, rerun_records
+
+    cfg = PRESETS["tiny"]
+    e = Engine(cfg)
+    e.rerun_threshold = 655
+    for tid, f in ((1, 0), (2, 10), (3, 10)):
+        e.set_setting(tid, TensorSetting(DfpFormat(Width.W16, f), RoundingMode.NEAREST_EVEN, tid != 1))
+    rec = TraceRecorder()
+    e.recorder = rec
+    rec.begin_iteration(0, e)
+    x = DfpTensor(np.array([[100, -3, 7, 1]], dtype=np.int64), DfpFormat(Width.W16, 0))
+    e.run(Op.CONVERT, 2, [x], [1])  # overflows at F = 10: re-run at F = 8 (records 0, 1, 2)
+    e.run(Op.CONVERT, 3, [DfpTensor(x.data >> 5, x.fmt)], [1])  # fits: no re-run (record 3)
+    e.run(Op.CONVERT, 3, [DfpTensor(x.data >> 5, x.fmt)], [1])  # same command twice, no setting between
+    e.update_formats()
+    rec.end_iteration()
+    tr = rec.trace(e)
+    assert [type(r).__name__ for r in tr.iterations[0].records] == \
+        ["OpRecord", "SettingRecord", "OpRecord", "OpRecord", "OpRecord", "PolicyRecord"]
+    assert rerun_records(tr.iterations[0]) == {2}
+    assert replay_reference(tr).ops == 4

@@ -176,3 +176,32 @@ def test_planned_scratchpad_follows_the_traced_image_shape():
     assert planned_scratchpad(trace) == want
     digits = scratchpad_by_layer_pass(32, Width.W16, Strategy.REORDER, momentum=True)
     assert want[("relu1", "backward")] != digits[("relu1", "backward")], "the image size shows in the plan"
+
+
+def test_replay_counts_the_host_reruns_cycles_and_energy():
+    from reference.config import PRESETS
+    from reference.engine import Engine
+    from reference.formats import DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width
+    from reference.isa import Command, cycles
+    from reference.ops import Op
+    from reference.trace import TraceRecorder
+    from sim.replay import results
+
+    cfg = PRESETS["tiny"]
+    e = Engine(cfg)
+    e.rerun_threshold = 655
+    for tid, f in ((1, 0), (2, 10)):
+        e.set_setting(tid, TensorSetting(DfpFormat(Width.W16, f), RoundingMode.NEAREST_EVEN, tid != 1))
+    rec = TraceRecorder()
+    e.recorder = rec
+    rec.begin_iteration(0, e)
+    e.run(Op.CONVERT, 2, [DfpTensor(np.array([[100, -3, 7, 1]], dtype=np.int64), DfpFormat(Width.W16, 0))], [1])
+    e.update_formats()
+    rec.end_iteration()
+    res = results(rec.trace(e, {"tensor_names": {"1": "x", "2": "y"}}))
+    rr = res["reruns"]
+    assert rr["reruns"] == 1 and rr["commands"] >= 1
+    # at least the re-issued CONVERT (1 row of 4 16-bit values: one beat), at most the whole iteration
+    one = cycles(Command(int(Op.CONVERT), tid_d=2, tid_a=1, m=1, n=4), e.settings, cfg)
+    assert one <= rr["cycles"] < res["totals"]["cycles"]
+    assert 0 < rr["energy_pj"] < res["totals"]["energy_pj"]["total"]
