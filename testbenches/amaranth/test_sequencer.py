@@ -26,6 +26,7 @@ from reference.config import PRESETS, CoreConfig
 from reference.formats import DfpFormat, RoundingMode, TensorSetting, Width
 from reference.isa import Command, Ctl, ErrorCode
 from reference.ops import Op
+from reference.stats import DEFAULT_POLICY_WORD
 from testbenches.cocotb.core_model import CoreModel
 
 from .cu_model import ComputeUnitModel
@@ -63,6 +64,8 @@ class SeqHarness(wiring.Component):
         wiring.connect(m, self.bridge.load, s.load)
         wiring.connect(m, s.store, self.bridge.store)
         m.d.comb += [self.policy.start.eq(s.policy_start), s.policy_done.eq(self.policy.done),
+                     # the THRESHOLD register's reset value, as in the core (and the model's)
+                     self.policy.threshold.eq(DEFAULT_POLICY_WORD),
                      s.store_level.eq(self.bridge.store_level)]
         return m
 
