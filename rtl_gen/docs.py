@@ -77,7 +77,8 @@ _OP_DOC = {
     "RELU_BACKWARD": "d = a where b > 0, else 0 (a: the error, b: the forward input)",
     "CONVERT": "d = a in d's format; the one command whose a and d widths may differ",
     "POLICY_UPDATE": "every valid auto-update tensor id with statistics: new point position "
-                     "(reference.stats.next_frac with THRESHOLD), then its database entry is cleared",
+                     "(reference.stats.next_frac with the THRESHOLD fields threshold, headroom, rise), then its "
+                     "database entry is cleared",
     "CLEAR_STATS": "clear database entry tid_d, or every entry with the broadcast flag",
     "LOAD": "the next K words of s_axis into the scratchpad from addr_d",
     "STORE": "K scratchpad words from addr_a out on m_axis (m_axis_tlast on the last)",
