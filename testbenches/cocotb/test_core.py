@@ -546,7 +546,8 @@ async def random_command_stream(dut):
                 model.clear_error()
             continue
         if r < 0.13:
-            await tb.wr(tb.addr("THRESHOLD"), rng.choice([0, 66, 65535, rng.randrange(1 << 16), rng.randrange(1 << 20)]))
+            await tb.wr(tb.addr("THRESHOLD"),
+                        rng.choice([0, 66, 65535, rng.randrange(1 << 16), rng.randrange(1 << 20)]))
             model.threshold = await tb.rd(tb.addr("THRESHOLD"))
             await chk.run(Command(int(Ctl.POLICY_UPDATE)), what="POLICY_UPDATE")
             fcov.sample_ctl("POLICY_UPDATE")
