@@ -32,7 +32,7 @@ from .config import CoreConfig
 from .engine import ARITY, Engine
 from .formats import DfpFormat, DfpTensor, TensorSetting, Width, same_array
 from .ops import Op
-from .stats import OpStats
+from .stats import POLICY_BITS, OpStats
 
 TRACE_FORMAT = "dlu-trace"
 TRACE_VERSION = 1
@@ -479,8 +479,8 @@ def read_trace(path: str | Path) -> Trace:
     if not 0 <= seed < 1 << 32:
         raise TraceError(f"trace: manifest.seed: {seed} does not fit the 32-bit seed register")
     threshold = _need(manifest, "threshold", int, "manifest")
-    if not 0 <= threshold < 1 << 16:
-        raise TraceError(f"trace: manifest.threshold: {threshold} is outside [0, 2**16)")
+    if not 0 <= threshold < 1 << POLICY_BITS:  # the THRESHOLD register word (reference.stats.PolicyParams)
+        raise TraceError(f"trace: manifest.threshold: {threshold} is outside [0, 2**{POLICY_BITS})")
     meta = _check_meta(manifest.get("meta", {}))
     its = _need(manifest, "iterations", list, "manifest")
     if not its:
