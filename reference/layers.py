@@ -239,12 +239,22 @@ class DfpBackend:
         return Ref(DfpTensor(np.ones((1, n), dtype=np.int64), DfpFormat(w, 0)), self._ones[w])
 
     def concat(self, refs: list[Ref], axis: int) -> Ref:
-        """Results of one tensor id (one format within an iteration) side by side: data movement."""
+        """Results of one tensor id side by side: data movement.
+
+        The parts normally share the id's format. A host re-run (:meth:`Engine.run`) of a later
+        part lowers the id's point position mid-way; the host then re-formats the earlier parts to
+        the last part's format, as it does for any value it carries (:func:`reference.train.reformat`:
+        nearest even, saturated).
+        """
         if len(refs) == 1:
             return refs[0]
-        fmt = refs[0].t.fmt
+        if any(r.tid != refs[0].tid for r in refs):
+            raise ValueError(f"concat: parts of different tensor ids {sorted({r.tid for r in refs})}")
+        fmt = refs[-1].t.fmt
         if any(r.t.fmt != fmt for r in refs):
-            raise ValueError(f"concat: parts of tensor id {refs[0].tid} have different formats")
+            from .train import reformat
+
+            refs = [r if r.t.fmt == fmt else Ref(reformat(r.t, fmt), r.tid) for r in refs]
         return Ref(DfpTensor._trusted(np.concatenate([r.t.data for r in refs], axis=axis), fmt), refs[0].tid)
 
     def const(self, key: str, values: np.ndarray, dst: int) -> Ref:
@@ -271,7 +281,7 @@ class DfpBackend:
         policy picks for them (as the host does for the input images)."""
         eng = self.engine
         s = eng.setting(dst)
-        frac = next_frac(float_stats(x, eng.cfg), s.fmt.width, s.fmt.frac, eng.cfg, eng.threshold)
+        frac = next_frac(float_stats(x, eng.cfg), s.fmt.width, s.fmt.frac, eng.cfg, eng.policy.threshold)
         eng.set_setting(dst, setting_of(s.fmt.width, frac, s.rounding, False))
         return Ref(eng.load(dst, x), dst)
 

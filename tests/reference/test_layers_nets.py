@@ -463,3 +463,20 @@ def test_batchnorm_residual_network_trains_in_dfp16_and_replays(tmp_path):
     assert np.isfinite(r.metrics["final"]["loss"]) and r.metrics["net"]["layers"][1]["type"] == "batchnorm"
     rep = replay_reference(read_trace(write_trace(r.trace, tmp_path / "trace")))
     assert rep.iterations == 1 and rep.loads > 4, rep  # the host's batch-norm results are LOADs
+
+
+def test_concat_reformats_parts_left_behind_by_a_host_rerun_to_the_last_parts_format():
+    """A grouped layer's parts share one tensor id; a re-run of a later part lowers the id's point
+    position, so earlier parts are re-formatted (nearest even, saturated) before they are joined."""
+    ids = TensorIds(8)
+    tid = ids.new("g", TensorClass.GRADIENT)
+    be = DfpBackend(Engine(PRESETS["default"], seed=1), ids)
+    a = Ref(DfpTensor(np.array([[5, -3, 127], [2, -6, -128]]), DfpFormat(Width.W8, 4)), tid)
+    b = Ref(DfpTensor(np.array([[1], [-1]]), DfpFormat(Width.W8, 2)), tid)  # after a re-run: 2 bits lower
+    got = be.concat([a, b], 1)
+    # a's values / 4, ties to even: 5/4=1.25->1, -3/4=-0.75->-1, 127/4=31.75->32, 2/4=0.5->0, -6/4=-1.5->-2, -128/4=-32
+    assert got.t.fmt == DfpFormat(Width.W8, 2)
+    np.testing.assert_array_equal(got.t.data, [[1, -1, 32, 1], [0, -2, -32, -1]])
+    other = Ref(b.t, ids.new("h", TensorClass.GRADIENT))
+    with pytest.raises(ValueError, match="different tensor ids"):
+        be.concat([a, other], 1)
