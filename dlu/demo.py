@@ -27,8 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
     from pathlib import Path
 
     from reference.data import load_digits_split
@@ -110,15 +108,13 @@ def _demo(args: argparse.Namespace) -> int:
                  "register headers")
 
     # Step 6: the reports.
+    from reference.outputs import atomic_write_text
     from sim.report import write_report
 
     html = write_report([sims[Precision.DFP16], sims[Precision.DFP8]], out / "report")
     lines.append(f"- HTML report (per layer and pass, fp32 vs dfp16 vs dfp8, point positions): `{html}`")
     report = out / "report.md"
-    fd, tmp = tempfile.mkstemp(prefix=".report.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, report)
+    atomic_write_text(report, "\n".join(lines) + "\n")
     print("\n".join(lines[2:]))
     print(f"[demo] report: {html}")
     return 0

@@ -25,8 +25,6 @@ optional ``torch`` extra of pyproject.toml; never a default dependency).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .nets import Layer, LayerKind, Net, NetFileError, infer_shapes, net_to_toml
+from .outputs import atomic_write_text
 
 
 class OnnxImportError(ValueError):
@@ -280,15 +279,7 @@ def write_net_file(net: Net, out: str | Path) -> Path:
 
     out = Path(out)
     text = json.dumps(net.to_dict(), indent=1) + "\n" if out.suffix.lower() == ".json" else net_to_toml(net)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, text)
     return out
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import atomic_write_text
+
 
 def run_matrix(workers: list[int], repeats: int, epochs: int, model: str, precision: str,
                extra: list[str]) -> dict[tuple[int, bool], dict[str, list[float]]]:
@@ -88,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.out:
         path = Path(args.out)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(md)
-        os.replace(tmp, path)
+        atomic_write_text(path, md)
     return 0
 
 

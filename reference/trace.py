@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import enum
 import json
-import os
 import shutil
 import zipfile
 import zlib
@@ -253,13 +252,6 @@ def _to_manifest(trace: Trace) -> tuple[dict, dict[str, np.ndarray]]:
         "iterations": iters,
     }
     return manifest, arrays
-
-
-def _umask_perms(path: Path) -> None:
-    """Give a ``mkdtemp`` directory (mode 0700) the permissions of an ordinary new directory."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
 
 
 def write_trace(trace: Trace, path: str | Path, overwrite: bool = False) -> Path:

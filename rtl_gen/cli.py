@@ -62,11 +62,14 @@ def check_out(out: Path, force: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reference.config import load_config
+    from reference.outputs import sweep_stale
 
     from .generate import TOP, generate, update_manifest
 
     cfg = load_config(args.config)
     check_out(args.out, args.force)
+    for line in sweep_stale(args.out):
+        print(f"dlu gen: {line}")
     man = generate(cfg, args.out, with_compute_unit=not args.no_compute_unit)
     print(f"dlu gen: {args.out}/{TOP}.v, manifest.json, dlu_regs.h, dlu_regs.py "
           f"(config {man['config_digest']}, compute unit {'in' if man['with_compute_unit'] else 'left out'})")

@@ -17,7 +17,6 @@ import importlib.metadata
 import json
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 from amaranth.hdl import Shape
@@ -27,6 +26,7 @@ from hw import regmap
 from reference import isa
 from reference.config import CoreConfig
 from reference.ops import Op
+from reference.outputs import atomic_write_text, publish_dir, temp_dir_beside
 
 from .headers import c_header, py_header
 from .lint import embedded_waivers
@@ -127,7 +127,7 @@ def generate(cfg: CoreConfig, out: Path, with_compute_unit: bool = True) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     top = build_top(cfg, with_compute_unit)
     text = verilog.convert(top, name=TOP, emit_src=False)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         contents = {f"{TOP}.v": embedded_waivers() + text, "files.f": f"{TOP}.v\n",
                     "dlu_regs.h": c_header(cfg), "dlu_regs.py": py_header(cfg)}
@@ -136,23 +136,11 @@ def generate(cfg: CoreConfig, out: Path, with_compute_unit: bool = True) -> dict
         files = {name: hashlib.sha256(body.encode()).hexdigest() for name, body in contents.items()}
         man = manifest(cfg, top, files)
         (tmp / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=False) + "\n")
-        replace_dir(tmp, out)
+        publish_dir(tmp, out, replace=True, what="gen: --out")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return man
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Put directory ``new`` at ``out`` with renames only (the old one, if any, is removed after)."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
 
 
 def update_manifest(out: Path, **extra) -> dict:
@@ -160,8 +148,5 @@ def update_manifest(out: Path, **extra) -> dict:
     path = Path(out) / "manifest.json"
     man = json.loads(path.read_text())
     man.update(extra)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=out)
-    with open(fd, "w") as f:
-        f.write(json.dumps(man, indent=2) + "\n")
-    Path(tmp).replace(path)
+    atomic_write_text(path, json.dumps(man, indent=2) + "\n")
     return man

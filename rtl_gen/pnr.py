@@ -171,15 +171,6 @@ def place_and_route(verilog: Path, workdir: Path, family: str = "ecp5", top: str
 
 def write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` to ``path`` as JSON through a temporary file in the same directory, then rename."""
-    import os
-    import tempfile
+    from reference.outputs import atomic_write_text
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -17,8 +17,6 @@ counterpart, and returns (and optionally writes, atomically) a JSON-ready result
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -30,6 +28,7 @@ import numpy as np
 from reference import kernels
 from reference.config import CoreConfig
 from reference.formats import Width
+from reference.outputs import atomic_write
 from reference.trace import OpRecord, PolicyRecord, SettingRecord, Trace, read_trace, rerun_records
 
 from .core import Counters, CycleSim, Pass, SimCommand, fitting_config, schedule
@@ -169,26 +168,9 @@ def planned_scratchpad(trace: Trace) -> dict[tuple[str, str], int]:
                                     momentum=float(meta.get("momentum", 0)) != 0)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)), mode=0o666)
 
 
 def default_results_path(trace_dir: str | Path) -> Path:

@@ -12,28 +12,14 @@ rename; ``report.html`` is written last.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from reference.outputs import atomic_write_bytes
+
 PASSES = ("forward", "backward", "update", "control")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        from .replay import _umask
-
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save(fig, path: Path) -> None:
@@ -41,7 +27,7 @@ def _save(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_label(res: dict[str, Any], i: int) -> str:
@@ -269,5 +255,5 @@ def write_report(results: list[dict[str, Any]], out: str | Path) -> Path:
             parts.append(f"<img src='{html.escape(name)}'>")
     parts.append("</body></html>")
     path = out / "report.html"
-    _atomic_bytes(path, "\n".join(parts).encode())
+    atomic_write_bytes(path, "\n".join(parts).encode())
     return path
