@@ -514,6 +514,92 @@ def xorshift_beats(states, n_beats, slots):  # pragma: no cover - compiled
     return words, final
 
 
+# ---------------------------------------------------------------------------------------
+# Host data movement of the layers (reference.layers): exact copies, no arithmetic.
+# ---------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def im2col_nhwc(x, n, h, w, c, k, top, left, stride, ho, wo):  # pragma: no cover - compiled
+    """``layers.im2col_numpy``: ``x [N*H*W, C]`` -> ``[N*Ho*Wo, k*k*C]``, feature order (ky, kx, c),
+    zeros outside the input (``top``/``left`` padding; the bottom/right padding is implied by ``ho``, ``wo``)."""
+    out = np.zeros((n * ho * wo, k * k * c), dtype=x.dtype)
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                r = (b * ho + i) * wo + j
+                for ky in range(k):
+                    y = i * stride + ky - top
+                    if y < 0 or y >= h:
+                        continue
+                    for kx in range(k):
+                        xx = j * stride + kx - left
+                        if xx < 0 or xx >= w:
+                            continue
+                        src = (b * h + y) * w + xx
+                        base = (ky * k + kx) * c
+                        for ch in range(c):
+                            out[r, base + ch] = x[src, ch]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def maxpool_nhwc(x, n, h, w, c, k, s, pad, ho, wo, fill):  # pragma: no cover - compiled
+    """``MaxPool2d``'s NumPy selection: per window the first maximum in (ky, kx) order, as ``np.argmax``
+    over the window (padding holds ``fill``; a NaN is a maximum). Returns (index ``[N, Ho, Wo, C]`` of
+    the chosen element in ``0 .. k*k-1``, chosen values ``[N*Ho*Wo, C]``)."""
+    arg = np.zeros((n, ho, wo, c), dtype=np.int64)
+    out = np.empty((n * ho * wo, c), dtype=x.dtype)
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                r = (b * ho + i) * wo + j
+                for ch in range(c):
+                    best = fill
+                    bi = -1
+                    for e in range(k * k):
+                        y = i * s + e // k - pad
+                        xx = j * s + e % k - pad
+                        if y < 0 or y >= h or xx < 0 or xx >= w:
+                            v = fill
+                        else:
+                            v = x[(b * h + y) * w + xx, ch]
+                        if bi < 0 or v > best or (v != v and best == best):
+                            best, bi = v, e
+                    arg[b, i, j, ch] = bi
+                    out[r, ch] = best
+    return arg, out
+
+
+@numba.njit(cache=True, nogil=True)
+def pool_scatter(d, pick, per_elem, n, h, w, c, k, s, pad, ho, wo, m, u, v):  # pragma: no cover - compiled
+    """``_Pool._scatter``'s one window class ``(u, v)`` (output rows ``i % m == u``, columns ``j % m == v``):
+    window values back to ``[N*H*W, C]`` (zeros elsewhere; elements in the padding dropped).
+
+    ``per_elem``: ``d`` is ``[N*Ho*Wo*C, k*k]`` (every element); else ``d`` is ``[N*Ho*Wo, C]`` and
+    ``pick [N, Ho, Wo, C]`` names each window's element."""
+    out = np.zeros((n * h * w, c), dtype=d.dtype)
+    kk = k * k
+    for b in range(n):
+        for i in range(u, ho, m):
+            for j in range(v, wo, m):
+                r = (b * ho + i) * wo + j
+                for ch in range(c):
+                    if per_elem:
+                        for e in range(kk):
+                            y = i * s + e // k - pad
+                            xx = j * s + e % k - pad
+                            if 0 <= y < h and 0 <= xx < w:
+                                out[(b * h + y) * w + xx, ch] = d[r * c + ch, e]
+                    else:
+                        e = pick[b, i, j, ch]
+                        y = i * s + e // k - pad
+                        xx = j * s + e % k - pad
+                        if 0 <= y < h and 0 <= xx < w:
+                            out[(b * h + y) * w + xx, ch] = d[r, ch]
+    return out
+
+
 def convert(kind: int, a: np.ndarray, shift: int, rounding: RoundingMode, u16: np.ndarray | None, bits: int,
             base: int, nb: int, b: np.ndarray | None = None, alpha: int = 1, da: int = 0, db: int = 0,
             sign: int = 1, c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .engine import Engine
 from .formats import FRAC_MAX, FRAC_MIN, DfpFormat, DfpTensor, RoundingMode, TensorSetting, Width, setting_of
 from .ops import Op, scalar_to_dfp
@@ -388,8 +389,17 @@ def im2col(x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int, stri
     """``[N*H*W, C]`` (NHWC rows) -> ``[N*Ho*Wo, k*k*C]`` patches, feature order (ky, kx, c).
 
     Zero padding ``pad`` on every side (or ``pads`` = top, bottom, left, right);
-    ``Ho = (H + top + bottom - k) // stride + 1``. Pure data movement.
+    ``Ho = (H + top + bottom - k) // stride + 1``. Pure data movement: the compiled
+    :func:`reference.kernels.im2col_nhwc`, equal to :func:`im2col_numpy` (the definition).
     """
+    t, b, lf, r = pads if pads is not None else (pad, pad, pad, pad)
+    ho, wo = (h + t + b - k) // stride + 1, (w + lf + r - k) // stride + 1
+    return kernels.im2col_nhwc(np.ascontiguousarray(x).reshape(n * h * w, c), n, h, w, c, k, t, lf, stride, ho, wo)
+
+
+def im2col_numpy(x: np.ndarray, n: int, h: int, w: int, c: int, k: int, pad: int, stride: int = 1,
+                 pads: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """:func:`im2col` in NumPy (a strided window view, transposed and copied)."""
     x4 = x.reshape(n, h, w, c)
     t, b, lf, r = pads if pads is not None else (pad, pad, pad, pad)
     if t or b or lf or r:
@@ -579,6 +589,20 @@ class _Pool(Layer):
         """Per-window values ``d`` (``[N*Ho*Wo*C, k*k]``, or ``[N*Ho*Wo, C]`` with ``pick`` the chosen
         element of each window) back to ``[N*H*W, C]``, window classes summed by ADD into ``dst``."""
         n = _shape(d)[0] // (self.ho * self.wo * (1 if pick is not None else self.c))
+        m = -(-self.k // self.s)
+        pk = np.zeros((1, 1, 1, 1), dtype=np.int64) if pick is None else pick
+        parts = [be.host(d, lambda a, u=u, v=v: kernels.pool_scatter(
+                     np.ascontiguousarray(a), pk, pick is None, n, self.h, self.w, self.c, self.k, self.s, self.pad,
+                     self.ho, self.wo, m, u, v))
+                 for u in range(min(m, self.ho)) for v in range(min(m, self.wo))]
+        total = parts[0]
+        for part in parts[1:]:
+            total = be.add(dst, total, part)
+        return total
+
+    def scatter_numpy(self, a: np.ndarray, pick: np.ndarray | None) -> list[np.ndarray]:
+        """The NumPy definition of :meth:`_scatter`'s host part: one ``[N*H*W, C]`` array per window class."""
+        n = a.shape[0] // (self.ho * self.wo * (1 if pick is not None else self.c))
         idx, valid, classes = self._scatter_targets(n)
         if pick is not None:
             idx = np.take_along_axis(idx, pick[..., None], axis=-1)
@@ -592,11 +616,7 @@ class _Pool(Layer):
             out[idx[sel]] = vals[sel]
             return out.reshape(-1, self.c)
 
-        parts = [be.host(d, lambda a, cls=cls: one(a, cls)) for cls in classes]
-        total = parts[0]
-        for part in parts[1:]:
-            total = be.add(dst, total, part)
-        return total
+        return [one(a, cls) for cls in classes]
 
 
 class MaxPool2d(_Pool):
@@ -616,15 +636,24 @@ class MaxPool2d(_Pool):
         self._arg: np.ndarray | None = None
 
     def forward(self, be: Backend, x: Ref) -> Ref:
-        a0 = _data(x)
+        a0 = np.ascontiguousarray(_data(x))
         fill = np.iinfo(a0.dtype).min if a0.dtype.kind == "i" else -np.inf
-        self._arg = np.argmax(self._windows(a0, fill), axis=-1)
+        n = a0.shape[0] // (self.h * self.w)
+        # compiled form of np.argmax over self._windows(a0, fill) and the selection (maxpool_numpy)
+        self._arg, sel = kernels.maxpool_nhwc(a0, n, self.h, self.w, self.c, self.k, self.s, self.pad,
+                                              self.ho, self.wo, a0.dtype.type(fill))
+        return be.host(x, lambda a: sel if a is _data(x) else self._pick_numpy(a, fill))
 
-        def pick(a: np.ndarray) -> np.ndarray:
-            sel = np.take_along_axis(self._windows(a, fill), self._arg[..., None], axis=-1)[..., 0]
-            return sel.reshape(-1, self.c)
+    def _pick_numpy(self, a: np.ndarray, fill: float | int) -> np.ndarray:
+        sel = np.take_along_axis(self._windows(a, fill), self._arg[..., None], axis=-1)[..., 0]
+        return sel.reshape(-1, self.c)
 
-        return be.host(x, pick)
+    def maxpool_numpy(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The NumPy definition of the forward selection: (argmax index ``[N, Ho, Wo, C]``, values)."""
+        fill = np.iinfo(a.dtype).min if a.dtype.kind == "i" else -np.inf
+        arg = np.argmax(self._windows(a, fill), axis=-1)
+        sel = np.take_along_axis(self._windows(a, fill), arg[..., None], axis=-1)[..., 0]
+        return arg, sel.reshape(-1, self.c)
 
     def backward_input(self, be: Backend, dy: Ref) -> Ref | None:
         if self.in_err is None:

@@ -304,3 +304,64 @@ def test_float_kernels_equal_numpy(seed):
     for bad in (np.nan, np.inf, -np.inf):
         assert kernels.float_hist(np.array([1.0, bad]), 64, -40) is None
         assert kernels.quantize_nearest(np.array([1.0, bad]), 1.0, -128, 127) is None
+
+
+# Host data movement of the layers: each compiled kernel against its NumPy definition in reference.layers.
+POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 0), (3, 3, 2), (4, 2, 3)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_im2col_kernel_equals_numpy(seed, dtype):
+    from reference.layers import im2col, im2col_numpy
+    rng = np.random.default_rng(seed)
+    for n, h, w, c, k, pad, stride, pads in [(2, 7, 5, 3, 3, 1, 1, None), (1, 6, 6, 1, 5, 2, 1, None),
+                                             (3, 9, 8, 2, 3, 0, 2, None), (2, 5, 6, 4, 3, 0, 1, (2, 3, 1, 2)),
+                                             (1, 4, 4, 2, 4, 3, 3, None)]:
+        x = rng.integers(-2**40, 2**40, size=(n * h * w, c)).astype(dtype)
+        got, want = im2col(x, n, h, w, c, k, pad, stride, pads), im2col_numpy(x, n, h, w, c, k, pad, stride, pads)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.array_equal(got, want)
+
+
+def _pool(k, s, p, h=7, w=6, c=3):
+    from reference.layers import MaxPool2d
+    return MaxPool2d("pool", (h, w, c), in_act=0, in_err=1, kernel=k, stride=s, pad=p)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("k", "s", "p"), POOLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_maxpool_kernel_equals_numpy_argmax(seed, k, s, p, dtype):
+    pool = _pool(k, s, p)
+    rng = np.random.default_rng(seed)
+    n = 2
+    # few distinct values: many ties, which both must break to the first maximum in (ky, kx) order
+    x = rng.integers(-3, 3, size=(n * pool.h * pool.w, pool.c)).astype(dtype)
+    if dtype == np.float32:
+        x[rng.random(x.shape) < 0.1] = -np.inf
+        x[rng.random(x.shape) < 0.05] = np.nan
+    fill = np.iinfo(x.dtype).min if x.dtype.kind == "i" else -np.inf
+    arg, sel = kernels.maxpool_nhwc(x, n, pool.h, pool.w, pool.c, k, s, p, pool.ho, pool.wo, x.dtype.type(fill))
+    want_arg, want_sel = pool.maxpool_numpy(x)
+    assert np.array_equal(arg, want_arg)
+    assert sel.dtype == want_sel.dtype and np.array_equal(sel, want_sel, equal_nan=dtype == np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("k", "s", "p"), POOLS)
+@pytest.mark.parametrize("per_elem", [False, True])
+def test_pool_scatter_kernel_equals_numpy(seed, k, s, p, per_elem):
+    pool = _pool(k, s, p)
+    rng = np.random.default_rng(seed)
+    n, m = 2, -(-k // s)
+    rows = n * pool.ho * pool.wo
+    pick = None if per_elem else rng.integers(0, k * k, size=(n, pool.ho, pool.wo, pool.c))
+    d = rng.integers(-2**40, 2**40, size=(rows * pool.c, k * k) if per_elem else (rows, pool.c))
+    want = pool.scatter_numpy(d, pick)
+    pk = np.zeros((1, 1, 1, 1), dtype=np.int64) if pick is None else pick
+    got = [kernels.pool_scatter(d, pk, per_elem, n, pool.h, pool.w, pool.c, k, s, p, pool.ho, pool.wo, m, u, v)
+           for u in range(min(m, pool.ho)) for v in range(min(m, pool.wo))]
+    assert len(got) == len(want)
+    for g, w_ in zip(got, want, strict=True):
+        assert g.dtype == w_.dtype and np.array_equal(g, w_)
