@@ -520,30 +520,6 @@ def xorshift_beats(states, n_beats, slots):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def im2col_nhwc(x, n, h, w, c, k, top, left, stride, ho, wo):  # pragma: no cover - compiled
-    """``layers.im2col_numpy``: ``x [N*H*W, C]`` -> ``[N*Ho*Wo, k*k*C]``, feature order (ky, kx, c),
-    zeros outside the input (``top``/``left`` padding; the bottom/right padding is implied by ``ho``, ``wo``)."""
-    out = np.zeros((n * ho * wo, k * k * c), dtype=x.dtype)
-    for b in range(n):
-        for i in range(ho):
-            for j in range(wo):
-                r = (b * ho + i) * wo + j
-                for ky in range(k):
-                    y = i * stride + ky - top
-                    if y < 0 or y >= h:
-                        continue
-                    for kx in range(k):
-                        xx = j * stride + kx - left
-                        if xx < 0 or xx >= w:
-                            continue
-                        src = (b * h + y) * w + xx
-                        base = (ky * k + kx) * c
-                        for ch in range(c):
-                            out[r, base + ch] = x[src, ch]
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
 def maxpool_nhwc(x, n, h, w, c, k, s, pad, ho, wo, fill):  # pragma: no cover - compiled
     """``MaxPool2d``'s NumPy selection: per window the first maximum in (ky, kx) order, as ``np.argmax``
     over the window (padding holds ``fill``; a NaN is a maximum). Returns (index ``[N, Ho, Wo, C]`` of
@@ -554,20 +530,20 @@ def maxpool_nhwc(x, n, h, w, c, k, s, pad, ho, wo, fill):  # pragma: no cover - 
         for i in range(ho):
             for j in range(wo):
                 r = (b * ho + i) * wo + j
-                for ch in range(c):
-                    best = fill
-                    bi = -1
-                    for e in range(k * k):
-                        y = i * s + e // k - pad
-                        xx = j * s + e % k - pad
-                        if y < 0 or y >= h or xx < 0 or xx >= w:
-                            v = fill
+                for e in range(k * k):
+                    y = i * s + e // k - pad
+                    xx = j * s + e % k - pad
+                    inside = 0 <= y < h and 0 <= xx < w
+                    src = (b * h + y) * w + xx
+                    for ch in range(c):
+                        v = x[src, ch] if inside else fill
+                        if e == 0:
+                            out[r, ch] = v
                         else:
-                            v = x[(b * h + y) * w + xx, ch]
-                        if bi < 0 or v > best or (v != v and best == best):
-                            best, bi = v, e
-                    arg[b, i, j, ch] = bi
-                    out[r, ch] = best
+                            best = out[r, ch]
+                            if v > best or (v != v and best == best):
+                                out[r, ch] = v
+                                arg[b, i, j, ch] = e
     return arg, out
 
 

@@ -310,20 +310,6 @@ def test_float_kernels_equal_numpy(seed):
 POOLS = [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 0), (3, 3, 2), (4, 2, 3)]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-def test_im2col_kernel_equals_numpy(seed, dtype):
-    from reference.layers import im2col, im2col_numpy
-    rng = np.random.default_rng(seed)
-    for n, h, w, c, k, pad, stride, pads in [(2, 7, 5, 3, 3, 1, 1, None), (1, 6, 6, 1, 5, 2, 1, None),
-                                             (3, 9, 8, 2, 3, 0, 2, None), (2, 5, 6, 4, 3, 0, 1, (2, 3, 1, 2)),
-                                             (1, 4, 4, 2, 4, 3, 3, None)]:
-        x = rng.integers(-2**40, 2**40, size=(n * h * w, c)).astype(dtype)
-        got, want = im2col(x, n, h, w, c, k, pad, stride, pads), im2col_numpy(x, n, h, w, c, k, pad, stride, pads)
-        assert got.dtype == want.dtype and got.shape == want.shape
-        assert np.array_equal(got, want)
-
-
 def _pool(k, s, p, h=7, w=6, c=3):
     from reference.layers import MaxPool2d
     return MaxPool2d("pool", (h, w, c), in_act=0, in_err=1, kernel=k, stride=s, pad=p)
