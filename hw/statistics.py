@@ -41,9 +41,19 @@ def msb_position(m: Module, v, name: str):
     # (any bit set, index of the highest set bit) of aligned power-of-two groups, pairwise up
     size = 1 << ceil_log2(n)
     nodes = [(mag[i], Const(0, 0)) if i < n else (Const(0, 1), Const(0, 0)) for i in range(size)]
+    # Each node is a named signal ({name}_t<level>_<group>: group g of level l covers bits
+    # [g * 2**l, (g + 1) * 2**l)), so that coverage reports say which bits a dead branch tests.
+    level = 0
     while len(nodes) > 1:
-        nodes = [(hi_any | lo_any, Mux(hi_any, Cat(hi_idx, Const(1, 1)), Cat(lo_idx, Const(0, 1))))
-                 for (lo_any, lo_idx), (hi_any, hi_idx) in zip(nodes[0::2], nodes[1::2], strict=True)]
+        level += 1
+        new = []
+        for g, ((lo_any, lo_idx), (hi_any, hi_idx)) in enumerate(zip(nodes[0::2], nodes[1::2], strict=True)):
+            any_ = Signal(name=f"{name}_t{level}_{g}_any")
+            idx_ = Signal(level, name=f"{name}_t{level}_{g}_idx")
+            m.d.comb += [any_.eq(hi_any | lo_any),
+                         idx_.eq(Mux(hi_any, Cat(hi_idx, Const(1, 1)), Cat(lo_idx, Const(0, 1))))]
+            new.append((any_, idx_))
+        nodes = new
     found, idx = nodes[0]
     p = Signal(signed(ceil_log2(n + 1) + 1), name=f"{name}_p", init=-1)
     m.d.comb += p.eq(Mux(found, idx, -1))
