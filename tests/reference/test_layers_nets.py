@@ -26,6 +26,31 @@ from reference.models import build_model
 
 from .test_layers import _check_layer, _numgrad
 
+
+def _check_net_gradients(net: dict, hwc: tuple[int, int, int], classes: int, batch: int, seed: int,
+                         training: bool = True):
+    """Back-propagated float64 gradients of every parameter of ``net`` against central differences,
+    at perturbed initial weights and random data (``seed``); returns (model, values, input matrix)."""
+    rng = np.random.default_rng(seed)
+    m = build_model(net, hwc, classes, seed=seed)
+    m.training = training
+    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
+    x = m.input_matrix(rng.random((batch, int(np.prod(hwc)))))
+    y = rng.integers(0, classes, batch)
+    m.bind(F64, vals)
+
+    def loss():
+        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
+
+    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
+    m.backward(F64, Ref(g, m.logits_err_tid))
+    grads = {p.name: p.grad.t.copy() for p in m.params()}
+    for p in m.params():
+        np.testing.assert_allclose(grads[p.name], _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{p.name}, seed {seed}")
+    return m, vals, x
+
+
 F64 = FloatBackend(np.float64)
 
 
@@ -247,23 +272,8 @@ ALL_KINDS_NET = {"name": "every-layer", "input": [2, 9, 9], "layers": [
 
 
 def test_whole_network_of_every_layer_kind_has_numerical_gradients():
-    seed = 700
-    rng = np.random.default_rng(seed)
-    m = build_model(ALL_KINDS_NET, (9, 9, 2), 5, seed=seed)
-    m.training = False  # dropout passes through: the loss is a fixed function of the parameters
-    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
-    x = m.input_matrix(rng.random((2, 9 * 9 * 2)))
-    y = rng.integers(0, 5, 2)
-    m.bind(F64, vals)
-
-    def loss():
-        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
-
-    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
-    m.backward(F64, Ref(g, m.logits_err_tid))
-    for p in m.params():
-        np.testing.assert_allclose(p.grad.t, _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
-                                   err_msg=f"{p.name}, seed {seed}")
+    # dropout passes through in evaluation mode: the loss is a fixed function of the parameters
+    _check_net_gradients(ALL_KINDS_NET, (9, 9, 2), 5, batch=2, seed=700, training=False)
 
 
 @pytest.mark.parametrize("precision", ["dfp16", "dfp8"])
@@ -350,22 +360,7 @@ RESIDUAL_NET = {"name": "residual", "input": [2, 6, 6], "layers": [
 def test_residual_network_has_numerical_gradients_and_bad_sources_are_named():
     from reference.nets import NetFileError, net_from_dict
 
-    seed = 720
-    rng = np.random.default_rng(seed)
-    m = build_model(RESIDUAL_NET, (6, 6, 2), 3)
-    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
-    x = m.input_matrix(rng.random((2, 72)))
-    y = rng.integers(0, 3, 2)
-    m.bind(F64, vals)
-
-    def loss():
-        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
-
-    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
-    m.backward(F64, Ref(g, m.logits_err_tid))
-    for p in m.params():
-        np.testing.assert_allclose(p.grad.t, _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
-                                   err_msg=f"{p.name}, seed {seed}")
+    _check_net_gradients(RESIDUAL_NET, (6, 6, 2), 3, batch=2, seed=720)
     bad = dict(RESIDUAL_NET, layers=[*RESIDUAL_NET["layers"][:5], {"type": "add", "source": "nope"},
                                      *RESIDUAL_NET["layers"][6:]])
     with pytest.raises(NetFileError, match="field 'source' = 'nope': not the name of an earlier layer"):
@@ -413,24 +408,8 @@ BN_NET = {"name": "bn", "input": [2, 5, 5], "layers": [
 
 
 def test_batchnorm_in_training_mode_has_numerical_gradients_and_running_statistics():
-    seed = 740
-    rng = np.random.default_rng(seed)
-    m = build_model(BN_NET, (5, 5, 2), 3)
-    vals = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in m.init_params(rng).items()}
-    x = m.input_matrix(rng.random((4, 50)))
-    y = rng.integers(0, 3, 4)
-    m.bind(F64, vals)
-
-    def loss():
-        return softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)[0]
-
-    _, g, _ = softmax_cross_entropy(m.forward(F64, F64.load(m.input_tid, x)).t, y)
-    m.backward(F64, Ref(g, m.logits_err_tid))
-    grads = {p.name: p.grad.t.copy() for p in m.params()}
-    assert set(grads) >= {"bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"}
-    for p in m.params():
-        np.testing.assert_allclose(grads[p.name], _numgrad(loss, p.value.t), rtol=1e-5, atol=1e-7,
-                                   err_msg=f"{p.name}, seed {seed}")
+    m, vals, x = _check_net_gradients(BN_NET, (5, 5, 2), 3, batch=4, seed=740)
+    assert {p.name for p in m.params()} >= {"bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"}
     # running statistics: bn2 (momentum 0.5) after one more training pass on the same batch
     bn2 = next(la for la in m.layers if la.name == "bn2")
     fc1 = next(la for la in m.layers if la.name == "fc1")
