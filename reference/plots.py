@@ -38,8 +38,9 @@ def plot_curves(metrics: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_point_positions(metrics: dict[str, Any], path: Path) -> None:
-    """Point position of every tensor id over iterations, one panel per tensor class."""
+def _class_panels(metrics: dict[str, Any], path: Path, draw, ylabel: str, xlabel: str, panel=None) -> None:
+    """One panel per tensor class, every tensor id of that class drawn by ``draw(ax, name, t)``;
+    ``panel(ax)``, if given, then finishes each panel."""
     plt = _plt()
     tensors = metrics["tensors"]
     classes = sorted({t["class"] for t in tensors.values()})
@@ -47,38 +48,43 @@ def plot_point_positions(metrics: dict[str, Any], path: Path) -> None:
     for ax, cls in zip(axes[:, 0], classes, strict=True):
         for name, t in tensors.items():
             if t["class"] == cls:
-                ax.step(t["iteration"], t["frac"], where="post", label=name, linewidth=1)
-        ax.set_ylabel(f"{cls}\npoint position F")
+                draw(ax, name, t)
+        if panel is not None:
+            panel(ax)
+        ax.set_ylabel(f"{cls}\n{ylabel}")
         ax.legend(fontsize=6, ncol=4, loc="best")
-    axes[-1, 0].set_xlabel("iteration")
+    axes[-1, 0].set_xlabel(xlabel)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_point_positions(metrics: dict[str, Any], path: Path) -> None:
+    """Point position of every tensor id over iterations, one panel per tensor class."""
+
+    def draw(ax, name, t):
+        ax.step(t["iteration"], t["frac"], where="post", label=name, linewidth=1)
+
+    _class_panels(metrics, path, draw, "point position F", "iteration")
 
 
 def plot_overflow(metrics: dict[str, Any], path: Path) -> None:
     """Overflow rate of every tensor id over iterations (log scale), one panel per tensor class,
     with the monitor's warning level (``metrics["monitor"]["level"]``) drawn across."""
-    plt = _plt()
-    tensors = metrics["tensors"]
-    classes = sorted({t["class"] for t in tensors.values()})
     level = metrics.get("monitor", {}).get("level")
-    fig, axes = plt.subplots(len(classes), 1, figsize=(10, 2.6 * len(classes)), squeeze=False)
-    for ax, cls in zip(axes[:, 0], classes, strict=True):
-        for name, t in tensors.items():
-            if t["class"] == cls:
-                ax.plot(t["iteration"], np.maximum(np.asarray(t["overflow_rate"], dtype=np.float64), 1e-5),
-                        label=name, linewidth=0.8)
+
+    def draw(ax, name, t):
+        ax.plot(t["iteration"], np.maximum(np.asarray(t["overflow_rate"], dtype=np.float64), 1e-5),
+                label=name, linewidth=0.8)
+
+    def panel(ax):
         if level is not None:
             ax.axhline(level, color="red", linestyle="--", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_ylim(0.8e-5, 1.2)
-        ax.set_ylabel(f"{cls}\noverflow rate")
-        ax.legend(fontsize=6, ncol=4, loc="best")
-    axes[-1, 0].set_xlabel("iteration (rates below 1e-5, including 0, drawn at 1e-5)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    _class_panels(metrics, path, draw, "overflow rate", "iteration (rates below 1e-5, including 0, drawn at 1e-5)",
+                  panel)
 
 
 def plot_histograms(metrics: dict[str, Any], path: Path, max_tensors: int = 6) -> None:
